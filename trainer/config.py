@@ -1,0 +1,224 @@
+"""Checks every user-settable key before anything runs, and derives the run's quantities.
+
+YAML holds static values; what depends on the data (updates per epoch, total steps, warmup from
+a ratio) is computed here, once, into a :class:`RunPlan`. Every failure is a
+:class:`~trainer.errors.ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from trainer.errors import ConfigError
+from trainer.schedules import schedule_names
+
+INTERVALS = ("step", "epoch")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _positive_int(value: Any, key: str, *, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        key,
+        f"got {value!r}; expected an integer >= {minimum}" + (" or null" if allow_none else ""),
+    )
+
+
+def _number(value: Any, key: str, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    in_range = _is_number(value) and (value > low if low_open else value >= low) and value <= high
+    bound = f"> {low}" if low_open else f">= {low}"
+    _require(in_range, key, f"got {value!r}; expected a number {bound}" + (f" and <= {high}" if high < math.inf else ""))
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, f"got {value!r}; expected one of {', '.join(choices)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Static checks of ``trainer``, ``optimizer``, ``schedule``, ``logger``, ``data`` and ``seed``."""
+    _positive_int(cfg.seed, "seed", minimum=0)
+    _validate_trainer(cfg.trainer)
+    _positive_int(cfg.logger.log_every_n_steps, "logger.log_every_n_steps")
+    _positive_int(cfg.data.batch_size, "data.batch_size")
+    _validate_optimizer(cfg.optimizer)
+    _validate_schedule(cfg.schedule)
+
+
+def _validate_trainer(t: DictConfig) -> None:
+    _positive_int(t.max_steps, "trainer.max_steps", allow_none=True)
+    _positive_int(t.max_epochs, "trainer.max_epochs", allow_none=True)
+    _require(
+        t.max_steps is not None or t.max_epochs is not None,
+        "trainer.max_epochs",
+        "set trainer.max_epochs or trainer.max_steps (both are null)",
+    )
+    _positive_int(t.accumulate_grad_batches, "trainer.accumulate_grad_batches")
+    if t.clip_grad_norm is not None:
+        _number(t.clip_grad_norm, "trainer.clip_grad_norm", low=0.0, low_open=True)
+    _choice(t.device, "trainer.device", DEVICES)
+    _choice(t.precision, "trainer.precision", PRECISIONS)
+    _positive_int(t.val_every_n_epochs, "trainer.val_every_n_epochs")
+
+
+def _validate_optimizer(o: DictConfig) -> None:
+    _choice(o.name, "optimizer.name", OPTIMIZERS)
+    _number(o.lr, "optimizer.lr", low=0.0, low_open=True)
+    _number(o.weight_decay, "optimizer.weight_decay", low=0.0)
+    if o.name == "adamw":
+        betas = o.betas
+        _require(
+            len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+            "optimizer.betas",
+            f"got {list(betas)!r}; expected two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
+    else:
+        _number(o.momentum, "optimizer.momentum", low=0.0, high=1.0)
+        _require(
+            not o.nesterov or o.momentum > 0,
+            "optimizer.nesterov",
+            "nesterov needs optimizer.momentum > 0; set optimizer.momentum=0.9 or optimizer.nesterov=false",
+        )
+
+
+def _validate_schedule(s: DictConfig) -> None:
+    _require(
+        s.name in schedule_names(),
+        "schedule.name",
+        f"unknown schedule {s.name!r}; known: {', '.join(schedule_names())}",
+    )
+    _choice(s.interval, "schedule.interval", INTERVALS)
+    _positive_int(s.warmup_steps, "schedule.warmup_steps", minimum=0)
+    if s.warmup_ratio is not None:
+        _number(s.warmup_ratio, "schedule.warmup_ratio", low=0.0, high=1.0)
+        _require(
+            s.warmup_steps == 0,
+            "schedule.warmup_ratio",
+            "set either schedule.warmup_steps or schedule.warmup_ratio, not both "
+            "(e.g. schedule.warmup_steps=0 schedule.warmup_ratio=0.1)",
+        )
+    _positive_int(s.total_steps, "schedule.total_steps", allow_none=True)
+    for key, check in _PARAM_CHECKS.items():
+        if key in s:
+            check(s[key], f"schedule.{key}")
+    if "mode" in s:
+        _choice(s.mode, "schedule.mode", ("min", "max") if s.name == "plateau" else ("triangular", "triangular2", "exp_range"))
+    if "milestones" in s:
+        ms = list(s.milestones)
+        _require(
+            all(isinstance(m, int) and m > 0 for m in ms) and all(a < b for a, b in zip(ms, ms[1:])),
+            "schedule.milestones",
+            f"got {ms!r}; expected strictly increasing positive integers, e.g. [30,60,90]",
+        )
+    if s.name == "inverse_sqrt":
+        _require(
+            s.warmup_steps >= 1,
+            "schedule.warmup_steps",
+            "inverse_sqrt uses the warmup length as its time scale: set schedule.warmup_steps >= 1",
+        )
+    if s.name == "lr_range_test":
+        _require(
+            s.max_lr > s.min_lr > 0,
+            "schedule.max_lr",
+            f"the range test needs 0 < min_lr < max_lr; got min_lr={s.min_lr}, max_lr={s.max_lr}",
+        )
+
+
+_PARAM_CHECKS: dict[str, Any] = {
+    "gamma": lambda v, k: _number(v, k, low=0.0, low_open=True),
+    "step_size": _positive_int,
+    "decay_rate": lambda v, k: _number(v, k, low=0.0),
+    "decay_steps": lambda v, k: _positive_int(v, k, minimum=0),
+    "power": lambda v, k: _number(v, k, low=0.0, low_open=True),
+    "min_lr": lambda v, k: _number(v, k, low=0.0),
+    "max_lr": lambda v, k: _number(v, k, low=0.0, low_open=True),
+    "T_0": _positive_int,
+    "T_mult": _positive_int,
+    "step_size_up": _positive_int,
+    "step_size_down": lambda v, k: _positive_int(v, k, allow_none=True),
+    "pct_start": lambda v, k: _number(v, k, low=0.0, high=1.0, low_open=True),
+    "div_factor": lambda v, k: _number(v, k, low=0.0, low_open=True),
+    "final_div_factor": lambda v, k: _number(v, k, low=0.0, low_open=True),
+    "anneal_strategy": lambda v, k: _choice(v, k, ("cos", "linear")),
+    "decay_shape": lambda v, k: _choice(v, k, ("linear", "cosine", "sqrt")),
+    "factor": lambda v, k: _number(v, k, low=0.0, high=1.0, low_open=True),
+    "patience": lambda v, k: _positive_int(v, k, minimum=0),
+    "cooldown": lambda v, k: _positive_int(v, k, minimum=0),
+    "threshold": lambda v, k: _number(v, k, low=0.0),
+    "monitor": lambda v, k: _choice(v, k, ("val/loss", "val/acc")),
+    "num_steps": lambda v, k: _positive_int(v, k, minimum=2),
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Quantities derived from the config and the data size.
+
+    ``max_updates`` counts optimizer updates; ``total_steps`` and ``warmup_steps`` are in the
+    schedule's ``interval`` units (updates or epochs).
+    """
+
+    updates_per_epoch: int
+    max_updates: int
+    num_epochs: int
+    total_steps: int
+    warmup_steps: int
+
+
+def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
+    """Derive updates per epoch, the update budget and the schedule length; check they fit.
+
+    The train loader drops the last partial batch and an epoch ends on the last whole update,
+    so updates per epoch = floor(floor(N / batch_size) / accumulate_grad_batches).
+    """
+    t, s = cfg.trainer, cfg.schedule
+    batches = num_train_examples // cfg.data.batch_size
+    updates_per_epoch = batches // t.accumulate_grad_batches
+    _require(
+        updates_per_epoch >= 1,
+        "data.batch_size",
+        f"{num_train_examples} training examples give {batches} batches of {cfg.data.batch_size}, "
+        f"fewer than trainer.accumulate_grad_batches={t.accumulate_grad_batches}: lower either",
+    )
+    if s.name == "lr_range_test":
+        max_updates = s.num_steps
+    elif t.max_steps is not None:
+        max_updates = t.max_steps
+    else:
+        max_updates = t.max_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_updates / updates_per_epoch)
+    derived_total = max_updates if s.interval == "step" else num_epochs
+    total_steps = s.total_steps if s.total_steps is not None else derived_total
+    if s.warmup_ratio is not None:
+        warmup_steps = round(s.warmup_ratio * total_steps)
+    else:
+        warmup_steps = s.warmup_steps
+    _require(
+        warmup_steps <= total_steps,
+        "schedule.warmup_steps",
+        f"warmup of {warmup_steps} {s.interval}s exceeds schedule.total_steps={total_steps}: "
+        "shorten the warmup or train longer",
+    )
+    if s.name == "wsd":
+        _require(
+            s.decay_steps <= total_steps - warmup_steps,
+            "schedule.decay_steps",
+            f"decay of {s.decay_steps} does not fit after {warmup_steps} warmup in total_steps={total_steps}",
+        )
+    return RunPlan(updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps)

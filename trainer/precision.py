@@ -1,0 +1,60 @@
+"""Device and mixed-precision policy: which autocast dtype, and whether a GradScaler runs."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+
+from trainer.errors import ConfigError
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", "cuda was asked for but no CUDA device is visible; use trainer.device=cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How forward passes run: ``dtype`` None means plain fp32 (no autocast)."""
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype | None
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+        return self.dtype is torch.float16
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.uses_grad_scaler)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto`` = bf16 on CUDA devices that support it, else fp32; fp16 needs CUDA."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            "trainer.precision",
+            f"fp16 autocast with loss scaling needs CUDA, and the device is {device.type}; "
+            "use trainer.precision=bf16 or fp32",
+        )
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("trainer.precision", "this GPU has no bf16 support; use trainer.precision=fp16 or fp32")
+    return Precision(name=name, device=device, dtype=_DTYPES[name])
+
