@@ -1,0 +1,31 @@
+"""``python -m trainer [overrides]``: the Hydra entry point, nothing else."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from trainer.errors import ConfigError
+from trainer.hydra_app import CONFIG_DIR, remove_if_empty
+from trainer.run import train
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Train one job; returns ``trainer.objective`` so Hydra sweepers can optimise it."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except ConfigError as error:
+        remove_if_empty(run_dir)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return metrics[cfg.trainer.objective]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""What is logged and when: TensorBoard scalars plus a tqdm bar.
+
+Step axis: the 0-based index of the optimizer update the value belongs to (``train/*``), or the
+number of updates done when it was measured (``val/*``). Training values are read from the
+device only on logging updates, so other updates never wait for the GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+
+class RunLogger:
+    """Writes ``train/lr``, ``train/lr/<group>``, ``train/momentum``, ``train/loss``,
+    ``train/grad_norm``, ``train/epoch`` and ``val/*`` scalars to event files in ``run_dir``."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        log_every_n_steps: int,
+        max_updates: int,
+        group_names: list[str],
+        progress_bar: bool = True,
+    ) -> None:
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.every = log_every_n_steps
+        self.last_update = max_updates - 1
+        self.group_names = group_names
+        self.bar = tqdm(total=max_updates, unit="upd", dynamic_ncols=True, disable=not progress_bar)
+
+    def due(self, update: int) -> bool:
+        """True on updates whose values are logged: every ``log_every_n_steps`` and the last."""
+        return update % self.every == 0 or update == self.last_update
+
+    def log_train(
+        self,
+        update: int,
+        *,
+        lrs: list[float],
+        momentum: float | None,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor | None,
+        epoch: int,
+    ) -> float:
+        """Log one update's values (``lrs`` as applied, one per group); returns the loss read."""
+        loss_value = loss.item()  # the one host-device sync, on logging updates only
+        scalars = {"train/lr": lrs[0], "train/loss": loss_value, "train/epoch": epoch}
+        if len(lrs) > 1:
+            scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, lrs)})
+        if momentum is not None:
+            scalars["train/momentum"] = momentum
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = grad_norm.item()
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, update)
+        self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
+        return loss_value
+
+    def log_val(self, updates_done: int, metrics: dict[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, updates_done)
+        self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()

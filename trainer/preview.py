@@ -1,0 +1,81 @@
+"""``python -m trainer.preview schedule=NAME [overrides]``: the LR of every update, without training.
+
+Takes the same overrides as ``python -m trainer``, derives the run's length the same way, and
+writes ``lr.csv`` (one row per optimizer update: update, t, the LR of every parameter group, and
+the momentum when it is scheduled) and ``lr.png`` to the run directory, then prints a summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from matplotlib.figure import Figure  # the object API needs no GUI backend
+from omegaconf import DictConfig
+
+from trainer.errors import ConfigError
+from trainer.hydra_app import CONFIG_DIR, remove_if_empty
+from trainer.loop import applied_lrs, applied_momentum, apply_schedule
+from trainer.optim import group_names
+from trainer.run import build_for_preview
+
+
+def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
+    """Compute every update's LRs through the same code path training uses; write CSV and PNG."""
+    optimizer, schedule, plan = build_for_preview(cfg)
+    names = group_names(optimizer)
+    scheduled_momentum = schedule.momentum_fn is not None
+    rows = []
+    for update in range(plan.max_updates):
+        apply_schedule(optimizer, schedule, update)
+        row = {"update": update, "t": schedule.position(update)}
+        row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(optimizer))})
+        if scheduled_momentum:
+            row["momentum"] = applied_momentum(optimizer)
+        rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "lr.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    updates = [r["update"] for r in rows]
+    for name in names:
+        ax.plot(updates, [r[f"lr/{name}"] for r in rows], label=f"lr/{name}")
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{cfg.schedule.name} ({cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps})")
+    if scheduled_momentum:
+        ax2 = ax.twinx()
+        ax2.plot(updates, [r["momentum"] for r in rows], color="gray", linestyle="--", label="momentum")
+        ax2.set_ylabel("momentum / beta1")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(out_dir / "lr.png", dpi=110)
+    lrs = [r[f"lr/{names[0]}"] for r in rows]
+    print(
+        f"{cfg.schedule.name}: {plan.max_updates} updates ({plan.updates_per_epoch}/epoch), "
+        f"interval={cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps}\n"
+        f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
+        f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
+    )
+    return rows
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        write_preview(cfg, out_dir)
+    except ConfigError as error:
+        remove_if_empty(out_dir)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
