@@ -1,0 +1,56 @@
+"""Shared helpers: run the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A tiny synthetic job: 256 examples / batch 32 = 8 updates per epoch, no progress bar.
+TINY = [
+    "data=synthetic",
+    "model=mlp",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "logger.progress_bar=false",
+    "logger.log_every_n_steps=1",
+]
+
+
+def run_cli(module: str, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` from the repo root, as a user would."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def train_cli(tmp_path):
+    """Run ``python -m trainer`` with the tiny job into a fresh run dir; returns (proc, run_dir)."""
+
+    def run(*overrides: str, check: bool = True):
+        run_dir = tmp_path / "run"
+        proc = run_cli("trainer", [*TINY, f"hydra.run.dir={run_dir}", *overrides], check=check)
+        return proc, run_dir
+
+    return run
+
+
+def compose_config(*overrides: str, base: list[str] = TINY):
+    """The config ``python -m trainer`` would get for ``base + overrides`` (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    from trainer.hydra_app import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[*base, *overrides])

@@ -1,0 +1,140 @@
+"""The real ``python -m trainer`` command: what it logs, and how it refuses bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import TINY, run_cli
+from trainer.events import read_scalars
+
+
+def seed000_get_lr(step: int, warmup_steps: int, total_steps: int, lr_max: float, lr_min: float) -> float:
+    """Seed 000's get_lr, as printed in the article."""
+    if step < warmup_steps:
+        return lr_max * step / warmup_steps
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def values(scalars, tag):
+    return [v for _, v in scalars[tag]]
+
+
+def test_per_step_lr_in_tensorboard_is_seed000_formula(train_cli):
+    # 8 updates/epoch x 4 epochs = 32 updates; warmup 5, cosine to 1e-4.
+    _, run_dir = train_cli(
+        "schedule=warmup_cosine", "schedule.warmup_steps=5", "schedule.min_lr=1e-4",
+        "optimizer.lr=0.01", "trainer.max_epochs=4",
+    )
+    scalars = read_scalars(run_dir)
+    steps = [s for s, _ in scalars["train/lr"]]
+    assert steps == list(range(32))
+    expected = [seed000_get_lr(t, 5, 32, 0.01, 1e-4) for t in range(32)]
+    assert values(scalars, "train/lr") == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert values(scalars, "train/lr")[0] == 0.0  # update 0 runs at LR 0 (seed 000's convention)
+    # two parameter groups (decay / no_decay): each is logged, and both follow the schedule
+    assert values(scalars, "train/lr/decay") == values(scalars, "train/lr/no_decay") == values(scalars, "train/lr")
+    assert {"train/loss", "train/grad_norm", "train/epoch", "val/loss", "val/acc"} <= set(scalars)
+    assert [s for s, _ in scalars["val/loss"]] == [8, 16, 24, 32]  # after each epoch's updates
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.schedule.total_steps == 32 and saved.schedule.warmup_steps == 5
+
+
+def test_per_epoch_schedule_changes_only_at_epoch_boundaries(train_cli):
+    _, run_dir = train_cli(
+        "schedule=step", "schedule.interval=epoch", "schedule.step_size=2", "schedule.gamma=0.5",
+        "optimizer=sgd", "optimizer.lr=0.1", "trainer.max_epochs=5",
+    )
+    lrs = values(read_scalars(run_dir), "train/lr")
+    assert len(lrs) == 40
+    expected = [0.1 * 0.5 ** ((u // 8) // 2) for u in range(40)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_warmup_from_zero_false_skips_the_zero_lr_update(train_cli):
+    _, run_dir = train_cli(
+        "schedule=warmup_cosine", "schedule.warmup_steps=4", "schedule.warmup_from_zero=false",
+        "schedule.min_lr=0", "optimizer.lr=0.02", "trainer.max_steps=12",
+    )
+    lrs = values(read_scalars(run_dir), "train/lr")
+    assert lrs[:4] == pytest.approx([0.005, 0.01, 0.015, 0.02])  # (t+1)/W, seed 003
+    assert lrs[4] == pytest.approx(0.02)  # cosine starts at the peak at t = W
+
+
+def test_accumulation_advances_the_schedule_once_per_update(train_cli):
+    # 8 batches/epoch with 4 micro-batches per update -> 2 updates/epoch; 3 epochs -> 6 updates.
+    _, run_dir = train_cli(
+        "schedule=linear", "optimizer.lr=0.06", "trainer.accumulate_grad_batches=4", "trainer.max_epochs=3",
+    )
+    scalars = read_scalars(run_dir)
+    assert [s for s, _ in scalars["train/lr"]] == list(range(6))
+    assert values(scalars, "train/lr") == pytest.approx([0.06 * (1 - t / 6) for t in range(6)])
+    assert [s for s, _ in scalars["val/loss"]] == [2, 4, 6]
+
+
+def test_onecycle_logs_momentum_and_log_every_n_steps(train_cli):
+    _, run_dir = train_cli(
+        "schedule=onecycle", "optimizer=sgd", "optimizer.lr=0.1", "trainer.max_steps=20",
+        "logger.log_every_n_steps=5",
+    )
+    scalars = read_scalars(run_dir)
+    assert [s for s, _ in scalars["train/lr"]] == [0, 5, 10, 15, 19]  # every 5th and the last
+    momentum = dict(scalars["train/momentum"])
+    assert momentum[0] == pytest.approx(0.95) and momentum[5] == pytest.approx(0.85)  # peak LR at 6 -> near base
+
+
+def test_lr_range_test_stops_at_num_steps(train_cli):
+    _, run_dir = train_cli(
+        "schedule=lr_range_test", "schedule.min_lr=1e-5", "schedule.max_lr=1.0", "schedule.num_steps=11",
+        "trainer.max_epochs=10", "logger.log_every_n_steps=50",
+    )
+    scalars = read_scalars(run_dir)
+    assert values(scalars, "train/lr") == pytest.approx([1e-5 * (1e5) ** (t / 10) for t in range(11)], rel=1e-6)
+    assert len(scalars["train/loss"]) == 11  # the loss of every LR is recorded
+
+
+def test_help_and_cfg_job():
+    help_text = run_cli("trainer", ["--help"]).stdout
+    assert "schedule: " in help_text and "warmup_cosine" in help_text
+    job = OmegaConf.create(run_cli("trainer", ["--cfg", "job", "schedule=cosine"]).stdout)
+    assert job.schedule.name == "cosine" and job.schedule.interval == "step"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["schedule=nope"], "schedule"),
+        (["trainer.nope=1"], "trainer.nope"),
+        (["schedule=warmup_cosine", "schedule.warmup_steps=1000"], "schedule.warmup_steps"),
+        (["optimizer.lr=-0.1"], "optimizer.lr"),
+        (["schedule=multistep", "schedule.milestones=[5,3]"], "schedule.milestones"),
+        (["trainer.precision=fp16", "trainer.device=cpu"], "trainer.precision"),
+        (["schedule=cosine", "+schedule.gamma=0.5"], "schedule.gamma"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, overrides, key):
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer", [*TINY, f"hydra.run.dir={run_dir}", *overrides], check=False)
+    assert proc.returncode != 0
+    assert key in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not run_dir.exists()
+
+
+def test_preview_writes_csv_and_png(tmp_path):
+    out = tmp_path / "preview"
+    proc = run_cli(
+        "trainer.preview",
+        [*TINY, f"hydra.run.dir={out}", "schedule=warmup_cosine", "schedule.warmup_steps=4",
+         "optimizer.lr=0.01", "schedule.min_lr=0.0", "trainer.max_steps=16"],
+    )
+    rows = (out / "lr.csv").read_text().splitlines()
+    assert rows[0] == "update,t,lr/decay,lr/no_decay"
+    assert len(rows) == 17
+    update4 = rows[5].split(",")
+    assert float(update4[2]) == pytest.approx(0.01)
+    assert (out / "lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert "peak=0.01" in proc.stdout

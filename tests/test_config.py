@@ -1,0 +1,96 @@
+"""Every config composes and builds; every bad value is one ConfigError naming its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO, compose_config
+from trainer.config import plan_run, validate
+from trainer.errors import ConfigError
+from trainer.run import build_for_preview
+
+SCHEDULES = sorted(p.stem for p in (REPO / "conf/schedule").glob("*.yaml"))
+# Enough updates (8/epoch x 50) for every default warmup / decay / cycle to fit.
+LONG = ["trainer.max_epochs=50"]
+
+
+def test_every_schedule_in_conf_is_registered():
+    from trainer.schedules import schedule_names
+
+    assert SCHEDULES == schedule_names()
+    assert len(SCHEDULES) == 16
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_composes_and_builds(name):
+    extra = ["schedule.interval=step"] if name in ("step", "multistep", "exponential") else []
+    cfg = compose_config(f"schedule={name}", *LONG, *extra)
+    optimizer, schedule, plan = build_for_preview(cfg)
+    assert schedule.name == name
+    lrs = [schedule.lr(u) for u in range(plan.max_updates)]
+    assert all(lr >= 0 for lr in lrs) and max(lrs) > 0
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_models_and_optimizers_compose(model, optimizer):
+    cfg = compose_config(f"model={model}", f"optimizer={optimizer}", "schedule=cosine", base=[])
+    opt, _, plan = build_for_preview(cfg)
+    assert [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
+    assert plan.updates_per_epoch == 60000 // 128
+
+
+def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
+    cfg = compose_config("schedule=cosine", "trainer.max_epochs=3", "trainer.accumulate_grad_batches=3")
+    plan = plan_run(cfg, num_train_examples=1000)  # 1000 // 32 = 31 batches -> 10 updates/epoch
+    assert (plan.updates_per_epoch, plan.max_updates, plan.num_epochs, plan.total_steps) == (10, 30, 3, 30)
+    epochs = plan_run(compose_config("schedule=step", "trainer.max_epochs=7"), num_train_examples=1000)
+    assert epochs.total_steps == 7  # interval=epoch counts epochs
+    steps = plan_run(compose_config("schedule=cosine", "trainer.max_steps=45"), num_train_examples=1000)
+    assert (steps.max_updates, steps.num_epochs, steps.total_steps) == (45, 2, 45)
+    ratio = plan_run(compose_config("schedule=cosine", "schedule.warmup_ratio=0.1", "trainer.max_steps=45"), 1000)
+    assert ratio.warmup_steps == 4  # round(4.5) with banker's rounding
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer.lr=0"], "optimizer.lr"),
+        (["optimizer.lr=abc"], "optimizer.lr"),
+        (["schedule=cosine", "schedule.interval=hour"], "schedule.interval"),
+        (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
+        (["trainer.clip_grad_norm=-1"], "trainer.clip_grad_norm"),
+        (["trainer.device=tpu"], "trainer.device"),
+        (["trainer.max_epochs=null"], "trainer.max_epochs"),
+        (["logger.log_every_n_steps=0"], "logger.log_every_n_steps"),
+        (["schedule=cosine", "schedule.warmup_steps=2", "schedule.warmup_ratio=0.1"], "schedule.warmup_ratio"),
+        (["schedule=multistep", "schedule.milestones=[3,3]"], "schedule.milestones"),
+        (["schedule=cyclic", "schedule.mode=min"], "schedule.mode"),
+        (["schedule=plateau", "schedule.mode=triangular"], "schedule.mode"),
+        (["schedule=plateau", "schedule.monitor=train/loss"], "schedule.monitor"),
+        (["schedule=onecycle", "schedule.pct_start=1.5"], "schedule.pct_start"),
+        (["schedule=inverse_sqrt", "schedule.warmup_steps=0"], "schedule.warmup_steps"),
+        (["schedule=lr_range_test", "schedule.min_lr=1", "schedule.max_lr=0.1"], "schedule.max_lr"),
+        (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
+    ],
+)
+def test_static_errors_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    assert error.value.key == key
+    assert str(error.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["schedule=cosine", "schedule.warmup_steps=31", "trainer.max_steps=30"], "schedule.warmup_steps"),
+        (["schedule=wsd", "schedule.warmup_steps=10", "schedule.decay_steps=25", "trainer.max_steps=30"],
+         "schedule.decay_steps"),
+        (["data.batch_size=600"], "data.batch_size"),
+    ],
+)
+def test_derived_errors_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        plan_run(compose_config(*overrides), num_train_examples=512)
+    assert error.value.key == key

@@ -1,0 +1,35 @@
+"""The install story: the wheel carries the configs, the Dockerfile copies files that exist."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import REPO
+
+
+def test_wheel_ships_the_hydra_configs(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("trainer-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {n.removeprefix("trainer/conf/") for n in names if n.startswith("trainer/conf/")}
+    expected = {str(p.relative_to(REPO / "conf")) for p in (REPO / "conf").rglob("*.yaml")}
+    assert expected and expected <= shipped
+    assert {"trainer/__main__.py", "trainer/schedules.py", "trainer/data/__init__.py"} <= names
+
+
+def test_dockerfile_copies_existing_files_and_runs_the_cli():
+    lines = [line.split() for line in (REPO / "Dockerfile").read_text().splitlines() if line.strip()]
+    instructions = [words for words in lines if not words[0].startswith("#")]
+    base = next(words for words in instructions if words[0] == "FROM")
+    assert "cuda" in base[1]
+    for words in instructions:
+        if words[0] == "COPY":
+            for source in words[1:-1]:
+                assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+    assert ["ENTRYPOINT", '["python",', '"-m",', '"trainer"]'] in instructions
+    assert any(w[0] == "RUN" and "pip install" in " ".join(w) and "trainer --help" in " ".join(w) for w in instructions)
