@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from trainer.errors import ConfigError
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
 from trainer.run import train
+from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
@@ -24,6 +25,13 @@ def main(cfg: DictConfig) -> float:
         remove_if_empty(run_dir)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:
+        print(f"{stop}; wrote {run_dir / 'last.pt'}. Continue with: "
+              f"python -m trainer <same overrides> hydra.run.dir={run_dir} trainer.resume=auto", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except NonFiniteStop as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(EXIT_NONFINITE)
     return metrics[cfg.trainer.objective]
 
 

@@ -75,6 +75,16 @@ def _validate_trainer(t: DictConfig) -> None:
     _choice(t.device, "trainer.device", DEVICES)
     _choice(t.precision, "trainer.precision", PRECISIONS)
     _positive_int(t.val_every_n_epochs, "trainer.val_every_n_epochs")
+    _choice(t.objective, "trainer.objective", ("val/loss",))
+    _positive_int(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", allow_none=True)
+    _positive_int(t.keep_last_n, "trainer.keep_last_n", minimum=0)
+    _require(
+        t.resume is None or isinstance(t.resume, str),
+        "trainer.resume",
+        f"got {t.resume!r}; expected null, auto or a checkpoint path",
+    )
+    _choice(t.resume_schedule, "trainer.resume_schedule", ("strict", "override"))
+    _choice(t.nonfinite, "trainer.nonfinite", ("skip", "stop", "raise"))
 
 
 def _validate_optimizer(o: DictConfig) -> None:

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 class RunLogger:
     """Writes ``train/lr``, ``train/lr/<group>``, ``train/momentum``, ``train/loss``,
-    ``train/grad_norm``, ``train/epoch`` and ``val/*`` scalars to event files in ``run_dir``."""
+    ``train/grad_norm``, ``train/epoch``, ``train/skipped_updates`` and ``val/*`` scalars to
+    event files in ``run_dir``."""
 
     def __init__(
         self,
@@ -26,12 +27,17 @@ class RunLogger:
         max_updates: int,
         group_names: list[str],
         progress_bar: bool = True,
+        start_update: int = 0,
     ) -> None:
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        # On resume, purge_step makes TensorBoard drop what the interrupted run logged after its
+        # checkpoint, so the updates it replays are not shown twice.
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_update or None)
         self.every = log_every_n_steps
         self.last_update = max_updates - 1
         self.group_names = group_names
-        self.bar = tqdm(total=max_updates, unit="upd", dynamic_ncols=True, disable=not progress_bar)
+        self.bar = tqdm(
+            total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True, disable=not progress_bar
+        )
 
     def due(self, update: int) -> bool:
         """True on updates whose values are logged: every ``log_every_n_steps`` and the last."""
@@ -44,18 +50,23 @@ class RunLogger:
         lrs: list[float],
         momentum: float | None,
         loss: torch.Tensor,
-        grad_norm: torch.Tensor | None,
+        grad_norm: torch.Tensor,
         epoch: int,
+        skipped_updates: int,
     ) -> float:
         """Log one update's values (``lrs`` as applied, one per group); returns the loss read."""
-        loss_value = loss.item()  # the one host-device sync, on logging updates only
-        scalars = {"train/lr": lrs[0], "train/loss": loss_value, "train/epoch": epoch}
+        loss_value = loss.item()  # the host-device sync, on logging updates only
+        scalars = {
+            "train/lr": lrs[0],
+            "train/loss": loss_value,
+            "train/epoch": epoch,
+            "train/grad_norm": grad_norm.item(),
+            "train/skipped_updates": skipped_updates,
+        }
         if len(lrs) > 1:
             scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, lrs)})
         if momentum is not None:
             scalars["train/momentum"] = momentum
-        if grad_norm is not None:
-            scalars["train/grad_norm"] = grad_norm.item()
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, update)
         self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
@@ -65,6 +76,11 @@ class RunLogger:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, updates_done)
         self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
+
+    def rewrite(self, step: int, scalars: dict[str, float]) -> None:
+        """Write already-known values again at ``step`` (after a resume's purge), silently."""
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
 
     def advance(self) -> None:
         self.bar.update(1)

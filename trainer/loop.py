@@ -6,12 +6,17 @@ autocast forward -> (scaled) backward -> unscale -> clip -> optimizer step -> sc
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from trainer.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from trainer.checkpoint import prune_numbered, rng_state, save_atomic, set_rng_state
 from trainer.config import RunPlan
 from trainer.data import Dataset
 from trainer.data.batches import epoch_batches, eval_batches
@@ -19,6 +24,7 @@ from trainer.logger import RunLogger
 from trainer.optim import trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule
+from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -62,11 +68,17 @@ class TrainStep:
         self.precision, self.loss_fn, self.clip_grad_norm = precision, loss_fn, clip_grad_norm
         self.scaler = precision.grad_scaler()
         self.params = list(trainable_parameters(optimizer))
+        device = self.params[0].device
+        # Counted on the device and read only on logging updates: no per-update host sync.
+        self.skipped_updates = torch.zeros((), dtype=torch.long, device=device)
+        self.nonfinite_losses = torch.zeros((), dtype=torch.long, device=device)
 
-    def __call__(self, micro_batches: Sequence[Batch], update: int, *, want_grad_norm: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, micro_batches: Sequence[Batch], update: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run update ``update``; returns its mean loss and pre-clip gradient norm as device tensors.
 
-        The norm is None when clipping is off and ``want_grad_norm`` is false (nothing needs it).
+        An update whose gradients are not finite (a NaN/inf loss, or an fp16 overflow) is skipped
+        by the GradScaler and counted in :attr:`skipped_updates`; it still uses up its schedule
+        slot, so the schedule advances exactly once per update, skipped or not.
         """
         # Dividing each micro-batch loss by their count makes the summed gradient the mean over
         # the whole update, so the LR means the same thing at any accumulation.
@@ -80,11 +92,12 @@ class TrainStep:
         # Unscale before clipping: under fp16 the gradients are multiplied by the loss scale, and
         # clipping (or logging) scaled gradients would compare the wrong norm with max_norm.
         self.scaler.unscale_(self.optimizer)
-        grad_norm = None
         if self.clip_grad_norm is not None:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
-        elif want_grad_norm:
+        else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
+        self.skipped_updates += ~torch.isfinite(grad_norm)
+        self.nonfinite_losses += ~torch.isfinite(total_loss)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         # The schedule advances once per optimizer update (never per micro-batch), right after
@@ -112,6 +125,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 @dataclass
+class Checkpointing:
+    """Where and how often the loop writes checkpoints (``last.pt``, ``best.pt``, ``step-*.pt``)."""
+
+    run_dir: Path
+    every_n_steps: int | None
+    keep_last_n: int
+    config: dict
+    fingerprint: dict
+
+
+@dataclass
 class Loop:
     """Everything the loop needs, built by :mod:`trainer.run`."""
 
@@ -123,46 +147,154 @@ class Loop:
     plan: RunPlan
     logger: RunLogger
     precision: Precision
+    checkpointing: Checkpointing
     batch_size: int
     accumulate_grad_batches: int
     val_every_n_epochs: int
     seed: int
+    objective: str = "val/loss"
+    nonfinite: str = "skip"
+    best: float = math.inf
+    _bad_seen: int = 0
+    _last_val: tuple[int, dict[str, float]] = (-1, {})
+
+    def state_dict(self, update: int) -> dict:
+        """Everything a resumed run needs to continue as if it had never stopped."""
+        plateau = self.schedule.plateau
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "update": update,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.step.scaler.state_dict(),
+            "schedule": {
+                "fingerprint": self.checkpointing.fingerprint,
+                "plateau": None if plateau is None else plateau.state_dict(),
+            },
+            "counters": {
+                "skipped_updates": int(self.step.skipped_updates),
+                "nonfinite_losses": int(self.step.nonfinite_losses),
+                "best": self.best,
+            },
+            "data": {"epoch": update // self.plan.updates_per_epoch,
+                     "batch": (update % self.plan.updates_per_epoch) * self.accumulate_grad_batches,
+                     "seed": self.seed},
+            "rng": rng_state(),
+            "config": self.checkpointing.config,
+            # val/* logged at this very step: a resumed run re-writes them after TensorBoard's
+            # purge of everything at or after the checkpoint's step.
+            "val_metrics": self._last_val[1] if self._last_val[0] == update else {},
+        }
+
+    def load_state_dict(self, state: dict, *, restore_plateau: bool = True) -> int:
+        """Restore a checkpoint's state; returns the update to continue from."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step.scaler.load_state_dict(state["scaler"])
+        if restore_plateau and self.schedule.plateau is not None and state["schedule"]["plateau"] is not None:
+            self.schedule.plateau.load_state_dict(state["schedule"]["plateau"])
+        counters = state["counters"]
+        self.step.skipped_updates.fill_(counters["skipped_updates"])
+        self.step.nonfinite_losses.fill_(counters["nonfinite_losses"])
+        self.best = counters["best"]
+        self._bad_seen = self._bad_count()
+        self.logger.rewrite(state["update"], state["val_metrics"])
+        set_rng_state(state["rng"])
+        return state["update"]
+
+    def save(self, update: int, *, improved: bool = False) -> None:
+        ckpt = self.checkpointing
+        state = self.state_dict(update)
+        last = ckpt.run_dir / "last.pt"
+        save_atomic(state, last)
+        if improved:
+            save_atomic(state, ckpt.run_dir / "best.pt")
+        if ckpt.keep_last_n > 0:
+            numbered = ckpt.run_dir / f"step-{update:08d}.pt"
+            numbered.unlink(missing_ok=True)
+            os.link(last, numbered)  # same bytes, no second write
+            prune_numbered(ckpt.run_dir, ckpt.keep_last_n)
+
+    def _bad_count(self) -> int:
+        """Non-finite events the policy acts on. fp16 overflow skips are routine (the scaler
+        is calibrating), so there only a non-finite loss counts."""
+        if self.precision.uses_grad_scaler:
+            return int(self.step.nonfinite_losses)
+        return int(self.step.skipped_updates)
+
+    def _enforce_nonfinite_policy(self, update: int) -> None:
+        """Called on logging updates (where the loop syncs anyway)."""
+        bad = self._bad_count()
+        if bad == self._bad_seen or self.nonfinite == "skip":
+            self._bad_seen = bad
+            return
+        message = (
+            f"non-finite loss or gradients by update {update}; the bad updates were skipped, so the "
+            "parameters are still finite"
+        )
+        if self.nonfinite == "raise":
+            raise NonFiniteError(message)
+        self.save(update)
+        raise NonFiniteStop(message + f"; saved {self.checkpointing.run_dir / 'last.pt'}")
 
     def validate(self, updates_done: int) -> dict[str, float]:
         metrics = evaluate(self.model, self.dataset.val_x, self.dataset.val_y, self.batch_size, self.precision)
         self.logger.log_val(updates_done, metrics)
+        self._last_val = (updates_done, metrics)
         if self.schedule.plateau is not None:
             self.schedule.plateau.observe(metrics[self.schedule.monitor])
             # A reduction applies from the very next update, not one step late.
             apply_schedule(self.optimizer, self.schedule, updates_done)
         return metrics
 
-    def run(self) -> dict[str, float]:
-        """Train for ``plan.max_updates`` updates; validate per ``val_every_n_epochs`` and at the end."""
-        plan, logger = self.plan, self.logger
-        apply_schedule(self.optimizer, self.schedule, 0)
+    def run(self, start_update: int = 0) -> dict[str, float]:
+        """Train from ``start_update`` to ``plan.max_updates``; validate and checkpoint at epoch ends.
+
+        Resuming at update u continues epoch u // updates_per_epoch from the batch it stopped at:
+        the epoch's order is re-created from (seed, epoch), so no example is repeated or skipped.
+        """
+        plan, logger, ckpt = self.plan, self.logger, self.checkpointing
+        upe = plan.updates_per_epoch
+        apply_schedule(self.optimizer, self.schedule, start_update)
         momentum_scheduled = self.schedule.momentum_fn is not None
         self.model.train()
-        update, metrics = 0, {}
-        for epoch in range(plan.num_epochs):
-            batches = epoch_batches(
-                self.dataset.train_x, self.dataset.train_y, self.batch_size, seed=self.seed, epoch=epoch
-            )
-            updates_this_epoch = min(plan.updates_per_epoch, plan.max_updates - update)
-            for _ in range(updates_this_epoch):
-                micro = [next(batches) for _ in range(self.accumulate_grad_batches)]
-                log_now = logger.due(update)
-                lrs = applied_lrs(self.optimizer) if log_now else None
-                momentum = applied_momentum(self.optimizer) if log_now and momentum_scheduled else None
-                loss, grad_norm = self.step(micro, update, want_grad_norm=log_now)
-                if log_now:
-                    metrics["train/loss"] = logger.log_train(
-                        update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch
-                    )
-                update += 1
-                logger.advance()
-            last_epoch = update >= plan.max_updates
-            if (epoch + 1) % self.val_every_n_epochs == 0 or last_epoch:
-                metrics.update(self.validate(update))
+        update, metrics = start_update, {}
+        with StopOnSignal() as stop:
+            for epoch in range(update // upe, plan.num_epochs):
+                batches = epoch_batches(
+                    self.dataset.train_x, self.dataset.train_y, self.batch_size, seed=self.seed, epoch=epoch,
+                    start_batch=(update - epoch * upe) * self.accumulate_grad_batches,
+                )
+                epoch_end = min((epoch + 1) * upe, plan.max_updates)
+                while update < epoch_end:
+                    micro = [next(batches) for _ in range(self.accumulate_grad_batches)]
+                    log_now = logger.due(update)
+                    lrs = applied_lrs(self.optimizer) if log_now else None
+                    momentum = applied_momentum(self.optimizer) if log_now and momentum_scheduled else None
+                    loss, grad_norm = self.step(micro, update)
+                    if log_now:
+                        metrics["train/loss"] = logger.log_train(
+                            update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch,
+                            skipped_updates=int(self.step.skipped_updates),
+                        )
+                        self._enforce_nonfinite_policy(update + 1)
+                    update += 1
+                    logger.advance()
+                    if update == epoch_end:
+                        break  # the epoch-end checkpoint below covers this update
+                    if ckpt.every_n_steps and update % ckpt.every_n_steps == 0:
+                        self.save(update)
+                    if stop.requested:
+                        self.save(update)
+                        raise Preempted(stop.requested, update)
+                improved = False
+                if (epoch + 1) % self.val_every_n_epochs == 0 or update >= plan.max_updates:
+                    metrics.update(self.validate(update))
+                    improved = metrics[self.objective] < self.best
+                    self.best = min(self.best, metrics[self.objective])
+                self.save(update, improved=improved)
+                if stop.requested:
+                    raise Preempted(stop.requested, update)
         metrics["updates"] = update
+        metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics

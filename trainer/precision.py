@@ -41,7 +41,16 @@ class Precision:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler(self.device.type, enabled=self.uses_grad_scaler)
+        """The scaler every update goes through.
+
+        fp16 gets the usual dynamic loss scale. fp32/bf16 get a scale of 1 that never grows: it
+        changes nothing numerically (scales stay powers of two, so scaling is exact) but lets
+        the scaler skip an update whose gradients are not finite, on the device, with no host
+        sync when the optimizer is fused.
+        """
+        if self.uses_grad_scaler:
+            return torch.amp.GradScaler(self.device.type)
+        return torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30)
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

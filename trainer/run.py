@@ -9,10 +9,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from trainer.checkpoint import load_checkpoint, one_line
 from trainer.config import RunPlan, plan_run, validate
 from trainer.data import build_dataset, data_shape, num_train_examples
 from trainer.logger import RunLogger
-from trainer.loop import Loop, TrainStep
+from trainer.errors import ConfigError
+from trainer.loop import Checkpointing, Loop, TrainStep
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names
 from trainer.precision import resolve_device, resolve_precision
@@ -64,6 +66,42 @@ def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule,
     return optimizer, schedule, plan
 
 
+def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
+    """What fixes the LR of every update: the schedule's keys, η, and the derived lengths."""
+    resolved = OmegaConf.to_container(cfg.schedule, resolve=True)
+    resolved.update(
+        peak_lr=cfg.optimizer.lr,
+        total_steps=plan.total_steps,
+        warmup_steps=plan.warmup_steps,
+        warmup_ratio=None,
+        updates_per_epoch=plan.updates_per_epoch,
+    )
+    return resolved
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """``trainer.resume``: null = fresh run; ``auto`` = the run dir's last.pt if there is one."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume).expanduser()
+
+
+def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str) -> None:
+    """Refuse to resume onto a different schedule unless ``trainer.resume_schedule=override``."""
+    if saved == current or policy == "override":
+        return
+    keys = sorted(set(saved) | set(current), key=str)
+    diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k))
+    raise ConfigError(
+        "trainer.resume_schedule",
+        f"{path} was trained with another schedule ({diff}); resuming would shift every later LR. "
+        "Pass trainer.resume_schedule=override to continue with the new schedule (e.g. to branch a WSD cooldown)",
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
 
@@ -72,19 +110,34 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
+    checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     dataset = build_dataset(cfg.data, cfg.seed).to(device)
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=len(dataset.train_y), input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
     )
+    fingerprint = schedule_fingerprint(cfg, plan)
+    if checkpoint is not None:
+        check_schedule_unchanged(
+            checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path, cfg.trainer.resume_schedule
+        )
+        try:  # before anything is written: a checkpoint of another model is a config error
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ConfigError("trainer.resume", f"{checkpoint_path} does not fit this run: {one_line(error)}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(resolved_config(cfg, plan), run_dir / "config.yaml")
+    config = resolved_config(cfg, plan)
+    OmegaConf.save(config, run_dir / "config.yaml")
+    start_update = checkpoint["update"] if checkpoint is not None else 0
     logger = RunLogger(
         run_dir,
         log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
         max_updates=plan.max_updates,
         group_names=group_names(optimizer),
         progress_bar=cfg.logger.progress_bar,
+        start_update=start_update,
     )
     step = TrainStep(
         model,
@@ -103,12 +156,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         plan=plan,
         logger=logger,
         precision=precision,
+        checkpointing=Checkpointing(
+            run_dir=run_dir,
+            every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+            keep_last_n=cfg.trainer.keep_last_n,
+            config=OmegaConf.to_container(config),
+            fingerprint=fingerprint,
+        ),
         batch_size=cfg.data.batch_size,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         val_every_n_epochs=cfg.trainer.val_every_n_epochs,
         seed=cfg.seed,
+        objective=cfg.trainer.objective,
+        nonfinite=cfg.trainer.nonfinite,
     )
     try:
-        return loop.run()
+        if checkpoint is not None:
+            loop.load_state_dict(checkpoint, restore_plateau=cfg.trainer.resume_schedule == "strict")
+        return loop.run(start_update)
     finally:
         logger.close()
