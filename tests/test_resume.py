@@ -1,0 +1,135 @@
+"""Exact resume: stop anywhere, resume, and end bit-identical to a run that never stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from tests.conftest import compose_config
+from trainer.checkpoint import load_checkpoint, save_atomic
+from trainer.errors import ConfigError
+from trainer.events import read_scalars
+from trainer.loop import TrainStep
+from trainer.run import train
+from trainer.stopping import Preempted
+
+# 8 updates per epoch with the tiny synthetic job; 5 epochs = 40 updates.
+CASES = {
+    "warmup_cosine": ["schedule=warmup_cosine", "schedule.warmup_steps=6", "optimizer.lr=0.01"],
+    "onecycle": ["schedule=onecycle", "optimizer=sgd", "optimizer.lr=0.05"],
+    "per_epoch_step": ["schedule=step", "schedule.interval=epoch", "schedule.step_size=2", "optimizer=sgd"],
+    "accumulation": ["schedule=cosine", "trainer.accumulate_grad_batches=2", "data.train_size=512"],
+    "plateau": ["schedule=plateau", "schedule.patience=0", "schedule.threshold=0.5", "optimizer.lr=0.01"],
+    "dropout_wsd": ["schedule=wsd", "schedule.warmup_steps=4", "schedule.decay_steps=10", "model.dropout=0.3"],
+}
+
+
+def preempt_after(monkeypatch, stop_after: int) -> None:
+    """Deliver a real SIGTERM while update ``stop_after - 1`` runs (as a scheduler would)."""
+    original = TrainStep.__call__
+
+    def call(self, micro_batches, update):
+        if update == stop_after - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, micro_batches, update)
+
+    monkeypatch.setattr(TrainStep, "__call__", call)
+
+
+def final_state(run_dir):
+    return load_checkpoint(run_dir / "last.pt")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("stop_after", [11, 16])  # mid-epoch, and right at an epoch end
+def test_stop_resume_equals_uninterrupted(tmp_path, monkeypatch, case, stop_after):
+    overrides = [*CASES[case], "trainer.max_epochs=5"]
+    straight = tmp_path / "straight"
+    train(compose_config(*overrides), straight)
+
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        preempt_after(patch, stop_after)
+        with pytest.raises(Preempted) as stopped:
+            train(compose_config(*overrides), resumed)
+    assert stopped.value.update == stop_after
+    assert load_checkpoint(resumed / "last.pt")["update"] == stop_after
+    train(compose_config(*overrides, "trainer.resume=auto"), resumed)
+
+    a, b = final_state(straight), final_state(resumed)
+    assert a["update"] == b["update"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    logs_a, logs_b = read_scalars(straight), read_scalars(resumed)
+    for tag in ("train/lr", "train/loss", "val/loss"):
+        assert logs_a[tag] == logs_b[tag], tag
+
+
+def test_checkpoint_every_n_steps_and_keep_last_n(tmp_path):
+    train(compose_config("schedule=cosine", "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=3",
+                         "trainer.keep_last_n=2"), tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "last.pt", "step-00000015.pt",
+                                                              "step-00000016.pt"]
+    assert load_checkpoint(tmp_path / "last.pt")["update"] == 16
+
+
+def test_best_checkpoint_tracks_the_objective(tmp_path):
+    train(compose_config("schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=3"), tmp_path)
+    val = dict(read_scalars(tmp_path)["val/loss"])
+    best_update = min(val, key=val.get)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["update"] == best_update
+    assert best["counters"]["best"] == pytest.approx(val[best_update], rel=1e-6)
+
+
+def test_changed_schedule_is_refused_with_the_difference_unless_overridden(tmp_path):
+    run = ["schedule=wsd", "schedule.warmup_steps=4", "schedule.decay_steps=0", "trainer.max_epochs=4"]
+    train(compose_config(*run, "trainer.max_steps=16", "schedule.total_steps=32"), tmp_path)
+    branch = [*run, "schedule.decay_steps=16", "schedule.total_steps=32", "trainer.resume=auto"]
+    with pytest.raises(ConfigError) as error:
+        train(compose_config(*branch), tmp_path)
+    assert error.value.key == "trainer.resume_schedule"
+    assert "decay_steps: 0 -> 16" in str(error.value)
+    # the WSD branch: the stable phase's checkpoint continues into a cooldown
+    train(compose_config(*branch, "trainer.resume_schedule=override"), tmp_path)
+    lrs = dict(read_scalars(tmp_path)["train/lr"])
+    assert lrs[15] == pytest.approx(1e-3) and lrs[16] == pytest.approx(1e-3)
+    assert lrs[24] == pytest.approx(1e-3 * 0.5) and lrs[31] == pytest.approx(1e-3 / 16)
+
+
+def test_atomic_write_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"format": "x", "value": 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError("disk died")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_atomic({"format": "x", "value": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["value"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_truncated_foreign_and_wrong_model_checkpoints_are_clear_errors(tmp_path):
+    train(compose_config("schedule=cosine", "trainer.max_epochs=1"), tmp_path / "ok")
+    good = (tmp_path / "ok" / "last.pt").read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, words in [(truncated, "not a readable checkpoint"), (foreign, "not a trainer checkpoint"),
+                        (tmp_path / "missing.pt", "no checkpoint at")]:
+        with pytest.raises(ConfigError) as error:
+            train(compose_config("schedule=cosine", f"trainer.resume={path}"), tmp_path / "new")
+        assert str(path) in str(error.value) and words in str(error.value)
+    with pytest.raises(ConfigError) as error:
+        train(compose_config("schedule=cosine", "trainer.max_epochs=1", "model.hidden_sizes=[64]",
+                             f"trainer.resume={tmp_path / 'ok' / 'last.pt'}"), tmp_path / "new")
+    assert "does not fit this run" in str(error.value) and "size mismatch" in str(error.value)
+    assert not (tmp_path / "new").exists()
