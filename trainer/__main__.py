@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
 from trainer.run import train
+from trainer.summary import write_summary
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 
 
@@ -20,10 +23,15 @@ def main(cfg: DictConfig) -> float:
     """Train one job; returns ``trainer.objective`` so Hydra sweepers can optimise it."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        metrics = train(cfg, run_dir)
+        metrics = train(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task))
     except ConfigError as error:
-        remove_if_empty(run_dir)
         print(f"error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # Fail this job only: the sweep goes on, its report lists the job as failed, and a
+            # NaN objective is a failed trial to sweepers such as Optuna.
+            write_summary(run_dir, "failed", error=str(error))
+            return math.nan
+        remove_if_empty(run_dir)
         sys.exit(2)
     except Preempted as stop:
         print(f"{stop}; wrote {run_dir / 'last.pt'}. Continue with: "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm.auto import tqdm
 
 
@@ -76,6 +77,14 @@ class RunLogger:
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, updates_done)
         self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
+
+    def log_hparams(self, hparams: dict, metric_names: tuple[str, ...]) -> None:
+        """Fill TensorBoard's HParams tab: this run's hyper-parameters beside its final
+        ``metric_names`` (read by the dashboard from those scalar tags in this same run)."""
+        experiment, start, end = hparams_summary(hparams, {name: 0.0 for name in metric_names})
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, start, end):
+            file_writer.add_summary(summary)
 
     def rewrite(self, step: int, scalars: dict[str, float]) -> None:
         """Write already-known values again at ``step`` (after a resume's purge), silently."""

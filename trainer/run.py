@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -13,12 +14,15 @@ from trainer.checkpoint import load_checkpoint, one_line
 from trainer.config import RunPlan, plan_run, validate
 from trainer.data import build_dataset, data_shape, num_train_examples
 from trainer.logger import RunLogger
+from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.errors import ConfigError
 from trainer.loop import Checkpointing, Loop, TrainStep
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names
 from trainer.precision import resolve_device, resolve_precision
 from trainer.schedules import Schedule, build_schedule
+from trainer.stopping import NonFiniteStop, Preempted
+from trainer.summary import write_summary
 
 
 def seed_everything(seed: int) -> None:
@@ -102,11 +106,32 @@ def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str
     )
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def hyperparameters(config: DictConfig, overrides: list[str]) -> dict[str, float | int | str | bool]:
+    """What TensorBoard's HParams tab shows for a run: the usual knobs plus every override."""
+    keys = [
+        "model.name", "optimizer.name", "optimizer.lr", "optimizer.weight_decay", "schedule.name",
+        "schedule.interval", "schedule.warmup_steps", "schedule.total_steps", "data.batch_size",
+        "trainer.accumulate_grad_batches", "trainer.clip_grad_norm", "seed",
+    ]
+    keys += [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    values = {}
+    for key in dict.fromkeys(keys):
+        value = OmegaConf.select(config, key, default=None)
+        if key.split(".")[0] in config and value is not None and not OmegaConf.is_config(value):
+            values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        elif value is not None:  # a group override such as schedule=cosine
+            values[key] = OmegaConf.select(config, f"{key}.name", default=str(value))
+    return values
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
 
-    Every check that can fail on user input runs before the first file is written.
+    Every check that can fail on user input runs before the first file is written. The run
+    directory gets ``config.yaml`` (resolved), ``overrides.yaml`` (the command line's overrides,
+    which name sweep jobs in reports), TensorBoard events, checkpoints and ``metrics.json``.
     """
+    started = time.perf_counter()
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
@@ -130,6 +155,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = resolved_config(cfg, plan)
     OmegaConf.save(config, run_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
     start_update = checkpoint["update"] if checkpoint is not None else 0
     logger = RunLogger(
         run_dir,
@@ -169,10 +195,29 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         seed=cfg.seed,
         objective=cfg.trainer.objective,
         nonfinite=cfg.trainer.nonfinite,
+        range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
     )
+    status, metrics = "failed", None
     try:
         if checkpoint is not None:
             loop.load_state_dict(checkpoint, restore_plateau=cfg.trainer.resume_schedule == "strict")
-        return loop.run(start_update)
+        metrics = loop.run(start_update)
+        status = "completed"
+        if loop.range_test is not None:
+            found = write_lr_find(run_dir, loop.range_test)
+            metrics["suggested_lr"] = found["suggested_lr"]
+            logger.bar.write(
+                f"range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['rule']}); "
+                f"see {run_dir / 'lr_find.png'}"
+            )
+        logger.log_hparams(hyperparameters(config, overrides or []), metric_names=("val/loss", "val/acc"))
+        return metrics
+    except Preempted:
+        status = "preempted"
+        raise
+    except NonFiniteStop:
+        status = "stopped_nonfinite"
+        raise
     finally:
         logger.close()
+        write_summary(run_dir, status, metrics=metrics, wall_time_s=round(time.perf_counter() - started, 3))
