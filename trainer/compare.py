@@ -1,0 +1,187 @@
+"""``python -m trainer.compare SWEEP_DIR``: one report for every job of a sweep.
+
+Reads each job directory's event files, ``config.yaml``, ``overrides.yaml`` and ``metrics.json``
+and writes, into SWEEP_DIR (or ``--out``): ``report.md`` (jobs sorted by the objective),
+``report.csv``, ``lr.png`` (LR against update, one line per job) and ``loss.png`` (train and val
+loss). Jobs still running or that failed are listed with their status instead of breaking it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from trainer.events import read_scalars
+from trainer.summary import read_summary
+
+COLUMNS = ("job", "schedule", "overrides", "status", "final val/loss", "best val/loss", "final val/acc",
+           "best val/acc", "updates", "wall time (s)")
+
+
+@dataclass
+class Job:
+    """One job directory of a sweep, as read back from disk."""
+
+    name: str
+    schedule: str
+    overrides: list[str]
+    status: str
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    wall_time_s: float | None = None
+    error: str | None = None
+
+    def final(self, tag: str) -> float:
+        points = self.scalars.get(tag)
+        return points[-1][1] if points else math.nan
+
+    def best(self, tag: str, *, lower: bool) -> float:
+        values = [v for _, v in self.scalars.get(tag, [])]
+        return (min if lower else max)(values) if values else math.nan
+
+    @property
+    def updates(self) -> int:
+        steps = [s for s, _ in self.scalars.get("train/lr", [])]
+        return steps[-1] + 1 if steps else 0
+
+
+def read_job(job_dir: Path) -> Job:
+    """Whatever a job left: a finished run, a running one, or only a failure note."""
+    summary = read_summary(job_dir)
+    has_events = any(job_dir.glob("events.out.tfevents.*"))
+    if summary is not None:
+        status = summary["status"]
+    else:
+        status = "incomplete (running or killed)" if has_events else "failed (no output)"
+    config_path, overrides_path = job_dir / "config.yaml", job_dir / "overrides.yaml"
+    schedule = OmegaConf.load(config_path).schedule.name if config_path.is_file() else "?"
+    overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
+    if not overrides and "_" in job_dir.name:  # sweep dirs are named NUM_OVERRIDES
+        overrides = job_dir.name.split("_", 1)[1].split(",")
+    if schedule == "?":
+        schedule = next((o.split("=", 1)[1] for o in overrides if o.startswith("schedule=")), "?")
+    return Job(
+        name=job_dir.name,
+        schedule=schedule,
+        overrides=overrides,
+        status=status,
+        scalars=read_scalars(job_dir) if has_events else {},
+        wall_time_s=None if summary is None else summary.get("wall_time_s"),
+        error=None if summary is None else summary.get("error"),
+    )
+
+
+def collect(sweep_dir: Path) -> list[Job]:
+    """Every job directory directly under ``sweep_dir``, sorted: completed jobs by final
+    ``val/loss`` (lower first), then the rest."""
+    jobs = [read_job(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    jobs = [j for j in jobs if j.scalars or j.status != "failed (no output)" or j.overrides]
+
+    def key(job: Job) -> tuple[int, float]:
+        loss = job.final("val/loss")
+        return (0 if job.status == "completed" and not math.isnan(loss) else 1, loss if not math.isnan(loss) else 0)
+
+    return sorted(jobs, key=key)
+
+
+def _common_overrides(jobs: list[Job]) -> set[str]:
+    sets = [set(j.overrides) for j in jobs if j.overrides]
+    return set.intersection(*sets) if len(sets) > 1 else set()
+
+
+def rows(jobs: list[Job]) -> list[dict[str, str]]:
+    """The report table, values formatted; overrides shared by every job are left out."""
+    common = _common_overrides(jobs)
+
+    def fmt(value: float | None, digits: int = 4) -> str:
+        return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+    table = []
+    for job in jobs:
+        table.append({
+            "job": job.name.split("_", 1)[0],
+            "schedule": job.schedule,
+            "overrides": " ".join(o for o in job.overrides if o not in common) or "—",
+            "status": job.status + (f": {job.error}" if job.error else ""),
+            "final val/loss": fmt(job.final("val/loss")),
+            "best val/loss": fmt(job.best("val/loss", lower=True)),
+            "final val/acc": fmt(job.final("val/acc")),
+            "best val/acc": fmt(job.best("val/acc", lower=False)),
+            "updates": str(job.updates),
+            "wall time (s)": fmt(job.wall_time_s, 1),
+        })
+    return table
+
+
+def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, log_y: bool = False) -> None:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for index, job in enumerate(jobs):
+        for tag in tags:
+            points = job.scalars.get(tag)
+            if points:
+                style = "-" if tag.startswith("train") else "o--"  # one colour per job; val dashed
+                label = f"{job.name.split('_', 1)[0]} {job.schedule}" + (f" {tag}" if len(tags) > 1 else "")
+                ax.plot([s for s, _ in points], [v for _, v in points], style, label=label, markersize=3,
+                        color=f"C{index % 10}", alpha=0.6 if tag.startswith("train") else 1.0)
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    if ax.get_lines():
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write report.md, report.csv, lr.png and loss.png; returns the report's path."""
+    out_dir = out_dir or sweep_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = collect(sweep_dir)
+    table = rows(jobs)
+    with open(out_dir / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    common = sorted(_common_overrides(jobs))
+    lines = [
+        f"# Sweep report: {sweep_dir}",
+        "",
+        f"{len(jobs)} jobs, sorted by final val/loss (lower is better); unfinished jobs last.",
+        f"Shared overrides: `{' '.join(common)}`" if common else "",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *("| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in table),
+        "",
+        "![LR per update](lr.png)",
+        "",
+        "![Loss](loss.png)",
+        "",
+    ]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    _plot(jobs, out_dir / "lr.png", tags=("train/lr",), ylabel="learning rate")
+    _plot(jobs, out_dir / "loss.png", tags=("train/loss", "val/loss"), ylabel="loss (nats)", log_y=True)
+    return out_dir / "report.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (one sub-directory per job)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    report = write_report(args.sweep_dir, args.out)
+    print(report.read_text().split("\n![")[0])
+    print(f"wrote {report} with report.csv, lr.png and loss.png beside it")
+
+
+if __name__ == "__main__":
+    main()
