@@ -21,6 +21,7 @@ from trainer.config import RunPlan
 from trainer.data import Dataset
 from trainer.data.batches import epoch_batches, eval_batches
 from trainer.logger import RunLogger
+from trainer.lr_find import RangeTestMonitor
 from trainer.optim import trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule
@@ -154,6 +155,7 @@ class Loop:
     seed: int
     objective: str = "val/loss"
     nonfinite: str = "skip"
+    range_test: RangeTestMonitor | None = None
     best: float = math.inf
     _bad_seen: int = 0
     _last_val: tuple[int, dict[str, float]] = (-1, {})
@@ -258,7 +260,7 @@ class Loop:
         apply_schedule(self.optimizer, self.schedule, start_update)
         momentum_scheduled = self.schedule.momentum_fn is not None
         self.model.train()
-        update, metrics = start_update, {}
+        update, metrics, diverged = start_update, {}, False
         with StopOnSignal() as stop:
             for epoch in range(update // upe, plan.num_epochs):
                 batches = epoch_batches(
@@ -278,8 +280,12 @@ class Loop:
                             skipped_updates=int(self.step.skipped_updates),
                         )
                         self._enforce_nonfinite_policy(update + 1)
+                        if self.range_test is not None:
+                            diverged = self.range_test.record(lrs[0], metrics["train/loss"])
                     update += 1
                     logger.advance()
+                    if diverged:
+                        break
                     if update == epoch_end:
                         break  # the epoch-end checkpoint below covers this update
                     if ckpt.every_n_steps and update % ckpt.every_n_steps == 0:
@@ -288,13 +294,16 @@ class Loop:
                         self.save(update)
                         raise Preempted(stop.requested, update)
                 improved = False
-                if (epoch + 1) % self.val_every_n_epochs == 0 or update >= plan.max_updates:
+                if (epoch + 1) % self.val_every_n_epochs == 0 or update >= plan.max_updates or diverged:
                     metrics.update(self.validate(update))
                     improved = metrics[self.objective] < self.best
                     self.best = min(self.best, metrics[self.objective])
                 self.save(update, improved=improved)
                 if stop.requested:
                     raise Preempted(stop.requested, update)
+                if diverged:
+                    logger.bar.write(f"range test: loss diverged at update {update}; stopping")
+                    break
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics

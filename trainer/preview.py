@@ -49,11 +49,12 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate")
     ax.set_title(f"{cfg.schedule.name} ({cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps})")
+    handles = ax.get_lines()
     if scheduled_momentum:
         ax2 = ax.twinx()
-        ax2.plot(updates, [r["momentum"] for r in rows], color="gray", linestyle="--", label="momentum")
+        handles += ax2.plot(updates, [r["momentum"] for r in rows], color="gray", linestyle="--", label="momentum")
         ax2.set_ylabel("momentum / beta1")
-    ax.legend(loc="best")
+    ax.legend(handles=handles, loc="best")
     fig.tight_layout()
     fig.savefig(out_dir / "lr.png", dpi=110)
     lrs = [r[f"lr/{names[0]}"] for r in rows]
