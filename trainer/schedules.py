@@ -316,12 +316,15 @@ def warmup_then(
     With ``ramp=False`` (momentum) the warmup holds the decay's starting value instead of
     scaling it: momentum is not warmed up from 0.
     """
+    # A warmup as long as the run leaves the decay no length; the ramp still aims at its start
+    # value (η for cosine), as seed 000's get_lr does, so give the decay a length of at least 1.
+    decay_steps = max(total_steps - warmup_steps, 1)
     if t < warmup_steps:
-        start = decay(0, total_steps - warmup_steps)
+        start = decay(0, decay_steps)
         if not ramp:
             return start
         return start * (t if warmup_from_zero else t + 1) / warmup_steps
-    return decay(t - warmup_steps, total_steps - warmup_steps)
+    return decay(t - warmup_steps, decay_steps)
 
 
 def _decay_fn(fn: LRFunction, peak_lr: float, params: dict[str, Any]) -> Callable[[int, int], float]:
@@ -336,6 +339,10 @@ def schedule_parameters(name: str) -> dict[str, Any]:
         for p in inspect.signature(fn).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("peak_lr", "total_steps")
     }
+
+
+#: ``ReduceLROnPlateau``'s ``eps``: a cut that changes the LR by less than this is skipped.
+PLATEAU_EPS = 1e-8
 
 
 @dataclass
@@ -378,7 +385,9 @@ class ReduceOnPlateau:
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0
         if self.num_bad_epochs > self.patience:
-            self.lr = max(self.lr * self.factor, self.min_lr)
+            reduced = max(self.lr * self.factor, self.min_lr)
+            if self.lr - reduced > PLATEAU_EPS:  # as torch: ignore cuts too small to matter
+                self.lr = reduced
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
 
     def state_dict(self) -> dict[str, float]:
