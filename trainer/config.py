@@ -85,6 +85,8 @@ def _validate_trainer(t: DictConfig) -> None:
     )
     _choice(t.resume_schedule, "trainer.resume_schedule", ("strict", "override"))
     _choice(t.nonfinite, "trainer.nonfinite", ("skip", "stop", "raise"))
+    if t.num_threads != "auto":
+        _positive_int(t.num_threads, "trainer.num_threads")
 
 
 def _validate_optimizer(o: DictConfig) -> None:

@@ -1,8 +1,12 @@
-"""Where the Hydra configs live, and tidying up after a config error."""
+"""Where the Hydra configs live, how sweep jobs are named, and tidying up after a config error."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -16,3 +20,20 @@ def remove_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
     except OSError:  # not empty (a real run's files) or already gone: leave it
         pass
+
+
+MAX_JOB_NAME = 120  # bytes; file systems stop at 255, and paths get unwieldy long before
+
+
+def job_name(number: int, overrides: Sequence[str]) -> str:
+    """``NUM_k=v,k=v`` for a sweep job's directory, overrides in command-line order (a sweeper's
+    own parameters come first); long names are cut and end in a hash of the full name."""
+    name = f"{number}_" + ",".join(overrides).replace("/", "_")
+    if len(name.encode()) <= MAX_JOB_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name.encode()[: MAX_JOB_NAME - 9].decode(errors="ignore") + "~" + digest
+
+
+# Used by conf/config.yaml's hydra.sweep.subdir; registered on import, before Hydra composes.
+OmegaConf.register_new_resolver("job_name", job_name, replace=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -23,6 +24,14 @@ from trainer.precision import resolve_device, resolve_precision
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
 from trainer.summary import write_summary
+
+
+def cpu_threads(setting: int | str) -> int:
+    """Intra-op threads: a number, or ``auto`` = $OMP_NUM_THREADS (parallel launchers set it per
+    job), else the CPUs this process may run on (a SLURM task's allocation, not the whole node)."""
+    if setting != "auto":
+        return int(setting)
+    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +142,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     """
     started = time.perf_counter()
     validate(cfg)
+    torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
