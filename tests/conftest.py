@@ -11,8 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A tiny synthetic job: 256 examples / batch 32 = 8 updates per epoch, no progress bar.
+# A tiny synthetic job: 256 examples / batch 32 = 8 updates per epoch, no progress bar, one
+# thread (on tensors this small, a second OpenMP thread costs more than it gives).
 TINY = [
+    "trainer.num_threads=1",
     "data=synthetic",
     "model=mlp",
     "data.train_size=256",
