@@ -33,3 +33,13 @@ def test_dockerfile_copies_existing_files_and_runs_the_cli():
                 assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
     assert ["ENTRYPOINT", '["python",', '"-m",', '"trainer"]'] in instructions
     assert any(w[0] == "RUN" and "pip install" in " ".join(w) and "trainer --help" in " ".join(w) for w in instructions)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2  # one to run the main job, one to run the tests
+    assert commands[0].endswith("python -m trainer")
+    ci_lines = (REPO / ".ci/run").read_text().splitlines()
+    assert commands[1] in ci_lines

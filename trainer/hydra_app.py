@@ -22,7 +22,7 @@ def remove_if_empty(run_dir: Path) -> None:
         pass
 
 
-MAX_JOB_NAME = 120  # bytes; file systems stop at 255, and paths get unwieldy long before
+MAX_JOB_NAME = 200  # bytes, under the 255 most file systems allow for one name
 
 
 def job_name(number: int, overrides: Sequence[str]) -> str:

@@ -3,6 +3,7 @@
 Takes the same overrides as ``python -m trainer``, derives the run's length the same way, and
 writes ``lr.csv`` (one row per optimizer update: update, t, the LR of every parameter group, and
 the momentum when it is scheduled) and ``lr.png`` to the run directory, then prints a summary.
+``-m schedule=a,b,c`` previews several and also draws them on one plot (``SWEEP_DIR/lr.png``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from matplotlib.figure import Figure  # the object API needs no GUI backend
 from omegaconf import DictConfig
 
@@ -67,7 +71,28 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+class CombinedPlot(Callback):
+    """After a ``-m`` preview, draw every job's group-0 LR on one plot in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        fig = Figure(figsize=(10, 4.5))
+        ax = fig.subplots()
+        for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "lr.csv").is_file()):
+            with open(job_dir / "lr.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            lr_column = next(k for k in rows[0] if k.startswith("lr/"))
+            label = job_dir.name.split("_", 1)[-1]
+            ax.plot([int(r["update"]) for r in rows], [float(r[lr_column]) for r in rows], label=label)
+        ax.set_xlabel("optimizer update")
+        ax.set_ylabel("learning rate")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        fig.savefig(sweep_dir / "lr.png", dpi=110)
+        print(f"wrote {sweep_dir / 'lr.png'} with every schedule of the sweep")
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="preview", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -75,7 +100,8 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as error:
         remove_if_empty(out_dir)
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep, skip this job only
+            sys.exit(2)
 
 
 if __name__ == "__main__":

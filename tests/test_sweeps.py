@@ -1,0 +1,135 @@
+"""Sweeps end to end: multirun job dirs, the comparison report, range test, Optuna, HParams."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.conftest import TINY, run_cli
+from trainer.compare import write_report
+from trainer.events import read_scalars
+
+needs_sweep_extra = pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None
+    or importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+    reason='the optional sweep plugins are not installed (pip install -e ".[sweep]")',
+)
+
+
+def sweep(tmp_path, *overrides, module="trainer"):
+    """A multirun with the swept keys first (job directories are named in command-line order)."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(module, ["-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}"])
+    return proc, sweep_dir
+
+
+def report_rows(sweep_dir):
+    lines = (sweep_dir / "report.md").read_text().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| job |"))
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    rows = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(columns, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def test_three_schedule_multirun_and_its_report(tmp_path):
+    _, sweep_dir = sweep(tmp_path, "schedule=constant,cosine,onecycle", "optimizer.lr=0.01", "trainer.max_epochs=2")
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
+    assert len(jobs) == 3
+    for number, (job, schedule) in enumerate(zip(jobs, ["constant", "cosine", "onecycle"])):
+        assert job.name.startswith(f"{number}_schedule={schedule},optimizer.lr=0.01,")  # named by overrides
+    write_report(sweep_dir)
+    rows = report_rows(sweep_dir)
+    assert sorted(r["schedule"] for r in rows) == ["constant", "cosine", "onecycle"]
+    finals = {}
+    for job in jobs:
+        name = OmegaConf.load(job / "config.yaml").schedule.name
+        finals[name] = read_scalars(job)["val/loss"][-1][1]
+        assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+    for row in rows:
+        assert float(row["final val/loss"]) == pytest.approx(finals[row["schedule"]], abs=1e-4)
+        assert row["updates"] == "16" and row["status"] == "completed"
+        assert row["overrides"] == f"schedule={row['schedule']}"  # shared overrides are factored out
+    losses = [float(r["final val/loss"]) for r in rows]
+    assert losses == sorted(losses)
+    for image in ("lr.png", "loss.png"):
+        assert (sweep_dir / image).read_bytes()[:4] == b"\x89PNG"
+    assert len((sweep_dir / "report.csv").read_text().splitlines()) == 4
+
+
+def test_report_survives_failed_and_unfinished_jobs(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, "schedule=cosine", "optimizer.lr=0.01,-1", "trainer.max_epochs=1")
+    assert "error: optimizer.lr" in proc.stderr and "Traceback" not in proc.stderr
+    unfinished = next(p for p in sweep_dir.iterdir() if p.name.startswith("0_"))
+    (unfinished / "metrics.json").unlink()  # as if the job were still running or had been killed
+    write_report(sweep_dir)
+    statuses = {r["job"]: r["status"] for r in report_rows(sweep_dir)}
+    assert statuses["0"] == "incomplete (running or killed)"
+    assert statuses["1"].startswith("failed: optimizer.lr: got -1")
+
+
+def test_range_test_stops_on_divergence_and_suggests_an_lr(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [*TINY, f"hydra.run.dir={run_dir}", "optimizer=sgd", "data.train_size=2048",
+                        "schedule=lr_range_test", "schedule.min_lr=1e-4", "schedule.max_lr=100",
+                        "schedule.num_steps=60", "trainer.max_epochs=1"])
+    found = json.loads((run_dir / "lr_find.json").read_text())
+    lrs = [v for _, v in read_scalars(run_dir)["train/lr"]]
+    stop = found["stopped_early_at_update"]
+    assert stop is not None and stop < 60 and len(lrs) == stop  # diverged before max_lr
+    assert lrs == pytest.approx([1e-4 * (1e6) ** (t / 59) for t in range(stop)], rel=1e-6)
+    assert 1e-4 <= found["suggested_lr"] < found["lr_at_min_loss"] <= lrs[-1]
+    assert "steepest" in found["rule"]
+    assert (run_dir / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hparams_are_written_for_the_dashboard(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [*TINY, f"hydra.run.dir={run_dir}", "schedule=cosine", "optimizer.lr=0.02",
+                        "trainer.max_epochs=1"])
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["optimizer.lr"].number_value == pytest.approx(0.02)
+    assert hparams["schedule.name"].string_value == "cosine"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    assert {m.name.tag for m in experiment.experiment.metric_infos} == {"val/loss", "val/acc"}
+
+
+def test_preview_of_several_schedules_on_one_plot(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, "schedule=cosine,onecycle", "trainer.max_steps=40", module="trainer.preview")
+    assert len(list(sweep_dir.glob("*/lr.csv"))) == 2
+    assert (sweep_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert "every schedule of the sweep" in proc.stdout
+
+
+@needs_sweep_extra
+def test_optuna_search_runs_two_trials(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_cli("trainer", [*TINY, "hparams_search=schedule_optuna", "hydra.sweeper.n_trials=2",
+                        f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=40"])
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert math.isfinite(results.best_value)
+    assert set(results.best_params) == {"schedule", "optimizer.lr", "schedule.warmup_steps"}
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(summaries) == 2
+    assert min(s["metrics"]["val/loss"] for s in summaries) == pytest.approx(results.best_value)
+
+
+@needs_sweep_extra
+def test_parallel_local_launcher(tmp_path):
+    _, sweep_dir = sweep(tmp_path, "hydra/launcher=local_parallel", "schedule=constant,cosine",
+                         "trainer.max_epochs=1")
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
