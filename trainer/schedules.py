@@ -182,14 +182,12 @@ def _onecycle_phases(total_steps: int, pct_start: float, three_phase: bool) -> l
 
 
 def _onecycle_value(t: int, ends: list[float], values: list[float], anneal_strategy: str) -> float:
+    """Interpolate within the phase holding t (the last phase also takes every later t)."""
     interp = _cosine_interp if anneal_strategy == "cos" else _linear_interp
-    start_step = 0.0
-    for i, end_step in enumerate(ends):
-        if t <= end_step or i == len(ends) - 1:
-            fraction = min((t - start_step) / (end_step - start_step), 1.0)
-            return interp(values[i], values[i + 1], fraction)
-        start_step = end_step
-    raise AssertionError("unreachable: the last phase always returns")
+    phase = next((i for i, end in enumerate(ends) if t <= end), len(ends) - 1)
+    start = 0.0 if phase == 0 else ends[phase - 1]
+    fraction = min((t - start) / (ends[phase] - start), 1.0)
+    return interp(values[phase], values[phase + 1], fraction)
 
 
 @register("onecycle")
