@@ -133,3 +133,12 @@ def test_truncated_foreign_and_wrong_model_checkpoints_are_clear_errors(tmp_path
                              f"trainer.resume={tmp_path / 'ok' / 'last.pt'}"), tmp_path / "new")
     assert "does not fit this run" in str(error.value) and "size mismatch" in str(error.value)
     assert not (tmp_path / "new").exists()
+
+
+def test_resuming_a_finished_run_trains_nothing_and_reports_its_metrics(tmp_path):
+    overrides = ["schedule=cosine", "trainer.max_epochs=2"]
+    first = train(compose_config(*overrides), tmp_path)
+    again = train(compose_config(*overrides, "trainer.resume=auto"), tmp_path)
+    assert again["updates"] == first["updates"] == 16
+    assert again["val/loss"] == first["val/loss"]
+    assert [s for s, _ in read_scalars(tmp_path)["train/lr"]] == list(range(16))

@@ -304,6 +304,8 @@ class Loop:
                 if diverged:
                     logger.bar.write(f"range test: loss diverged at update {update}; stopping")
                     break
+        if self.objective not in metrics:  # resumed a finished run (e.g. a requeued job): report, train nothing
+            metrics.update(evaluate(self.model, self.dataset.val_x, self.dataset.val_y, self.batch_size, self.precision))
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics
