@@ -9,7 +9,8 @@ from trainer.config import plan_run, validate
 from trainer.errors import ConfigError
 from trainer.run import build_for_preview
 
-SCHEDULES = sorted(p.stem for p in (REPO / "conf/schedule").glob("*.yaml"))
+SCHEDULES = sorted(p.stem for p in (REPO / "conf/schedule").glob("*.yaml") if not p.stem.startswith("preset_"))
+PRESETS = sorted(p.stem for p in (REPO / "conf/schedule").glob("preset_*.yaml"))
 # Enough updates (8/epoch x 50) for every default warmup / decay / cycle to fit.
 LONG = ["trainer.max_epochs=50"]
 
@@ -29,6 +30,33 @@ def test_every_schedule_composes_and_builds(name):
     assert schedule.name == name
     lrs = [schedule.lr(u) for u in range(plan.max_updates)]
     assert all(lr >= 0 for lr in lrs) and max(lrs) > 0
+
+
+@pytest.mark.parametrize(
+    ("preset", "name", "peak", "warmup", "min_lr"),
+    [  # seed 002's table; warmup over 10% of 5000 updates = 500
+        ("preset_llm_pretrain", "warmup_cosine", 3e-4, 2000, 3e-6),
+        ("preset_sft", "warmup_cosine", 2e-5, 100, 0.0),
+        ("preset_dpo", "constant", 1e-6, 100, None),
+        ("preset_lora", "warmup_cosine", 2e-4, 500, 0.0),
+        ("preset_embedding", "linear", 2e-5, 500, 0.0),
+    ],
+)
+def test_seed002_presets(preset, name, peak, warmup, min_lr):
+    assert preset in PRESETS
+    cfg = compose_config(f"schedule={preset}", "trainer.max_steps=5000")
+    _, schedule, plan = build_for_preview(cfg)
+    assert (schedule.name, schedule.peak_lr, plan.warmup_steps) == (name, peak, warmup)
+    assert schedule.lr(warmup) == pytest.approx(peak)
+    if min_lr is not None:
+        assert schedule.lr(5000) == pytest.approx(min_lr, abs=1e-15)
+
+
+def test_presets_cover_the_table_and_follow_an_overridden_peak():
+    assert len(PRESETS) == 5
+    cfg = compose_config("schedule=preset_llm_pretrain", "optimizer.lr=1e-3", "trainer.max_steps=5000")
+    _, schedule, _ = build_for_preview(cfg)
+    assert schedule.lr(5000) == pytest.approx(1e-5)  # final LR = peak / 100
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])

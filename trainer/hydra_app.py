@@ -35,5 +35,11 @@ def job_name(number: int, overrides: Sequence[str]) -> str:
     return name.encode()[: MAX_JOB_NAME - 9].decode(errors="ignore") + "~" + digest
 
 
-# Used by conf/config.yaml's hydra.sweep.subdir; registered on import, before Hydra composes.
+def multiply(a: float, b: float) -> float:
+    """``${mul:${optimizer.lr},0.01}``: a value that follows another, e.g. final LR = peak / 100."""
+    return a * b
+
+
+# Used by the configs (hydra.sweep.subdir, schedule presets); registered on import, before Hydra composes.
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
+OmegaConf.register_new_resolver("mul", multiply, replace=True)
