@@ -1,10 +1,60 @@
-"""Read TensorBoard scalars back from a run directory (for tests, reports and comparisons)."""
+"""TensorBoard event files: a lean writer for the training loop, and a reader for reports and tests."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
+import struct
+import time
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+_file_numbers = itertools.count()
+
+
+class EventWriter:
+    """Appends event records to one ``events.out.tfevents.*`` file, in the calling thread.
+
+    ``SummaryWriter`` hands every scalar to a writer thread that fights the training thread for
+    the GIL (each torch call releases it) and writes one record per scalar; measured on 2 CPU
+    cores that halved a small model's updates/s when logging every update. Here all the scalars of
+    one step go into a single record, written through a buffer that :meth:`flush` empties.
+    """
+
+    def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}"
+        self.path = log_dir / name
+        self._file = open(self.path, "ab", buffering=1 << 16)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            # TensorBoard drops earlier points at steps >= purge_step: a resumed run's replayed updates.
+            self._write(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def _write(self, event: Event) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data)))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Every ``tag: value`` at ``step``, as one record."""
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()])
+        self._write(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def summary(self, summary: Summary, step: int = 0) -> None:
+        """A prepared summary (e.g. the HParams plugin's)."""
+        self._write(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

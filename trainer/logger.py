@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm.auto import tqdm
+
+from trainer.events import EventWriter
 
 
 class RunLogger:
@@ -32,7 +33,7 @@ class RunLogger:
     ) -> None:
         # On resume, purge_step makes TensorBoard drop what the interrupted run logged after its
         # checkpoint, so the updates it replays are not shown twice.
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_update or None)
+        self.writer = EventWriter(run_dir, purge_step=start_update or None)
         self.every = log_every_n_steps
         self.last_update = max_updates - 1
         self.group_names = group_names
@@ -68,28 +69,25 @@ class RunLogger:
             scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, lrs)})
         if momentum is not None:
             scalars["train/momentum"] = momentum
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, update)
+        self.writer.scalars(update, scalars)
         self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
         return loss_value
 
     def log_val(self, updates_done: int, metrics: dict[str, float]) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, updates_done)
+        self.writer.scalars(updates_done, metrics)
+        self.writer.flush()  # once an epoch: what is on disk keeps up with the checkpoints
         self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
 
     def log_hparams(self, hparams: dict, metric_names: tuple[str, ...]) -> None:
         """Fill TensorBoard's HParams tab: this run's hyper-parameters beside its final
         ``metric_names`` (read by the dashboard from those scalar tags in this same run)."""
-        experiment, start, end = hparams_summary(hparams, {name: 0.0 for name in metric_names})
-        file_writer = self.writer._get_file_writer()
-        for summary in (experiment, start, end):
-            file_writer.add_summary(summary)
+        for summary in hparams_summary(hparams, {name: 0.0 for name in metric_names}):
+            self.writer.summary(summary)
 
     def rewrite(self, step: int, scalars: dict[str, float]) -> None:
         """Write already-known values again at ``step`` (after a resume's purge), silently."""
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, step)
+        if scalars:
+            self.writer.scalars(step, scalars)
 
     def advance(self) -> None:
         self.bar.update(1)
