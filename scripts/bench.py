@@ -1,0 +1,189 @@
+"""Harness overhead: the trainer's loop against the same step written by hand, in one process.
+
+    python scripts/bench.py                       # every case this machine can run
+    python scripts/bench.py --cases mlp_cpu --updates 300 --repeats 5 --json bench.json
+
+Both sides train the same model from the same initial weights on the same batches with the same
+features (autocast dtype, gradient clipping, optimizer, warmup + cosine schedule). The harness
+side is ``trainer.loop.Loop.run`` as ``python -m trainer`` builds it, logging every update to
+TensorBoard. Each measurement is taken after warm-up updates, with device synchronisation, and
+repeated; the table gives the median and the spread (min-max) of updates/s, examples/s, the
+ratio harness/raw and, on CUDA, peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from trainer.data import build_dataset
+from trainer.data.batches import epoch_batches
+from trainer.hydra_app import CONFIG_DIR
+from trainer.loop import Checkpointing, Loop, TrainStep
+from trainer.config import plan_run
+from trainer.logger import RunLogger
+from trainer.optim import group_names
+from trainer.precision import resolve_precision
+from trainer.run import build_optimization
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a composed config (overrides) on one device."""
+
+    name: str
+    device: str
+    overrides: tuple[str, ...]
+
+
+CASES = {
+    "mlp_cpu": Case("mlp_cpu", "cpu", (
+        "data=synthetic", "model=mlp", "data.batch_size=64", "data.train_size=65536", "data.val_size=64",
+        "trainer.precision=fp32", "optimizer=adamw",
+    )),
+    "mlp_cuda": Case("mlp_cuda", "cuda", (
+        "data=synthetic", "model=mlp", "data.batch_size=64", "data.train_size=65536", "data.val_size=64",
+        "trainer.precision=bf16", "optimizer=adamw",
+    )),
+}
+
+
+def compose_case(case: Case, updates: int):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            *case.overrides, f"trainer.device={case.device}", f"trainer.max_steps={updates}",
+            "schedule=warmup_cosine", f"schedule.warmup_steps={max(updates // 10, 1)}", "trainer.clip_grad_norm=1.0",
+            "logger.log_every_n_steps=1", "logger.progress_bar=false", "trainer.val_every_n_epochs=1000",
+        ])
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def harness_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
+    """Seconds for ``Loop.run`` over the configured updates (validation happens once, at the end)."""
+    model, optimizer, schedule, plan = build_optimization(
+        cfg, num_train=len(dataset.train_y), input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+        device=device,
+    )
+    precision = resolve_precision(cfg.trainer.precision, device)
+    logger = RunLogger(run_dir, log_every_n_steps=1, max_updates=plan.max_updates,
+                       group_names=group_names(optimizer), progress_bar=False)
+    step = TrainStep(model, optimizer, schedule, precision, nn.CrossEntropyLoss(), cfg.trainer.clip_grad_norm)
+    loop = Loop(
+        model=model, optimizer=optimizer, schedule=schedule, step=step, dataset=dataset, plan=plan, logger=logger,
+        precision=precision, batch_size=cfg.data.batch_size, accumulate_grad_batches=1, val_every_n_epochs=1000,
+        seed=cfg.seed, checkpointing=Checkpointing(run_dir=run_dir, every_n_steps=None, keep_last_n=0, config={},
+                                                   fingerprint={}),
+    )
+    synchronize(device)
+    start = time.perf_counter()
+    loop.run()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    logger.close()
+    return elapsed
+
+
+def raw_run(cfg, dataset, device: torch.device) -> float:
+    """Seconds for the same updates written by hand: the classic loop, no logging."""
+    model, optimizer, schedule, plan = build_optimization(
+        cfg, num_train=len(dataset.train_y), input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+        device=device,
+    )
+    dtype = resolve_precision(cfg.trainer.precision, device).dtype
+    loss_fn, params = nn.CrossEntropyLoss(), [p for p in model.parameters()]
+    lrs = [schedule.lr(u) for u in range(plan.max_updates)]
+    batches = epoch_batches(dataset.train_x, dataset.train_y, cfg.data.batch_size, seed=cfg.seed, epoch=0)
+    synchronize(device)
+    start = time.perf_counter()
+    for update in range(plan.max_updates):
+        x, y = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[update]
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, cfg.trainer.clip_grad_norm, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(fn: Callable[[], float], repeats: int) -> list[float]:
+    fn()  # warm-up: allocator, kernels, lazy imports
+    return [fn() for _ in range(repeats)]
+
+
+def bench_case(case: Case, updates: int, repeats: int) -> dict:
+    device = torch.device(case.device)
+    cfg = compose_case(case, updates)
+    dataset = build_dataset(cfg.data, cfg.seed).to(device)
+    assert plan_run(cfg, len(dataset.train_y)).num_epochs == 1, "keep the benchmark within one epoch"
+    results = {}
+    for side, fn in (("raw", lambda: raw_run(cfg, dataset, device)),
+                     ("harness", lambda: harness_run(cfg, dataset, device, Path(tempfile.mkdtemp())))):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = measure(fn, repeats)
+        rates = sorted(updates / s for s in seconds)
+        results[side] = {
+            "updates_per_s": statistics.median(rates),
+            "min": rates[0],
+            "max": rates[-1],
+            "examples_per_s": statistics.median(rates) * cfg.data.batch_size,
+            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        }
+    results["ratio"] = results["harness"]["updates_per_s"] / results["raw"]["updates_per_s"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="*", default=None, help=f"subset of {', '.join(CASES)}")
+    parser.add_argument("--updates", type=int, default=300, help="timed optimizer updates per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    names = args.cases or [n for n, c in CASES.items() if c.device == "cpu" or torch.cuda.is_available()]
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "updates": args.updates,
+        "repeats": args.repeats,
+        "cases": {},
+    }
+    print(f"{'case':<10} {'raw upd/s':>16} {'harness upd/s':>16} {'examples/s (h)':>15} {'ratio':>6} {'peak MB r/h':>12}")
+    for name in names:
+        r = bench_case(CASES[name], args.updates, args.repeats)
+        report["cases"][name] = r
+        raw, harness = r["raw"], r["harness"]
+        memory = "-" if raw["peak_memory_mb"] is None else f"{raw['peak_memory_mb']:.0f}/{harness['peak_memory_mb']:.0f}"
+        print(f"{name:<10} {raw['updates_per_s']:>8.0f} ({raw['min']:.0f}-{raw['max']:.0f}) "
+              f"{harness['updates_per_s']:>7.0f} ({harness['min']:.0f}-{harness['max']:.0f}) "
+              f"{harness['examples_per_s']:>15.0f} {r['ratio']:>6.3f} {memory:>12}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    assert all(math.isfinite(c["ratio"]) for c in report["cases"].values())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Smoke test of the overhead benchmark: it runs and reports; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_bench_runs_the_cpu_case(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "scripts/bench.py", "--cases", "mlp_cpu", "--updates", "5", "--repeats", "1",
+         "--json", str(out)],
+        cwd=REPO, check=True, capture_output=True, timeout=300,
+    )
+    report = json.loads(out.read_text())
+    case = report["cases"]["mlp_cpu"]
+    assert set(case) == {"raw", "harness", "ratio"}
+    assert case["raw"]["updates_per_s"] > 0 and case["harness"]["updates_per_s"] > 0
+    assert case["ratio"] == case["harness"]["updates_per_s"] / case["raw"]["updates_per_s"]
+    assert case["harness"]["examples_per_s"] == case["harness"]["updates_per_s"] * 64
