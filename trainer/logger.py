@@ -70,7 +70,8 @@ class RunLogger:
         if momentum is not None:
             scalars["train/momentum"] = momentum
         self.writer.scalars(update, scalars)
-        self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
+        if not self.bar.disable:
+            self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
         return loss_value
 
     def log_val(self, updates_done: int, metrics: dict[str, float]) -> None:

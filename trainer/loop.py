@@ -83,13 +83,15 @@ class TrainStep:
         """
         # Dividing each micro-batch loss by their count makes the summed gradient the mean over
         # the whole update, so the LR means the same thing at any accumulation.
-        scale = 1.0 / len(micro_batches)
-        total_loss = torch.zeros((), device=micro_batches[0][0].device)
+        count = len(micro_batches)
+        total_loss = None
         for inputs, targets in micro_batches:
             with self.precision.autocast():
-                loss = self.loss_fn(self.model(inputs), targets) * scale
+                loss = self.loss_fn(self.model(inputs), targets)
+            if count > 1:
+                loss = loss / count
             self.scaler.scale(loss).backward()
-            total_loss += loss.detach()
+            total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
         # Unscale before clipping: under fp16 the gradients are multiplied by the loss scale, and
         # clipping (or logging) scaled gradients would compare the wrong norm with max_norm.
         self.scaler.unscale_(self.optimizer)
@@ -98,7 +100,8 @@ class TrainStep:
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
         self.skipped_updates += ~torch.isfinite(grad_norm)
-        self.nonfinite_losses += ~torch.isfinite(total_loss)
+        if self.precision.uses_grad_scaler:  # only fp16 needs the loss apart from the gradients
+            self.nonfinite_losses += ~torch.isfinite(total_loss)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         # The schedule advances once per optimizer update (never per micro-batch), right after
