@@ -20,7 +20,6 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,29 +124,34 @@ def raw_run(cfg, dataset, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure(fn: Callable[[], float], repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, kernels, lazy imports
-    return [fn() for _ in range(repeats)]
-
-
 def bench_case(case: Case, updates: int, repeats: int) -> dict:
+    """Time both sides, alternating raw and harness each repeat so that drift in the machine's
+    speed (shared VMs have plenty) hits both alike; one untimed warm-up run of each first."""
     device = torch.device(case.device)
     cfg = compose_case(case, updates)
     dataset = build_dataset(cfg.data, cfg.seed).to(device)
     assert plan_run(cfg, len(dataset.train_y)).num_epochs == 1, "keep the benchmark within one epoch"
+    sides = {"raw": lambda: raw_run(cfg, dataset, device),
+             "harness": lambda: harness_run(cfg, dataset, device, Path(tempfile.mkdtemp()))}
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    peak: dict[str, float | None] = {}
+    for repeat in range(repeats + 1):
+        for side, fn in sides.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            elapsed = fn()
+            if repeat > 0:  # repeat 0 warms up allocator, kernels and lazy imports
+                seconds[side].append(elapsed)
+            peak[side] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     results = {}
-    for side, fn in (("raw", lambda: raw_run(cfg, dataset, device)),
-                     ("harness", lambda: harness_run(cfg, dataset, device, Path(tempfile.mkdtemp())))):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = measure(fn, repeats)
-        rates = sorted(updates / s for s in seconds)
+    for side, times in seconds.items():
+        rates = sorted(updates / s for s in times)
         results[side] = {
             "updates_per_s": statistics.median(rates),
             "min": rates[0],
             "max": rates[-1],
             "examples_per_s": statistics.median(rates) * cfg.data.batch_size,
-            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+            "peak_memory_mb": peak[side],
         }
     results["ratio"] = results["harness"]["updates_per_s"] / results["raw"]["updates_per_s"]
     return results
