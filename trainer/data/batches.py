@@ -19,7 +19,7 @@ def batches_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def epoch_order(num_examples: int, *, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of example indices for ``epoch`` (CPU, int64)."""
+    """The permutation of example indices for ``epoch`` (CPU, int64): a pure function of its arguments."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_examples, generator=generator)
 
@@ -28,10 +28,14 @@ def epoch_batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
     start_batch: int = 0,
 ) -> Iterator[Batch]:
-    """Yield the whole batches of one epoch, from batch index ``start_batch`` on.
+    """Yield one epoch's ``batches_per_epoch(len(x), batch_size)`` whole batches, from ``start_batch`` on.
 
-    Skipping ``start_batch`` batches does not change which examples the later batches hold.
+    Batch i holds examples ``order[i * batch_size : (i + 1) * batch_size]`` of the epoch's order
+    (``epoch_order``, or 0..N-1 without shuffle), so skipping ``start_batch`` batches does not
+    change which examples the later ones hold. The examples left over are not seen this epoch.
     """
+    if batch_size < 1 or start_batch < 0:  # a negative start would slice an empty batch, silently
+        raise ValueError(f"need batch_size >= 1 and start_batch >= 0, got {batch_size} and {start_batch}")
     n = len(x)
     order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else torch.arange(n)
     order = order.to(x.device)

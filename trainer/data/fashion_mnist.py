@@ -1,30 +1,38 @@
-"""Fashion-MNIST from IDX files: ``data.root``, else Debian's package, else a torchvision download.
+"""Fashion-MNIST from its four IDX files: ``data.root``, else Debian's package, else a download.
 
-The validation split is the official 10k test split. Images are scaled to [0, 1] and normalized
-with the training set's mean and standard deviation.
+Search order:
+
+1. ``data.root`` if set: ``ROOT/`` or torchvision's layout ``ROOT/FashionMNIST/raw/``.
+2. ``DEBIAN_DIR``, where ``apt-get install dataset-fashion-mnist`` puts the gzipped files.
+3. with ``data.download=true``, a torchvision download into ``cache_dir()``.
+
+Each file may be plain or gzipped (``NAME.gz``). The validation split is the official 10k test
+split (there is no separate validation set). Images are scaled to [0, 1] and then normalized with
+the training set's mean and standard deviation.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from trainer.data.idx import read_idx
 from trainer.errors import ConfigError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-MEAN, STD = 0.2860, 0.3530
+MEAN, STD = 0.2860, 0.3530  # of the 60k training images, in [0, 1] pixel units
 TRAIN_SIZE = 60_000
+NUM_CLASSES = 10
+IMAGE_SHAPE = (1, 28, 28)
 FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
     "val_x": "t10k-images-idx3-ubyte",
     "val_y": "t10k-labels-idx1-ubyte",
 }
-_MAGIC = {3: 2051, 1: 2049}  # images (3 dims), labels (1 dim), unsigned bytes
 
 
 def cache_dir() -> Path:
@@ -32,26 +40,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRAINER_DATA_CACHE", Path.home() / ".cache" / "trainer"))
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file of unsigned bytes (plain or .gz) as a uint8 tensor of its stored shape."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] not in (1, 3):
-        raise ConfigError("data.root", f"{path} is not an IDX file of unsigned bytes (bad header)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(torch.tensor(shape).prod())
-    if len(raw) != expected:
-        raise ConfigError("data.root", f"{path} is truncated or corrupt: {len(raw)} bytes, header says {expected}")
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
-
-
 def _find(directory: Path) -> dict[str, Path] | None:
-    """The four files in ``directory`` (plain or .gz), or None if any is missing."""
+    """The four files in ``directory`` (plain preferred over .gz), or None if any is missing."""
     found = {}
     for key, name in FILES.items():
-        candidates = [directory / name, directory / f"{name}.gz"]
-        path = next((p for p in candidates if p.is_file()), None)
+        path = next((p for p in (directory / name, directory / f"{name}.gz") if p.is_file()), None)
         if path is None:
             return None
         found[key] = path
@@ -59,49 +52,76 @@ def _find(directory: Path) -> dict[str, Path] | None:
 
 
 def _download(root: Path) -> dict[str, Path] | None:
-    import torchvision
+    """Download with torchvision into ``root``; its raw IDX files are then read like any others."""
+    import torchvision  # only here: importing it costs about a second
 
-    for train in (True, False):
-        torchvision.datasets.FashionMNIST(root=str(root), train=train, download=True)
+    # One dataset object fetches all four files (train and test) into ROOT/FashionMNIST/raw.
+    torchvision.datasets.FashionMNIST(root=str(root), train=True, download=True)
     return _find(root / "FashionMNIST" / "raw")
 
 
 def locate(cfg: DictConfig) -> dict[str, Path]:
-    """Paths of the four IDX files, searched in the documented order."""
+    """Paths of the four IDX files, searched in the order the module docstring gives."""
+    names = ", ".join(f"{name}[.gz]" for name in FILES.values())
     if cfg.root is not None:
         root = Path(cfg.root).expanduser()
         files = _find(root) or _find(root / "FashionMNIST" / "raw")
         if files is None:
             raise ConfigError(
-                "data.root", f"no Fashion-MNIST IDX files in {root} or {root / 'FashionMNIST' / 'raw'}"
+                "data.root",
+                f"no Fashion-MNIST IDX files in {root} or {root / 'FashionMNIST' / 'raw'} "
+                f"(data.root={cfg.root!r}); put all four there ({names}) "
+                "or set data.root=null to use the Debian package or a download",
             )
         return files
     files = _find(DEBIAN_DIR)
     if files is not None:
         return files
-    why = "data.download=false"
+    why = f"not in {DEBIAN_DIR}, and data.download=false"
     if cfg.download:
         try:
             files = _download(cache_dir())
-        except Exception as error:  # no network, proxy, disk: all end in the same advice
-            why = f"download failed ({type(error).__name__}: {error})"
-        if files is not None:
-            return files
+            if files is not None:
+                return files
+            why = f"not in {DEBIAN_DIR}, and the download left no IDX files in {cache_dir()}"
+        except Exception as error:  # no network, a proxy, a full disk: all end in the same advice
+            detail = " ".join(str(error).split())  # torchvision's message spans lines; ours is one
+            why = f"not in {DEBIAN_DIR}, and the download failed ({type(error).__name__}: {detail})"
     raise ConfigError(
         "data.root",
-        f"Fashion-MNIST not found ({why}). Install it with `apt-get install dataset-fashion-mnist`, "
-        "or pass data.root=DIR with the four IDX files, or allow data.download=true with a network",
+        f"Fashion-MNIST not found ({why}). Get it with `apt-get install dataset-fashion-mnist`, "
+        f"or pass data.root=DIR with the four IDX files ({names}), "
+        "or allow data.download=true on a machine with a network",
     )
 
 
-def load_fashion_mnist(cfg: DictConfig) -> tuple[torch.Tensor, ...]:
-    """(train_x, train_y, val_x, val_y): images (N, 1, 28, 28) float32 normalized, labels int64."""
+def _images(path: Path) -> torch.Tensor:
+    pixels = read_idx(path, ndim=3)
+    if tuple(pixels.shape[1:]) != IMAGE_SHAPE[1:]:
+        raise ConfigError(
+            "data.root", f"{path} holds images of {list(pixels.shape[1:])} pixels, not 28x28: not Fashion-MNIST"
+        )
+    return ((pixels.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+
+
+def _labels(path: Path, num_images: int) -> torch.Tensor:
+    labels = read_idx(path, ndim=1).long()
+    if len(labels) != num_images:
+        raise ConfigError(
+            "data.root", f"{path} has {len(labels)} labels for {num_images} images: use the matching files"
+        )
+    if len(labels) and int(labels.max()) >= NUM_CLASSES:
+        raise ConfigError(
+            "data.root", f"{path} has label {int(labels.max())}, outside 0..{NUM_CLASSES - 1}: not Fashion-MNIST"
+        )
+    return labels
+
+
+def load_fashion_mnist(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x, train_y, val_x, val_y); val is the official 10k test split.
+
+    Images are float32 (N, 1, 28, 28), normalized as (pixel / 255 - MEAN) / STD; labels int64 in 0..9.
+    """
     files = locate(cfg)
-
-    def images(key: str) -> torch.Tensor:
-        return ((read_idx(files[key]).float() / 255.0 - MEAN) / STD).unsqueeze(1)
-
-    def labels(key: str) -> torch.Tensor:
-        return read_idx(files[key]).long()
-
-    return images("train_x"), labels("train_y"), images("val_x"), labels("val_y")
+    train_x, val_x = _images(files["train_x"]), _images(files["val_x"])
+    return train_x, _labels(files["train_y"], len(train_x)), val_x, _labels(files["val_y"], len(val_x))
