@@ -102,8 +102,11 @@ class TrainStep:
         self.skipped_updates += ~torch.isfinite(grad_norm)
         if self.precision.uses_grad_scaler:  # only fp16 needs the loss apart from the gradients
             self.nonfinite_losses += ~torch.isfinite(total_loss)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips non-finite gradients on the device
+            self.scaler.update()
+        elif torch.isfinite(grad_norm):  # CPU (see Precision.grad_scaler): the host check is free
+            self.optimizer.step()
         # The schedule advances once per optimizer update (never per micro-batch), right after
         # the step that used the current LR, so update t always runs with the schedule's LR at t.
         apply_schedule(self.optimizer, self.schedule, update + 1)

@@ -43,13 +43,16 @@ class Precision:
     def grad_scaler(self) -> torch.amp.GradScaler:
         """The scaler every update goes through.
 
-        fp16 gets the usual dynamic loss scale. fp32/bf16 get a scale of 1 that never grows: it
-        changes nothing numerically (scales stay powers of two, so scaling is exact) but lets
-        the scaler skip an update whose gradients are not finite, on the device, with no host
-        sync when the optimizer is fused.
+        fp16 gets the usual dynamic loss scale. On CUDA, fp32/bf16 get a scale of 1 that never
+        grows: it changes no value (scales stay powers of two, so scaling is exact) but lets the
+        scaler skip an update whose gradients are not finite on the device, with no host sync
+        when the optimizer is fused. On the CPU reading a value costs no sync, so there the
+        scaler is off and the step skips non-finite updates on the host (3-4 fewer passes).
         """
         if self.uses_grad_scaler:
             return torch.amp.GradScaler(self.device.type)
+        if self.device.type == "cpu":
+            return torch.amp.GradScaler("cpu", enabled=False)
         return torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30)
 
 
