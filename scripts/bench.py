@@ -7,8 +7,9 @@ Both sides train the same model from the same initial weights on the same batche
 features (autocast dtype, gradient clipping, optimizer, warmup + cosine schedule). The harness
 side is ``trainer.loop.Loop.run`` as ``python -m trainer`` builds it, logging every update to
 TensorBoard. Each measurement is taken after warm-up updates, with device synchronisation, and
-repeated; the table gives the median and the spread (min-max) of updates/s, examples/s, the
-ratio harness/raw and, on CUDA, peak memory.
+repeated with raw and harness alternating; the table gives the median and the spread (min-max)
+of updates/s, examples/s, the ratio harness/raw (median over pairs of neighbouring repeats, so
+that drift in a shared machine's speed cancels) and, on CUDA, peak memory.
 """
 
 from __future__ import annotations
@@ -153,7 +154,10 @@ def bench_case(case: Case, updates: int, repeats: int) -> dict:
             "examples_per_s": statistics.median(rates) * cfg.data.batch_size,
             "peak_memory_mb": peak[side],
         }
-    results["ratio"] = results["harness"]["updates_per_s"] / results["raw"]["updates_per_s"]
+    # Each harness repeat against the raw repeat run right beside it: drift cancels in the pair.
+    paired = sorted(r / h for r, h in zip(seconds["raw"], seconds["harness"]))
+    results["ratio"] = statistics.median(paired)
+    results["ratio_min"], results["ratio_max"] = paired[0], paired[-1]
     return results
 
 
@@ -175,7 +179,8 @@ def main() -> None:
         "repeats": args.repeats,
         "cases": {},
     }
-    print(f"{'case':<10} {'raw upd/s':>16} {'harness upd/s':>16} {'examples/s (h)':>15} {'ratio':>6} {'peak MB r/h':>12}")
+    print(f"{'case':<10} {'raw upd/s':>16} {'harness upd/s':>16} {'examples/s (h)':>15} "
+          f"{'ratio (paired)':>20} {'peak MB r/h':>12}")
     for name in names:
         r = bench_case(CASES[name], args.updates, args.repeats)
         report["cases"][name] = r
@@ -183,7 +188,8 @@ def main() -> None:
         memory = "-" if raw["peak_memory_mb"] is None else f"{raw['peak_memory_mb']:.0f}/{harness['peak_memory_mb']:.0f}"
         print(f"{name:<10} {raw['updates_per_s']:>8.0f} ({raw['min']:.0f}-{raw['max']:.0f}) "
               f"{harness['updates_per_s']:>7.0f} ({harness['min']:.0f}-{harness['max']:.0f}) "
-              f"{harness['examples_per_s']:>15.0f} {r['ratio']:>6.3f} {memory:>12}")
+              f"{harness['examples_per_s']:>15.0f} {r['ratio']:>6.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) "
+              f"{memory:>12}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     assert all(math.isfinite(c["ratio"]) for c in report["cases"].values())
