@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from tests.conftest import REPO, TINY, compose_config
 from trainer import run as run_module
