@@ -1,0 +1,60 @@
+"""ResNets for small images: torchvision's ResNet-18 with a CIFAR stem, and He et al.'s ResNet-20."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+
+def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 for 28-32 px inputs: a 3x3 stride-1 stem and no max-pool, so the
+    first stage still sees the full image (the ImageNet stem would shrink 32 px to 8 px at once);
+    input channels come from the data (1 for Fashion-MNIST, 3 for CIFAR-10)."""
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convs with BN; the shortcut subsamples and zero-pads channels (He et al.'s option A,
+    parameter-free, as in their CIFAR experiments)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.stride, self.extra_channels = stride, out_channels - in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        if self.extra_channels:
+            half = self.extra_channels // 2
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, half, self.extra_channels - half))
+        return F.relu(out + shortcut)
+
+
+def build_resnet20(*, input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int = 3) -> nn.Module:
+    """He et al. (2016) CIFAR ResNet: 3 stages of ``blocks_per_stage`` blocks at 16/32/64 channels
+    (6n+2 layers: n=3 is ResNet-20, 0.27M parameters), global average pool, linear classifier."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+    ]
+    in_channels = 16
+    for stage, channels in enumerate((16, 32, 64)):
+        for block in range(blocks_per_stage):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(_BasicBlock(in_channels, channels, stride))
+            in_channels = channels
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    model = nn.Sequential(*layers)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+    return model
