@@ -271,7 +271,7 @@ class Loop:
             for epoch in range(update // upe, plan.num_epochs):
                 batches = epoch_batches(
                     self.dataset.train_x, self.dataset.train_y, self.batch_size, seed=self.seed, epoch=epoch,
-                    start_batch=(update - epoch * upe) * self.accumulate_grad_batches,
+                    start_batch=(update - epoch * upe) * self.accumulate_grad_batches, augment=self.dataset.augment,
                 )
                 epoch_end = min((epoch + 1) * upe, plan.max_updates)
                 while update < epoch_end:

@@ -13,12 +13,12 @@ the training set's mean and standard deviation.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from trainer.data.cache import cache_dir
 from trainer.data.idx import read_idx
 from trainer.errors import ConfigError
 
@@ -33,11 +33,6 @@ FILES = {
     "val_x": "t10k-images-idx3-ubyte",
     "val_y": "t10k-labels-idx1-ubyte",
 }
-
-
-def cache_dir() -> Path:
-    """Where torchvision downloads go: ``$TRAINER_DATA_CACHE`` or ``~/.cache/trainer``."""
-    return Path(os.environ.get("TRAINER_DATA_CACHE", Path.home() / ".cache" / "trainer"))
 
 
 def _find(directory: Path) -> dict[str, Path] | None:
