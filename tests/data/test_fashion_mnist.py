@@ -76,7 +76,9 @@ def nowhere(tmp_path, monkeypatch):
 
 def test_config_defaults(nowhere):
     cfg = OmegaConf.load(CONF)
-    assert OmegaConf.to_container(cfg) == {"name": "fashion_mnist", "root": None, "batch_size": 128, "download": True}
+    assert OmegaConf.to_container(cfg) == {
+        "name": "fashion_mnist", "root": None, "batch_size": 128, "download": True, "augment": False,
+    }
     # Sizes come without touching any file (nothing could be found here anyway).
     assert num_train_examples(cfg) == 60000 and data_shape(cfg) == ((1, 28, 28), 10)
     assert nowhere == []
