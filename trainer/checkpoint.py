@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, one_line
 
 FORMAT = "trainer-checkpoint/1"
 REQUIRED = ("format", "update", "model", "optimizer", "scaler", "schedule", "rng", "config")
@@ -54,12 +54,6 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, shortened: for error messages, never tracebacks."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

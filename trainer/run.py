@@ -11,12 +11,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from trainer.checkpoint import load_checkpoint, one_line
+from trainer.checkpoint import load_checkpoint
 from trainer.config import RunPlan, plan_run, validate
 from trainer.data import build_dataset, data_shape, num_train_examples
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor, write_lr_find
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, one_line
 from trainer.loop import Checkpointing, Loop, TrainStep
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from trainer.data.cache import cache_dir
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, one_line
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -62,7 +62,7 @@ def locate(cfg: DictConfig) -> Path:
                 return found
             why = f"the download left no batch files in {cache_dir()}"
         except Exception as error:  # no network, proxy, disk: all end in the same advice
-            why = "download failed (" + " ".join(f"{type(error).__name__}: {error}".split()) + ")"
+            why = f"download failed ({type(error).__name__}: {one_line(error)})"
     raise ConfigError(
         "data.root",
         f"CIFAR-10 not found ({why}). Pass data.root=DIR with the extracted cifar-10-batches-py, "

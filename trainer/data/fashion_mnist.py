@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from trainer.data.cache import cache_dir
 from trainer.data.idx import read_idx
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, one_line
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530  # of the 60k training images, in [0, 1] pixel units
@@ -80,8 +80,7 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
                 return files
             why = f"not in {DEBIAN_DIR}, and the download left no IDX files in {cache_dir()}"
         except Exception as error:  # no network, a proxy, a full disk: all end in the same advice
-            detail = " ".join(str(error).split())  # torchvision's message spans lines; ours is one
-            why = f"not in {DEBIAN_DIR}, and the download failed ({type(error).__name__}: {detail})"
+            why = f"not in {DEBIAN_DIR}, and the download failed ({type(error).__name__}: {one_line(error)})"
     raise ConfigError(
         "data.root",
         f"Fashion-MNIST not found ({why}). Get it with `apt-get install dataset-fashion-mnist`, "
