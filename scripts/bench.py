@@ -26,17 +26,15 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
+from trainer.config import plan_run
 from trainer.data import build_dataset
 from trainer.data.batches import epoch_batches
 from trainer.hydra_app import CONFIG_DIR
-from trainer.loop import Checkpointing, Loop, TrainStep
-from trainer.config import plan_run
-from trainer.logger import RunLogger
-from trainer.optim import group_names
 from trainer.precision import resolve_precision
-from trainer.run import build_optimization
+from trainer.run import build_loop, build_optimization
 
 
 @dataclass(frozen=True)
@@ -75,27 +73,22 @@ def synchronize(device: torch.device) -> None:
 
 
 def harness_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
-    """Seconds for ``Loop.run`` over the configured updates (validation happens once, at the end)."""
+    """Seconds for ``Loop.run`` as ``python -m trainer`` builds it (validation once, at the end)."""
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=len(dataset.train_y), input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
     )
-    precision = resolve_precision(cfg.trainer.precision, device)
-    logger = RunLogger(run_dir, log_every_n_steps=1, max_updates=plan.max_updates,
-                       group_names=group_names(optimizer), progress_bar=False)
-    step = TrainStep(model, optimizer, schedule, precision, nn.CrossEntropyLoss(), cfg.trainer.clip_grad_norm)
-    loop = Loop(
-        model=model, optimizer=optimizer, schedule=schedule, step=step, dataset=dataset, plan=plan, logger=logger,
-        precision=precision, batch_size=cfg.data.batch_size, accumulate_grad_batches=1, val_every_n_epochs=1000,
-        seed=cfg.seed, checkpointing=Checkpointing(run_dir=run_dir, every_n_steps=None, keep_last_n=0, config={},
-                                                   fingerprint={}),
+    loop = build_loop(
+        cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset,
+        precision=resolve_precision(cfg.trainer.precision, device), run_dir=run_dir,
+        config=OmegaConf.to_container(cfg), fingerprint={},
     )
     synchronize(device)
     start = time.perf_counter()
     loop.run()
     synchronize(device)
     elapsed = time.perf_counter() - start
-    logger.close()
+    loop.logger.close()
     return elapsed
 
 

@@ -13,14 +13,14 @@ from torch import nn
 
 from trainer.checkpoint import load_checkpoint
 from trainer.config import RunPlan, plan_run, validate
-from trainer.data import build_dataset, data_shape, num_train_examples
+from trainer.data import Dataset, build_dataset, data_shape, num_train_examples
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.errors import ConfigError, one_line
 from trainer.loop import Checkpointing, Loop, TrainStep
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names
-from trainer.precision import resolve_device, resolve_precision
+from trainer.precision import Precision, resolve_device, resolve_precision
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
 from trainer.summary import write_summary
@@ -133,6 +133,64 @@ def hyperparameters(config: DictConfig, overrides: list[str]) -> dict[str, float
     return values
 
 
+def build_loop(
+    cfg: DictConfig,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    plan: RunPlan,
+    dataset: Dataset,
+    precision: Precision,
+    run_dir: Path,
+    config: dict,
+    fingerprint: dict,
+    start_update: int = 0,
+) -> Loop:
+    """The loop (with its step and logger) exactly as ``python -m trainer`` runs it; the overhead
+    benchmark builds it here too, so it times what users run."""
+    logger = RunLogger(
+        run_dir,
+        log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
+        max_updates=plan.max_updates,
+        group_names=group_names(optimizer),
+        progress_bar=cfg.logger.progress_bar,
+        start_update=start_update,
+    )
+    step = TrainStep(
+        model,
+        optimizer,
+        schedule,
+        precision,
+        nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        cfg.trainer.clip_grad_norm,
+    )
+    return Loop(
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        step=step,
+        dataset=dataset,
+        plan=plan,
+        logger=logger,
+        precision=precision,
+        checkpointing=Checkpointing(
+            run_dir=run_dir,
+            every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+            keep_last_n=cfg.trainer.keep_last_n,
+            config=config,
+            fingerprint=fingerprint,
+        ),
+        batch_size=cfg.data.batch_size,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        val_every_n_epochs=cfg.trainer.val_every_n_epochs,
+        seed=cfg.seed,
+        objective=cfg.trainer.objective,
+        nonfinite=cfg.trainer.nonfinite,
+        range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
     """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
 
@@ -167,46 +225,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     OmegaConf.save(config, run_dir / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
     start_update = checkpoint["update"] if checkpoint is not None else 0
-    logger = RunLogger(
-        run_dir,
-        log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
-        max_updates=plan.max_updates,
-        group_names=group_names(optimizer),
-        progress_bar=cfg.logger.progress_bar,
-        start_update=start_update,
+    loop = build_loop(
+        cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset, precision=precision,
+        run_dir=run_dir, config=OmegaConf.to_container(config), fingerprint=fingerprint, start_update=start_update,
     )
-    step = TrainStep(
-        model,
-        optimizer,
-        schedule,
-        precision,
-        nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-        cfg.trainer.clip_grad_norm,
-    )
-    loop = Loop(
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        step=step,
-        dataset=dataset,
-        plan=plan,
-        logger=logger,
-        precision=precision,
-        checkpointing=Checkpointing(
-            run_dir=run_dir,
-            every_n_steps=cfg.trainer.checkpoint_every_n_steps,
-            keep_last_n=cfg.trainer.keep_last_n,
-            config=OmegaConf.to_container(config),
-            fingerprint=fingerprint,
-        ),
-        batch_size=cfg.data.batch_size,
-        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
-        val_every_n_epochs=cfg.trainer.val_every_n_epochs,
-        seed=cfg.seed,
-        objective=cfg.trainer.objective,
-        nonfinite=cfg.trainer.nonfinite,
-        range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
-    )
+    logger = loop.logger
     status, metrics = "failed", None
     try:
         if checkpoint is not None:
