@@ -19,15 +19,13 @@ from trainer.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from trainer.checkpoint import prune_numbered, rng_state, save_atomic, set_rng_state
 from trainer.config import RunPlan
 from trainer.data import Dataset
-from trainer.data.batches import epoch_batches, eval_batches
+from trainer.data.batches import Batch, epoch_batches, eval_batches
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
 from trainer.optim import trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule
 from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
