@@ -99,6 +99,7 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=onecycle", "schedule.pct_start=1.5"], "schedule.pct_start"),
         (["schedule=inverse_sqrt", "schedule.warmup_steps=0"], "schedule.warmup_steps"),
         (["schedule=lr_range_test", "schedule.min_lr=1", "schedule.max_lr=0.1"], "schedule.max_lr"),
+        (["schedule=lr_range_test", "schedule.num_steps=2"], "schedule.num_steps"),
         (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
     ],
 )

@@ -133,3 +133,13 @@ def test_parallel_local_launcher(tmp_path):
                          "trainer.max_epochs=1")
     summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
     assert [s["status"] for s in summaries] == ["completed", "completed"]
+
+
+def test_range_test_that_diverges_at_once_reports_no_suggestion(tmp_path):
+    from trainer.lr_find import RangeTestMonitor, write_lr_find
+
+    monitor = RangeTestMonitor(lrs=[1e-3, 1e-2, 1e-1], losses=[2.3, float("nan"), float("nan")], stopped_early_at=2)
+    found = write_lr_find(tmp_path, monitor)
+    assert found["suggested_lr"] is None and "too few finite losses" in found["rule"]
+    assert json.loads((tmp_path / "lr_find.json").read_text())["stopped_early_at_update"] == 2
+    assert not (tmp_path / "lr_find.png").exists()

@@ -174,7 +174,7 @@ _PARAM_CHECKS: dict[str, Any] = {
     "cooldown": lambda v, k: _positive_int(v, k, minimum=0),
     "threshold": lambda v, k: _number(v, k, low=0.0),
     "monitor": lambda v, k: _choice(v, k, ("val/loss", "val/acc")),
-    "num_steps": lambda v, k: _positive_int(v, k, minimum=2),
+    "num_steps": lambda v, k: _positive_int(v, k, minimum=3),  # the suggestion needs a slope
 }
 
 

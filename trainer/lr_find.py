@@ -48,11 +48,12 @@ class RangeTestMonitor:
         return diverged
 
 
-def suggest(lrs: list[float], losses: list[float]) -> dict[str, float | str]:
-    """The suggested peak LR and the rule that chose it (needs at least 3 finite points)."""
+def suggest(lrs: list[float], losses: list[float]) -> dict[str, float | str] | None:
+    """The suggested peak LR and the rule that chose it; None with fewer than 3 finite losses
+    (a slope needs a point on each side)."""
     points = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss) and lr > 0]
     if len(points) < 3:
-        raise ValueError("the range test needs at least 3 finite losses to suggest an LR")
+        return None
     lr_values = [lr for lr, _ in points]
     smooth = smoothed([loss for _, loss in points])
     lowest = min(range(len(smooth)), key=smooth.__getitem__)
@@ -70,11 +71,19 @@ def suggest(lrs: list[float], losses: list[float]) -> dict[str, float | str]:
     }
 
 
-def write_lr_find(run_dir: Path, monitor: RangeTestMonitor) -> dict[str, float | str]:
-    """Write lr_find.png and lr_find.json into ``run_dir``; returns the suggestion."""
-    result = suggest(monitor.lrs, monitor.losses)
+def write_lr_find(run_dir: Path, monitor: RangeTestMonitor) -> dict[str, float | str | None]:
+    """Write lr_find.json (and lr_find.png when there is a suggestion) into ``run_dir``; returns
+    the suggestion, whose ``suggested_lr`` is None when the loss diverged too early to give one."""
+    result: dict[str, float | str | None] | None = suggest(monitor.lrs, monitor.losses)
+    if result is None:
+        result = {
+            "suggested_lr": None,
+            "rule": "too few finite losses to suggest an LR: lower schedule.max_lr or raise schedule.num_steps",
+        }
     result["stopped_early_at_update"] = monitor.stopped_early_at
     (run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    if result["suggested_lr"] is None:
+        return result
     finite = [(lr, loss) for lr, loss in zip(monitor.lrs, monitor.losses) if math.isfinite(loss)]
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()

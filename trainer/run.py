@@ -238,11 +238,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         status = "completed"
         if loop.range_test is not None:
             found = write_lr_find(run_dir, loop.range_test)
-            metrics["suggested_lr"] = found["suggested_lr"]
-            logger.bar.write(
-                f"range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['rule']}); "
-                f"see {run_dir / 'lr_find.png'}"
-            )
+            if found["suggested_lr"] is None:
+                logger.bar.write(f"range test: {found['rule']}")
+            else:
+                metrics["suggested_lr"] = found["suggested_lr"]
+                logger.bar.write(
+                    f"range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['rule']}); "
+                    f"see {run_dir / 'lr_find.png'}"
+                )
         logger.log_hparams(hyperparameters(config, overrides or []), metric_names=("val/loss", "val/acc"))
         return metrics
     except Preempted:
