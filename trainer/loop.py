@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from trainer.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from trainer.checkpoint import prune_numbered, rng_state, save_atomic, set_rng_state
 from trainer.config import RunPlan
 from trainer.data import Dataset
-from trainer.data.batches import Batch, epoch_batches, eval_batches
+from trainer.data.batches import Batch
+from trainer.data.loading import train_batches
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
 from trainer.optim import trainable_parameters
@@ -112,21 +114,43 @@ class TrainStep:
         return total_loss, grad_norm
 
 
+def cross_entropy(label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean cross-entropy (nats) over every target: (N, C) logits with (N,) classes, or a language
+    model's (B, T, V) logits with (B, T) next tokens (per predicted token)."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), label_smoothing=label_smoothing)
+
+    return loss
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, precision: Precision) -> dict[str, float]:
-    """Mean cross-entropy (nats) and accuracy over the whole split; one device sync at the end."""
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False
+) -> dict[str, float]:
+    """Mean cross-entropy (nats per target: per example, or per character for text) and accuracy
+    over every batch; one device sync at the end.
+
+    ``flip=True`` (test-time augmentation for images) scores each image by the mean of its logits
+    and its horizontal mirror's.
+    """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for inputs, targets in eval_batches(x, y, batch_size):
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for inputs, targets in batches:
         with precision.autocast():
             logits = model(inputs)
-        loss_sum += nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            if flip:
+                logits = (logits + model(inputs.flip(-1))) / 2
+        logits, targets = logits.float().flatten(0, -2), targets.flatten()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
+        count += targets.numel()
     model.train(was_training)
-    n = len(y)
-    return {"val/loss": loss_sum.item() / n, "val/acc": correct.item() / n}
+    return {"val/loss": loss_sum.item() / count, "val/acc": correct.item() / count}
 
 
 @dataclass
@@ -157,6 +181,9 @@ class Loop:
     accumulate_grad_batches: int
     val_every_n_epochs: int
     seed: int
+    device: torch.device = torch.device("cpu")
+    loader_workers: int | None = None  # None: batches gathered on the device; else DataLoader workers
+    flip_test: bool = False
     objective: str = "val/loss"
     nonfinite: str = "skip"
     range_test: RangeTestMonitor | None = None
@@ -243,8 +270,11 @@ class Loop:
         self.save(update)
         raise NonFiniteStop(message + f"; saved {self.checkpointing.run_dir / 'last.pt'}")
 
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.dataset.val_batches(self.batch_size), self.precision, flip=self.flip_test)
+
     def validate(self, updates_done: int) -> dict[str, float]:
-        metrics = evaluate(self.model, self.dataset.val_x, self.dataset.val_y, self.batch_size, self.precision)
+        metrics = self.evaluate()
         self.logger.log_val(updates_done, metrics)
         self._last_val = (updates_done, metrics)
         if self.schedule.plateau is not None:
@@ -267,9 +297,10 @@ class Loop:
         update, metrics, diverged = start_update, {}, False
         with StopOnSignal() as stop:
             for epoch in range(update // upe, plan.num_epochs):
-                batches = epoch_batches(
-                    self.dataset.train_x, self.dataset.train_y, self.batch_size, seed=self.seed, epoch=epoch,
-                    start_batch=(update - epoch * upe) * self.accumulate_grad_batches, augment=self.dataset.augment,
+                batches = train_batches(
+                    self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch),
+                    start_batch=(update - epoch * upe) * self.accumulate_grad_batches,
+                    device=self.device, num_workers=self.loader_workers,
                 )
                 epoch_end = min((epoch + 1) * upe, plan.max_updates)
                 while update < epoch_end:
@@ -309,7 +340,7 @@ class Loop:
                     logger.bar.write(f"range test: loss diverged at update {update}; stopping")
                     break
         if self.objective not in metrics:  # resumed a finished run (e.g. a requeued job): report, train nothing
-            metrics.update(evaluate(self.model, self.dataset.val_x, self.dataset.val_y, self.batch_size, self.precision))
+            metrics.update(self.evaluate())
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics

@@ -1,12 +1,17 @@
-"""Batches from tensors held in memory: no DataLoader, whose workers are pure overhead here.
+"""Batches from tensors held in memory, by index: batch i of an epoch is a pure function of
+(seed, epoch, i).
 
-The shuffle order of an epoch is a pure function of (seed, epoch), so a resumed run can re-create
-it and continue mid-epoch exactly, and the global RNG is never touched.
+The shuffle order of an epoch is a pure function of (seed, epoch) and every random augmentation
+draws from a generator seeded with (seed, epoch, i), so a resumed run re-creates any batch and
+continues mid-epoch exactly, and the global RNG is never touched. An epoch is a map-style
+sequence of batches, so the same object serves the in-memory path (index it in the training
+process) and the DataLoader path (workers index it; see ``trainer.data.loading``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -25,30 +30,64 @@ def epoch_order(num_examples: int, *, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=generator)
 
 
+def batch_generator(device: torch.device, *, seed: int, epoch: int, batch: int) -> torch.Generator:
+    """A generator on ``device`` for the random choices of batch ``batch`` of ``epoch``."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + batch)
+
+
+@dataclass(frozen=True)
+class ExampleBatches:
+    """One epoch of whole batches of examples ``(x[k], y[k])``; ``len`` = batches_per_epoch.
+
+    Batch i holds examples ``order[i * batch_size : (i + 1) * batch_size]``, so skipping batches
+    does not change which examples the later ones hold. ``augment(inputs, generator)`` transforms
+    batch i with :func:`batch_generator` for (seed, epoch, i).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    order: torch.Tensor  # on x's device
+    seed: int
+    epoch: int
+    augment: Augment | None = None
+
+    def __len__(self) -> int:
+        return batches_per_epoch(len(self.x), self.batch_size)
+
+    def __getitem__(self, i: int) -> Batch:
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of an epoch of {len(self)}")
+        index = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        inputs = self.x.index_select(0, index)
+        if self.augment is not None:
+            generator = batch_generator(self.x.device, seed=self.seed, epoch=self.epoch, batch=i)
+            inputs = self.augment(inputs, generator)
+        return inputs, self.y.index_select(0, index)
+
+
+def example_epoch(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+    augment: Augment | None = None,
+) -> ExampleBatches:
+    """``epoch``'s batches in the order of ``epoch_order`` (or 0..N-1 without shuffle)."""
+    if batch_size < 1:
+        raise ValueError(f"need batch_size >= 1, got {batch_size}")
+    n = len(x)
+    order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else torch.arange(n)
+    return ExampleBatches(x, y, batch_size, order.to(x.device), seed, epoch, augment)
+
+
 def epoch_batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
     start_batch: int = 0, augment: Augment | None = None,
 ) -> Iterator[Batch]:
-    """Yield one epoch's ``batches_per_epoch(len(x), batch_size)`` whole batches, from ``start_batch`` on.
-
-    Batch i holds examples ``order[i * batch_size : (i + 1) * batch_size]`` of the epoch's order
-    (``epoch_order``, or 0..N-1 without shuffle), so skipping ``start_batch`` batches does not
-    change which examples the later ones hold. The examples left over are not seen this epoch.
-    ``augment(inputs, generator)`` transforms batch i with a generator seeded from (seed, epoch,
-    i), so its random crops and flips are re-created exactly on resume too.
-    """
-    if batch_size < 1 or start_batch < 0:  # a negative start would slice an empty batch, silently
-        raise ValueError(f"need batch_size >= 1 and start_batch >= 0, got {batch_size} and {start_batch}")
-    n = len(x)
-    order = epoch_order(n, seed=seed, epoch=epoch) if shuffle else torch.arange(n)
-    order = order.to(x.device)
-    for i in range(start_batch, batches_per_epoch(n, batch_size)):
-        index = order[i * batch_size : (i + 1) * batch_size]
-        inputs = x.index_select(0, index)
-        if augment is not None:
-            generator = torch.Generator(device=x.device).manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + i)
-            inputs = augment(inputs, generator)
-        yield inputs, y.index_select(0, index)
+    """Yield ``epoch``'s whole batches from ``start_batch`` on (see :class:`ExampleBatches`)."""
+    if start_batch < 0:  # a negative start would index from the end, silently
+        raise ValueError(f"need start_batch >= 0, got {start_batch}")
+    batches = example_epoch(x, y, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, augment=augment)
+    for i in range(start_batch, len(batches)):
+        yield batches[i]
 
 
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]:

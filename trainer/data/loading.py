@@ -1,0 +1,45 @@
+"""Where training batches are gathered: ``data.loader``.
+
+- ``device``: the whole dataset lives on the training device (the GPU, if any) and batches are
+  gathered and augmented there, in the training process. No workers, no host-to-device copies:
+  what a small model on a fast GPU needs to not be starved. The default.
+- ``dataloader``: the dataset stays in host memory; ``data.num_workers`` DataLoader worker
+  processes gather and augment batches in parallel with training, into pinned memory, and each
+  batch is copied to the device without blocking. For data too large for device memory.
+
+Both paths index the same map-style epoch (batch i is a pure function of (seed, epoch, i)), so
+they train on the same examples and resume mid-epoch exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainer.data.batches import Batch
+
+LOADERS = ("device", "dataloader")
+
+
+def train_batches(
+    epoch: Sequence[Batch], *, start_batch: int, device: torch.device, num_workers: int | None
+) -> Iterator[Batch]:
+    """Batches ``start_batch..len(epoch)-1`` of ``epoch`` on ``device``.
+
+    ``num_workers=None`` indexes ``epoch`` in this process (its tensors already on ``device``);
+    a number runs a DataLoader with that many workers (0 = in this process, still pinned).
+    """
+    if start_batch < 0:
+        raise ValueError(f"need start_batch >= 0, got {start_batch}")
+    indices = range(start_batch, len(epoch))
+    if num_workers is None:
+        for i in indices:
+            yield epoch[i]
+        return
+    loader = DataLoader(
+        epoch, batch_size=None, sampler=indices, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    for inputs, targets in loader:
+        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
