@@ -1,28 +1,55 @@
 """Data sources held whole in memory as tensors: ``data.name`` -> loader.
 
-The datasets here are small (Fashion-MNIST's 60k images are 188 MB as float32), so each split is
-one tensor and batches are index_select'ed from it (see ``trainer.data.batches``).
+The datasets here are small (Fashion-MNIST's 60k images are 188 MB as float32, the Shakespeare
+corpus 40 MB as int64), so each split is one tensor and batches are gathered from it (see
+``trainer.data.batches`` and ``trainer.data.text``). Where the batches are gathered is
+``data.loader`` (see ``trainer.data.loading``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 from omegaconf import DictConfig
 
 from trainer.data import cifar10, fashion_mnist
 from trainer.data.augment import crop_and_flip
-from trainer.data.batches import Augment
+from trainer.data.batches import Augment, Batch, ExampleBatches, eval_batches, example_epoch
+from trainer.data.shakespeare_char import load_shakespeare_char
 from trainer.data.synthetic import check_synthetic, load_synthetic
 from trainer.errors import ConfigError
 
-KNOWN = ("synthetic", "fashion_mnist", "cifar10")
+KNOWN = ("synthetic", "fashion_mnist", "cifar10", "shakespeare_char")
+#: Data whose examples are token sequences: they need a sequence model (``model.block_size``).
+SEQUENCE_DATA = ("shakespeare_char",)
+
+
+class Dataset(Protocol):
+    """What the loop needs of a data source: its shape, training epochs and the validation split."""
+
+    num_classes: int  # classes, or the vocabulary size of a language model
+    input_shape: tuple[int, ...]  # one example's shape
+
+    @property
+    def num_train(self) -> int:
+        """Training examples per epoch."""
+
+    def to(self, device: torch.device) -> Dataset:
+        """The same data with every tensor on ``device``."""
+
+    def train_epoch(self, batch_size: int, *, seed: int, epoch: int) -> Sequence[Batch]:
+        """``epoch``'s whole training batches; batch i is a pure function of (seed, epoch, i)."""
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The whole validation split, in order."""
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Train and validation splits.
+class ExampleDataset:
+    """Train and validation splits of (input, class) examples.
 
     Inputs are float32 and normalized (images (N, C, H, W)); labels are int64 class indices in
     [0, num_classes). ``input_shape`` is one example's shape, e.g. (1, 28, 28) or (num_features,).
@@ -36,12 +63,22 @@ class Dataset:
     input_shape: tuple[int, ...]
     augment: Augment | None = None  # applied to each training batch (see epoch_batches)
 
-    def to(self, device: torch.device) -> Dataset:
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    def to(self, device: torch.device) -> ExampleDataset:
         """The same splits on ``device`` (small datasets live on the GPU whole)."""
         return replace(
             self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
             val_x=self.val_x.to(device), val_y=self.val_y.to(device),
         )
+
+    def train_epoch(self, batch_size: int, *, seed: int, epoch: int) -> ExampleBatches:
+        return example_epoch(self.train_x, self.train_y, batch_size, seed=seed, epoch=epoch, augment=self.augment)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        return eval_batches(self.val_x, self.val_y, batch_size)
 
 
 #: Image datasets: module (IMAGE_SHAPE, NUM_CLASSES, TRAIN_SIZE) and loader.
@@ -59,29 +96,37 @@ def _check(cfg: DictConfig) -> None:
 
 
 def data_shape(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
-    """(one example's input shape, number of classes) without loading anything."""
+    """(one example's input shape, number of classes); only text data is read (for its vocabulary)."""
     _check(cfg)
     if cfg.name == "synthetic":
         return (cfg.num_features,), cfg.num_classes
+    if cfg.name in SEQUENCE_DATA:  # the vocabulary is known only from the text
+        text = load_shakespeare_char(cfg)
+        return text.input_shape, text.num_classes
     module, _ = _IMAGES[cfg.name]
     return module.IMAGE_SHAPE, module.NUM_CLASSES
 
 
 def num_train_examples(cfg: DictConfig) -> int:
-    """Size of the training split without loading it."""
+    """Training examples per epoch; only text data is read (windows per epoch depend on its length)."""
     _check(cfg)
+    if cfg.name in SEQUENCE_DATA:
+        return load_shakespeare_char(cfg).num_train
     return cfg.train_size if cfg.name == "synthetic" else _IMAGES[cfg.name][0].TRAIN_SIZE
 
 
 def build_dataset(cfg: DictConfig, seed: int) -> Dataset:
-    """Load ``cfg.name``; synthetic data is generated from ``seed``, image datasets ignore it.
+    """Load ``cfg.name``; synthetic data is generated from ``seed``, the others ignore it.
 
     Image datasets with ``data.augment=true`` get random crops (4-pixel shifts) and flips on
     every training batch, on the batch's device.
     """
+    _check(cfg)
+    if cfg.name in SEQUENCE_DATA:
+        return load_shakespeare_char(cfg)
     input_shape, num_classes = data_shape(cfg)
     if cfg.name == "synthetic":
-        return Dataset(*load_synthetic(cfg, seed), num_classes=num_classes, input_shape=input_shape)
+        return ExampleDataset(*load_synthetic(cfg, seed), num_classes=num_classes, input_shape=input_shape)
     _, load = _IMAGES[cfg.name]
     augment = crop_and_flip if cfg.get("augment", False) else None
-    return Dataset(*load(cfg), num_classes=num_classes, input_shape=input_shape, augment=augment)
+    return ExampleDataset(*load(cfg), num_classes=num_classes, input_shape=input_shape, augment=augment)

@@ -1,0 +1,122 @@
+"""Character-level language-model data: one long token sequence per split, cut into windows.
+
+An example is a window of ``block_size`` tokens; its targets are the same window shifted by one
+token, so every position predicts the next character. Training batches are windows at random
+offsets (nanoGPT's sampling), drawn from a generator seeded with (seed, epoch, batch) so a
+resumed run re-creates them exactly; an "epoch" is as many windows as fit end to end in the
+split. Validation reads the split once, in non-overlapping windows, so ``val/loss`` is the mean
+cross-entropy per predicted character in nats.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from trainer.data.batches import Batch, batch_generator, batches_per_epoch
+
+
+def encode(text: str, vocab: str) -> torch.Tensor:
+    """Token ids (int64, one per character) of ``text`` over ``vocab`` (sorted characters, id = position)."""
+    codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
+    table = torch.tensor([ord(c) for c in vocab])
+    ids = torch.searchsorted(table, codes)
+    if len(text) and (ids.max() >= len(vocab) or not torch.equal(table[ids], codes)):
+        raise ValueError("text has characters outside the vocabulary")
+    return ids
+
+
+def decode(ids: torch.Tensor, vocab: str) -> str:
+    """The characters of token ids ``ids`` (any shape, read in order)."""
+    return "".join(vocab[i] for i in ids.flatten().tolist())
+
+
+@dataclass(frozen=True)
+class WindowBatches:
+    """One epoch of ``num_batches`` batches of ``batch_size`` random windows of ``tokens``."""
+
+    tokens: torch.Tensor
+    block_size: int
+    batch_size: int
+    num_batches: int
+    seed: int
+    epoch: int
+    offsets: torch.Tensor = field(init=False)  # 0..block_size, on tokens' device
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offsets", torch.arange(self.block_size + 1, device=self.tokens.device))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, i: int) -> Batch:
+        if not 0 <= i < self.num_batches:
+            raise IndexError(f"batch {i} of an epoch of {self.num_batches}")
+        generator = batch_generator(self.tokens.device, seed=self.seed, epoch=self.epoch, batch=i)
+        # The last start whose window and its one-token-later target both fit: len - block_size - 1.
+        starts = torch.randint(
+            0, len(self.tokens) - self.block_size, (self.batch_size, 1), generator=generator, device=self.tokens.device
+        )
+        windows = self.tokens[starts + self.offsets]
+        return windows[:, :-1], windows[:, 1:]
+
+
+@dataclass(frozen=True)
+class TokenDataset:
+    """Train and validation token sequences (int64, 1-D) over the character vocabulary ``vocab``.
+
+    ``input_shape`` is one example's shape, (block_size,); ``num_classes`` is the vocabulary size.
+    """
+
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
+    block_size: int
+    vocab: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.block_size,)
+
+    @property
+    def num_train(self) -> int:
+        """Windows per epoch: as many as fit end to end in the training split."""
+        return (len(self.train_tokens) - 1) // self.block_size
+
+    def to(self, device: torch.device) -> TokenDataset:
+        return replace(self, train_tokens=self.train_tokens.to(device), val_tokens=self.val_tokens.to(device))
+
+    def train_epoch(self, batch_size: int, *, seed: int, epoch: int) -> WindowBatches:
+        return WindowBatches(
+            self.train_tokens, self.block_size, batch_size, batches_per_epoch(self.num_train, batch_size), seed, epoch
+        )
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        """Every whole window of the validation split, end to end, in order."""
+        count = (len(self.val_tokens) - 1) // self.block_size
+        span = count * self.block_size
+        inputs = self.val_tokens[:span].view(count, self.block_size)
+        targets = self.val_tokens[1 : span + 1].view(count, self.block_size)
+        for start in range(0, count, batch_size):
+            yield inputs[start : start + batch_size], targets[start : start + batch_size]
+
+    def save_vocab(self, run_dir: Path) -> Path:
+        """Write ``vocab.json`` (the characters in id order) so samples can be decoded later."""
+        path = run_dir / "vocab.json"
+        path.write_text(json.dumps({"chars": self.vocab, "size": len(self.vocab)}, ensure_ascii=False) + "\n")
+        return path
+
+
+def split_text(text: str, *, block_size: int, train_fraction: float = 0.9) -> TokenDataset:
+    """Tokenize ``text`` over its own sorted characters; the first ``train_fraction`` trains, the rest validates."""
+    vocab = "".join(sorted(set(text)))
+    tokens = encode(text, vocab)
+    cut = int(train_fraction * len(tokens))
+    return TokenDataset(tokens[:cut], tokens[cut:], block_size, vocab)
