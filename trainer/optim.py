@@ -17,15 +17,18 @@ from trainer.errors import ConfigError
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into ``decay`` and ``no_decay`` (biases, norm weights: ndim < 2).
+    """Split trainable parameters into ``decay`` and ``no_decay`` (biases, norm weights: ndim < 2;
+    embedding tables, including an output layer tied to one).
 
-    Decaying a bias or a norm's gain only pulls the layer's scale towards 0; the usual recipe
-    (BERT, GPT, timm) exempts them. Empty groups are left out.
+    Decaying a bias or a norm's gain only pulls the layer's scale towards 0, and decaying an
+    embedding shrinks the rows of rare tokens, which get few gradient updates to push back; the
+    usual recipes (BERT, GPT, timm) exempt them. Empty groups are left out.
     """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+            (no_decay if param.ndim < 2 or id(param) in embeddings else decay).append(param)
     groups = [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},

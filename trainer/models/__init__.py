@@ -9,12 +9,16 @@ from torch import nn
 
 from trainer.errors import ConfigError
 from trainer.models.cnn import build_cnn
+from trainer.models.gpt import build_gpt
 from trainer.models.mlp import build_mlp
 from trainer.models.resnet import build_resnet18, build_resnet20
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp, "cnn": build_cnn, "resnet18": build_resnet18, "resnet20": build_resnet20,
+    "gpt": build_gpt,
 }
+#: Models that read token sequences (B, T) and predict the next token at every position.
+SEQUENCE_MODELS = ("gpt",)
 
 
 def build_model(cfg: DictConfig, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
