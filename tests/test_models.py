@@ -7,10 +7,13 @@ import torch
 from omegaconf import OmegaConf
 
 from trainer.errors import ConfigError
-from trainer.models import MODELS, build_model
+from trainer.models import MODELS, SEQUENCE_MODELS, build_model
+from trainer.optim import parameter_groups
+
+IMAGE_MODELS = sorted(set(MODELS) - set(SEQUENCE_MODELS))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 @pytest.mark.parametrize("input_shape", [(1, 28, 28), (3, 32, 32)])
 def test_forward_backward_shapes(name, input_shape):
     torch.manual_seed(0)
@@ -43,5 +46,66 @@ def test_resnet18_keeps_small_images_at_full_size_in_the_first_stage():
 
 
 def test_unknown_model_lists_known_ones():
-    with pytest.raises(ConfigError, match="known: cnn, mlp, resnet18, resnet20"):
+    with pytest.raises(ConfigError, match="known: cnn, gpt, mlp, resnet18, resnet20"):
         build_model(OmegaConf.create({"name": "vgg"}), input_shape=(1, 28, 28), num_classes=10)
+
+
+def gpt(vocab, **overrides):
+    cfg = OmegaConf.merge(OmegaConf.load("conf/model/gpt.yaml"), overrides)
+    return build_model(cfg, input_shape=(cfg.block_size,), num_classes=vocab)
+
+
+TINY_GPT = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8, "dropout": 0.0}
+
+
+def test_gpt_forward_backward_shapes():
+    torch.manual_seed(0)
+    model = gpt(**TINY_GPT, vocab=11)
+    tokens = torch.randint(0, 11, (3, 8))
+    logits = model(tokens)
+    assert logits.shape == (3, 8, 11)
+    logits.logsumexp(dim=-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model(tokens[:, :5]).shape == (3, 5, 11)  # shorter contexts work too
+    with pytest.raises(ValueError, match="longer than block_size=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_gpt_is_causal():
+    """Changing token t changes no prediction at positions before t."""
+    torch.manual_seed(0)
+    model = gpt(**TINY_GPT, vocab=11).eval()
+    tokens = torch.randint(0, 11, (1, 8))
+    changed = tokens.clone()
+    changed[0, 5] = (tokens[0, 5] + 1) % 11
+    before, after = model(tokens), model(changed)
+    assert torch.equal(before[0, :5], after[0, :5])
+    assert not torch.allclose(before[0, 5:], after[0, 5:])
+
+
+def test_gpt_ties_output_to_input_embedding_and_exempts_it_from_decay():
+    model = gpt(**TINY_GPT, vocab=11)
+    assert model.lm_head.weight is model.wte.weight
+    groups = {g["name"]: g["params"] for g in parameter_groups(model, weight_decay=0.1)}
+    no_decay = {id(p) for p in groups["no_decay"]}
+    assert id(model.wte.weight) in no_decay and id(model.wpe.weight) in no_decay
+    assert all(p.ndim == 2 for p in groups["decay"]) and id(model.blocks[0].attn.qkv.weight) not in no_decay
+    # every parameter exactly once (the tied weight is one parameter)
+    assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_gpt_has_nanogpts_size():
+    model = gpt(vocab=65)  # nanoGPT's Shakespeare-char config: 6 x 6 heads x 384, block 256, 65 symbols
+    c, layers, vocab, block = 384, 6, 65, 256
+    # Per block: two LayerNorms (weight + bias) 4c, attention qkv 3c^2 + projection c^2, MLP 8c^2
+    # (no linear biases); token and position embeddings; final LayerNorm; the head is tied.
+    by_hand = layers * (12 * c * c + 4 * c) + vocab * c + block * c + 2 * c
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 10_750_080
+    # nanoGPT reports 10.65M, counting without the position embedding
+    assert round((by_hand - block * c) / 1e6, 2) == 10.65
+
+
+def test_gpt_refuses_windows_that_do_not_match_its_context():
+    cfg = OmegaConf.merge(OmegaConf.load("conf/model/gpt.yaml"), TINY_GPT)
+    with pytest.raises(ValueError, match=r"shape \(16,\), the model's block_size is 8"):
+        build_model(cfg, input_shape=(16,), num_classes=11)

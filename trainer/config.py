@@ -13,7 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from trainer.data import SEQUENCE_DATA
+from trainer.data.loading import LOADERS
 from trainer.errors import ConfigError
+from trainer.models import SEQUENCE_MODELS
 from trainer.schedules import schedule_names
 
 INTERVALS = ("step", "epoch")
@@ -52,11 +55,11 @@ def _choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Static checks of ``trainer``, ``optimizer``, ``schedule``, ``logger``, ``data`` and ``seed``."""
+    """Static checks of ``trainer``, ``optimizer``, ``schedule``, ``logger``, ``data``, ``model`` and ``seed``."""
     _positive_int(cfg.seed, "seed", minimum=0)
     _validate_trainer(cfg.trainer)
     _positive_int(cfg.logger.log_every_n_steps, "logger.log_every_n_steps")
-    _positive_int(cfg.data.batch_size, "data.batch_size")
+    _validate_data_and_model(cfg.data, cfg.model)
     _validate_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule)
 
@@ -87,6 +90,32 @@ def _validate_trainer(t: DictConfig) -> None:
     _choice(t.nonfinite, "trainer.nonfinite", ("skip", "stop", "raise"))
     if t.num_threads != "auto":
         _positive_int(t.num_threads, "trainer.num_threads")
+
+
+def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
+    _positive_int(d.batch_size, "data.batch_size")
+    _choice(d.loader, "data.loader", LOADERS)
+    _positive_int(d.num_workers, "data.num_workers", minimum=0)
+    for key in ("augment", "flip_test"):
+        if key in d:
+            _require(isinstance(d[key], bool), f"data.{key}", f"got {d[key]!r}; expected true or false")
+    # Checked before anything reads data.block_size, which interpolates model.block_size.
+    if d.name in SEQUENCE_DATA:
+        _require(
+            m.name in SEQUENCE_MODELS, "model",
+            f"data={d.name} holds character sequences; model={m.name} classifies fixed-size inputs: use model=gpt",
+        )
+    elif m.name in SEQUENCE_MODELS:
+        _require(False, "data", f"model={m.name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
+    if m.name == "gpt":
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            _positive_int(m[key], f"model.{key}")
+        _require(
+            m.n_embd % m.n_head == 0, "model.n_head",
+            f"model.n_embd={m.n_embd} must be a multiple of model.n_head={m.n_head}, e.g. n_embd=384 n_head=6",
+        )
+    if "dropout" in m:
+        _number(m.dropout, "model.dropout", low=0.0, high=0.99)
 
 
 def _validate_optimizer(o: DictConfig) -> None:

@@ -17,7 +17,8 @@ from trainer.data import Dataset, build_dataset, data_shape, num_train_examples
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.errors import ConfigError, one_line
-from trainer.loop import Checkpointing, Loop, TrainStep
+from trainer.data.text import TokenDataset
+from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names
 from trainer.precision import Precision, resolve_device, resolve_precision
@@ -57,6 +58,9 @@ def build_optimization(
     plan = plan_run(cfg, num_train)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes).to(device)
+    if device.type == "cuda" and len(input_shape) == 3:
+        # NHWC lets cuDNN pick its Tensor Core convolution kernels without transposing each layer.
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model, device)
     schedule = build_schedule(
         cfg.schedule,
@@ -162,7 +166,7 @@ def build_loop(
         optimizer,
         schedule,
         precision,
-        nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+        cross_entropy(cfg.trainer.label_smoothing),
         cfg.trainer.clip_grad_norm,
     )
     return Loop(
@@ -185,6 +189,9 @@ def build_loop(
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         val_every_n_epochs=cfg.trainer.val_every_n_epochs,
         seed=cfg.seed,
+        device=next(model.parameters()).device,
+        loader_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
+        flip_test=cfg.data.get("flip_test", False),
         objective=cfg.trainer.objective,
         nonfinite=cfg.trainer.nonfinite,
         range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
@@ -205,9 +212,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     precision = resolve_precision(cfg.trainer.precision, device)
     checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
-    dataset = build_dataset(cfg.data, cfg.seed).to(device)
+    dataset = build_dataset(cfg.data, cfg.seed)
+    if cfg.data.loader == "device":
+        dataset = dataset.to(device)
     model, optimizer, schedule, plan = build_optimization(
-        cfg, num_train=len(dataset.train_y), input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+        cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
     )
     fingerprint = schedule_fingerprint(cfg, plan)
@@ -224,6 +233,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     config = resolved_config(cfg, plan)
     OmegaConf.save(config, run_dir / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
+    if isinstance(dataset, TokenDataset):
+        dataset.save_vocab(run_dir)
     start_update = checkpoint["update"] if checkpoint is not None else 0
     loop = build_loop(
         cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset, precision=precision,

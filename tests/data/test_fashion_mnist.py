@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from trainer.data import build_dataset, data_shape, num_train_examples
 from trainer.data import fashion_mnist as fm
 from trainer.errors import ConfigError
+from tests.conftest import compose_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "fashion_mnist.yaml"
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 
@@ -75,9 +75,10 @@ def nowhere(tmp_path, monkeypatch):
 
 
 def test_config_defaults(nowhere):
-    cfg = OmegaConf.load(CONF)
+    cfg = compose_config("data=fashion_mnist", base=[]).data
     assert OmegaConf.to_container(cfg) == {
         "name": "fashion_mnist", "root": None, "batch_size": 128, "download": True, "augment": False,
+        "flip_test": False, "loader": "device", "num_workers": 4,
     }
     # Sizes come without touching any file (nothing could be found here anyway).
     assert num_train_examples(cfg) == 60000 and data_shape(cfg) == ((1, 28, 28), 10)

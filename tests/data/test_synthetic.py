@@ -17,6 +17,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic.yaml"
 def synthetic_cfg(**overrides):
     cfg = OmegaConf.load(CONF)
     cfg.update(overrides)
+    del cfg["defaults"]  # data_common's keys: not read by the synthetic source
     return cfg
 
 
