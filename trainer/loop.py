@@ -181,7 +181,7 @@ class Loop:
     accumulate_grad_batches: int
     val_every_n_epochs: int
     seed: int
-    device: torch.device = torch.device("cpu")
+    device: torch.device
     loader_workers: int | None = None  # None: batches gathered on the device; else DataLoader workers
     flip_test: bool = False
     objective: str = "val/loss"

@@ -14,11 +14,11 @@ from torch import nn
 from trainer.checkpoint import load_checkpoint
 from trainer.config import RunPlan, plan_run, validate
 from trainer.data import Dataset, build_dataset, data_shape, num_train_examples
-from trainer.logger import RunLogger
-from trainer.lr_find import RangeTestMonitor, write_lr_find
-from trainer.errors import ConfigError, one_line
 from trainer.data.text import TokenDataset
+from trainer.errors import ConfigError, one_line
+from trainer.logger import RunLogger
 from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
+from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names
 from trainer.precision import Precision, resolve_device, resolve_precision

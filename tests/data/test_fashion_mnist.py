@@ -13,10 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.conftest import compose_config
 from trainer.data import build_dataset, data_shape, num_train_examples
 from trainer.data import fashion_mnist as fm
 from trainer.errors import ConfigError
-from tests.conftest import compose_config
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"

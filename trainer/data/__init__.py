@@ -17,7 +17,13 @@ from omegaconf import DictConfig
 
 from trainer.data import cifar10, fashion_mnist
 from trainer.data.augment import crop_and_flip
-from trainer.data.batches import Augment, Batch, ExampleBatches, eval_batches, example_epoch
+from trainer.data.batches import (
+    Augment,
+    Batch,
+    ExampleBatches,
+    eval_batches,
+    example_epoch,
+)
 from trainer.data.shakespeare_char import load_shakespeare_char
 from trainer.data.synthetic import check_synthetic, load_synthetic
 from trainer.errors import ConfigError
