@@ -11,18 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A tiny synthetic job: 256 examples / batch 32 = 8 updates per epoch, no progress bar, one
-# thread (on tensors this small, a second OpenMP thread costs more than it gives).
-TINY = [
-    "trainer.num_threads=1",
-    "data=synthetic",
-    "model=mlp",
-    "data.train_size=256",
-    "data.val_size=64",
-    "data.batch_size=32",
-    "logger.progress_bar=false",
-    "logger.log_every_n_steps=1",
-]
+# Every test run: no progress bar, every update logged, one thread (on tensors this small, a
+# second OpenMP thread costs more than it gives).
+QUIET = ["trainer.num_threads=1", "logger.progress_bar=false", "logger.log_every_n_steps=1"]
+# A tiny synthetic job: 256 examples / batch 32 = 8 updates per epoch.
+TINY = [*QUIET, "data=synthetic", "model=mlp", "data.train_size=256", "data.val_size=64", "data.batch_size=32"]
 
 
 def run_cli(module: str, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, TINY, compose_config
+from tests.test_loop import batch, linear_setup, make_step
 from trainer import run as run_module
 from trainer.checkpoint import load_checkpoint
 from trainer.data.batches import epoch_order
@@ -19,7 +20,6 @@ from trainer.events import read_scalars
 from trainer.loop import apply_schedule
 from trainer.run import train
 from trainer.stopping import EXIT_PREEMPTED, NonFiniteError, NonFiniteStop, StopOnSignal
-from tests.test_loop import batch, linear_setup, make_step
 
 POISONED = (5, 77, 140)  # training examples set to NaN
 

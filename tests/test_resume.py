@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from tests.conftest import compose_config
+from tests.conftest import QUIET, TINY, compose_config
 from trainer.checkpoint import load_checkpoint, save_atomic
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
@@ -24,6 +24,10 @@ CASES = {
     "accumulation": ["schedule=cosine", "trainer.accumulate_grad_batches=2", "data.train_size=512"],
     "plateau": ["schedule=plateau", "schedule.patience=0", "schedule.threshold=0.5", "optimizer.lr=0.01"],
     "dropout_wsd": ["schedule=wsd", "schedule.warmup_steps=4", "schedule.decay_steps=10", "model.dropout=0.3"],
+    "dataloader_workers": ["schedule=cosine", "data.loader=dataloader", "data.num_workers=2"],
+    # random text windows and dropout in every block: 2,000 characters, 1799 // 8 // 8 = 28 updates/epoch
+    "gpt_text": [*QUIET, "model=gpt", "data=shakespeare_char", "data.path={text}", "data.batch_size=8", "model.block_size=8",
+                 "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "schedule=cosine"],
 }
 
 
@@ -46,18 +50,21 @@ def final_state(run_dir):
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("stop_after", [11, 16])  # mid-epoch, and right at an epoch end
 def test_stop_resume_equals_uninterrupted(tmp_path, monkeypatch, case, stop_after):
-    overrides = [*CASES[case], "trainer.max_epochs=5"]
+    text = tmp_path / "text.txt"
+    text.write_text("".join(chr(97 + (i * i) % 26) for i in range(2000)), encoding="utf-8")
+    overrides = [o.format(text=text) for o in CASES[case]] + ["trainer.max_epochs=5"]
+    base = [] if "model=gpt" in overrides else TINY
     straight = tmp_path / "straight"
-    train(compose_config(*overrides), straight)
+    train(compose_config(*overrides, base=base), straight)
 
     resumed = tmp_path / "resumed"
     with monkeypatch.context() as patch:
         preempt_after(patch, stop_after)
         with pytest.raises(Preempted) as stopped:
-            train(compose_config(*overrides), resumed)
+            train(compose_config(*overrides, base=base), resumed)
     assert stopped.value.update == stop_after
     assert load_checkpoint(resumed / "last.pt")["update"] == stop_after
-    train(compose_config(*overrides, "trainer.resume=auto"), resumed)
+    train(compose_config(*overrides, "trainer.resume=auto", base=base), resumed)
 
     a, b = final_state(straight), final_state(resumed)
     assert a["update"] == b["update"]

@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, compose_config, run_cli
 from trainer.compare import write_report
 from trainer.events import read_scalars
+from trainer.run import hyperparameters
 
 needs_sweep_extra = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None
@@ -105,6 +106,12 @@ def test_hparams_are_written_for_the_dashboard(tmp_path):
     assert hparams["schedule.name"].string_value == "cosine"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     assert {m.name.tag for m in experiment.experiment.metric_infos} == {"val/loss", "val/acc"}
+
+
+def test_hparams_show_a_list_override_as_text():
+    overrides = ["schedule=multistep", "schedule.milestones=[2,4]"]
+    values = hyperparameters(compose_config(*overrides), overrides)
+    assert values["schedule.milestones"] == "[2, 4]" and values["schedule"] == "multistep"
 
 
 def test_preview_of_several_schedules_on_one_plot(tmp_path):

