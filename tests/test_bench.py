@@ -25,3 +25,17 @@ def test_bench_runs_the_cpu_case(tmp_path):
     # one repeat: the paired ratio is exactly harness rate / raw rate
     assert case["ratio"] == pytest.approx(case["harness"]["updates_per_s"] / case["raw"]["updates_per_s"])
     assert case["harness"]["examples_per_s"] == case["harness"]["updates_per_s"] * 64
+
+
+def test_bench_runs_the_gpt_case_shrunk_on_the_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "scripts/bench.py", "--cases", "gpt", "--device", "cpu", "--updates", "3", "--repeats", "1",
+         "--json", str(out), "--set", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=16",
+         "data.batch_size=4"],
+        cwd=REPO, check=True, capture_output=True, timeout=300,
+    )
+    report = json.loads(out.read_text())
+    harness = report["cases"]["gpt"]["harness"]
+    assert report["overrides"][-1] == "data.batch_size=4"
+    assert harness["tokens_per_s"] == pytest.approx(harness["updates_per_s"] * 4 * 16)
