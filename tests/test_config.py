@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO, compose_config
+from tests.conftest import QUIET, REPO, compose_config
 from trainer.config import plan_run, validate
 from trainer.errors import ConfigError
 from trainer.run import build_for_preview
@@ -101,6 +101,12 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=lr_range_test", "schedule.min_lr=1", "schedule.max_lr=0.1"], "schedule.max_lr"),
         (["schedule=lr_range_test", "schedule.num_steps=2"], "schedule.num_steps"),
         (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
+        (["trainer.compile=fast"], "trainer.compile"),
+        (["trainer.tf32=1"], "trainer.tf32"),
+        (["data.loader=gpu"], "data.loader"),
+        (["data.num_workers=-1"], "data.num_workers"),
+        (["model.dropout=1.5"], "model.dropout"),
+        (["model=gpt"], "data"),
     ],
 )
 def test_static_errors_name_their_key(overrides, key):
@@ -108,6 +114,21 @@ def test_static_errors_name_their_key(overrides, key):
         validate(compose_config(*overrides))
     assert error.value.key == key
     assert str(error.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data=fashion_mnist", "data.augment=maybe"], "data.augment"),
+        (["model=gpt", "data=shakespeare_char", "model.n_head=5"], "model.n_head"),
+        (["model=gpt", "data=shakespeare_char", "model.block_size=0"], "model.block_size"),
+        (["data=shakespeare_char"], "model"),  # checked before data.block_size reads model.block_size
+    ],
+)
+def test_data_and_model_errors_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides, base=QUIET))
+    assert error.value.key == key
 
 
 @pytest.mark.parametrize(

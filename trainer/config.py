@@ -23,6 +23,7 @@ INTERVALS = ("step", "epoch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _is_number(value: Any) -> bool:
@@ -77,6 +78,11 @@ def _validate_trainer(t: DictConfig) -> None:
         _number(t.clip_grad_norm, "trainer.clip_grad_norm", low=0.0, low_open=True)
     _choice(t.device, "trainer.device", DEVICES)
     _choice(t.precision, "trainer.precision", PRECISIONS)
+    _require(
+        t.compile in COMPILE_MODES, "trainer.compile",
+        f"got {t.compile!r}; expected false, true or a torch.compile mode: {', '.join(map(str, COMPILE_MODES[2:]))}",
+    )
+    _require(isinstance(t.tf32, bool), "trainer.tf32", f"got {t.tf32!r}; expected true or false")
     _positive_int(t.val_every_n_epochs, "trainer.val_every_n_epochs")
     _choice(t.objective, "trainer.objective", ("val/loss",))
     _positive_int(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", allow_none=True)

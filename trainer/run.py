@@ -21,7 +21,7 @@ from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names
-from trainer.precision import Precision, resolve_device, resolve_precision
+from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
 from trainer.summary import write_summary
@@ -58,9 +58,14 @@ def build_optimization(
     plan = plan_run(cfg, num_train)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes).to(device)
-    if device.type == "cuda" and len(input_shape) == 3:
-        # NHWC lets cuDNN pick its Tensor Core convolution kernels without transposing each layer.
-        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        configure_cuda(tf32=cfg.trainer.tf32)
+        if len(input_shape) == 3:
+            # NHWC lets cuDNN pick its Tensor Core convolution kernels without transposing each layer.
+            model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.compile:
+        # In place: the state_dict keys stay those of the eager model, so checkpoints load either way.
+        model.compile(mode=None if cfg.trainer.compile is True else cfg.trainer.compile)
     optimizer = build_optimizer(cfg.optimizer, model, device)
     schedule = build_schedule(
         cfg.schedule,
