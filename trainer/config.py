@@ -60,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg.seed, "seed", minimum=0)
     _validate_trainer(cfg.trainer)
     _positive_int(cfg.logger.log_every_n_steps, "logger.log_every_n_steps")
+    _positive_int(cfg.logger.read_every_n_steps, "logger.read_every_n_steps")
     _validate_data_and_model(cfg.data, cfg.model)
     _validate_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule)

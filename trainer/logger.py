@@ -1,8 +1,10 @@
 """What is logged and when: TensorBoard scalars plus a tqdm bar.
 
 Step axis: the 0-based index of the optimizer update the value belongs to (``train/*``), or the
-number of updates done when it was measured (``val/*``). Training values are read from the
-device only on logging updates, so other updates never wait for the GPU.
+number of updates done when it was measured (``val/*``). The device values of logged updates
+(loss, gradient norm, skip count) stay on the device until they are read, all together, every
+``logger.read_every_n_steps`` updates: logging every update costs no host-device sync per update,
+so the host keeps queueing work ahead of the GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class RunLogger:
         run_dir: Path,
         *,
         log_every_n_steps: int,
+        read_every_n_steps: int,
         max_updates: int,
         group_names: list[str],
         progress_bar: bool = True,
@@ -35,7 +38,10 @@ class RunLogger:
         # checkpoint, so the updates it replays are not shown twice.
         self.writer = EventWriter(run_dir, purge_step=start_update or None)
         self.every = log_every_n_steps
+        self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
+        # (update, lrs, momentum, epoch, device tensor [loss, grad_norm, skipped_updates])
+        self._pending: list[tuple[int, list[float], float | None, int, torch.Tensor]] = []
         self.group_names = group_names
         self.bar = tqdm(
             total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True, disable=not progress_bar
@@ -45,7 +51,11 @@ class RunLogger:
         """True on updates whose values are logged: every ``log_every_n_steps`` and the last."""
         return update % self.every == 0 or update == self.last_update
 
-    def log_train(
+    def read_due(self, update: int) -> bool:
+        """True after the updates where pending values are read: every ``read_every_n_steps`` and the last."""
+        return (update + 1) % self.read_every == 0 or update == self.last_update
+
+    def record(
         self,
         update: int,
         *,
@@ -54,25 +64,36 @@ class RunLogger:
         loss: torch.Tensor,
         grad_norm: torch.Tensor,
         epoch: int,
-        skipped_updates: int,
-    ) -> float:
-        """Log one update's values (``lrs`` as applied, one per group); returns the loss read."""
-        loss_value = loss.item()  # the host-device sync, on logging updates only
-        scalars = {
-            "train/lr": lrs[0],
-            "train/loss": loss_value,
-            "train/epoch": epoch,
-            "train/grad_norm": grad_norm.item(),
-            "train/skipped_updates": skipped_updates,
-        }
-        if len(lrs) > 1:
-            scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, lrs)})
-        if momentum is not None:
-            scalars["train/momentum"] = momentum
-        self.writer.scalars(update, scalars)
+        skipped_updates: torch.Tensor,
+    ) -> None:
+        """Keep one logged update's values (``lrs`` as applied, one per group); the device values
+        are snapshotted on the device (one small kernel, no sync) and read by :meth:`read`."""
+        values = torch.stack([loss.detach().float(), grad_norm.detach().float(), skipped_updates.float()])
+        self._pending.append((update, lrs, momentum, epoch, values))
+
+    def read(self) -> float | None:
+        """Read every pending update's device values (one host-device sync) and write their
+        records; returns the last of their losses, or None when nothing was pending."""
+        if not self._pending:
+            return None
+        values = torch.stack([p[-1] for p in self._pending]).tolist()
+        for (update, lrs, momentum, epoch, _), (loss, grad_norm, skipped) in zip(self._pending, values):
+            scalars = {
+                "train/lr": lrs[0],
+                "train/loss": loss,
+                "train/epoch": epoch,
+                "train/grad_norm": grad_norm,
+                "train/skipped_updates": int(skipped),
+            }
+            if len(lrs) > 1:
+                scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, lrs)})
+            if momentum is not None:
+                scalars["train/momentum"] = momentum
+            self.writer.scalars(update, scalars)
         if not self.bar.disable:
-            self.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
-        return loss_value
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[0]:.3g}", refresh=False)
+        self._pending.clear()
+        return loss
 
     def log_val(self, updates_done: int, metrics: dict[str, float]) -> None:
         self.writer.scalars(updates_done, metrics)

@@ -189,6 +189,7 @@ class Loop:
     range_test: RangeTestMonitor | None = None
     best: float = math.inf
     _bad_seen: int = 0
+    _train_loss: float = math.nan  # the last training loss read from the device
     _last_val: tuple[int, dict[str, float]] = (-1, {})
 
     def state_dict(self, update: int) -> dict:
@@ -236,6 +237,7 @@ class Loop:
         return state["update"]
 
     def save(self, update: int, *, improved: bool = False) -> None:
+        self._read_logs(update)  # the records of the updates a resume will not replay go to disk first
         ckpt = self.checkpointing
         state = self.state_dict(update)
         last = ckpt.run_dir / "last.pt"
@@ -256,7 +258,7 @@ class Loop:
         return int(self.step.skipped_updates)
 
     def _enforce_nonfinite_policy(self, update: int) -> None:
-        """Called on logging updates (where the loop syncs anyway)."""
+        """Called where logged values are read (the loop syncs there anyway)."""
         bad = self._bad_count()
         if bad == self._bad_seen or self.nonfinite == "skip":
             self._bad_seen = bad
@@ -273,7 +275,15 @@ class Loop:
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.dataset.val_batches(self.batch_size), self.precision, flip=self.flip_test)
 
+    def _read_logs(self, updates_done: int) -> None:
+        """Write the pending logged updates (one host-device sync), then apply the non-finite policy."""
+        loss = self.logger.read()
+        if loss is not None:
+            self._train_loss = loss
+            self._enforce_nonfinite_policy(updates_done)
+
     def validate(self, updates_done: int) -> dict[str, float]:
+        self._read_logs(updates_done)
         metrics = self.evaluate()
         self.logger.log_val(updates_done, metrics)
         self._last_val = (updates_done, metrics)
@@ -293,6 +303,7 @@ class Loop:
         upe = plan.updates_per_epoch
         apply_schedule(self.optimizer, self.schedule, start_update)
         momentum_scheduled = self.schedule.momentum_fn is not None
+        read_each_log = self.range_test is not None or self.nonfinite != "skip"
         self.model.train()
         update, metrics, diverged = start_update, {}, False
         with StopOnSignal() as stop:
@@ -310,13 +321,16 @@ class Loop:
                     momentum = applied_momentum(self.optimizer) if log_now and momentum_scheduled else None
                     loss, grad_norm = self.step(micro, update)
                     if log_now:
-                        metrics["train/loss"] = logger.log_train(
+                        logger.record(
                             update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch,
-                            skipped_updates=int(self.step.skipped_updates),
+                            skipped_updates=self.step.skipped_updates,
                         )
-                        self._enforce_nonfinite_policy(update + 1)
-                        if self.range_test is not None:
-                            diverged = self.range_test.record(lrs[0], metrics["train/loss"])
+                    # The range test and a stop/raise policy act on each logged update's values;
+                    # otherwise they are read in batches, with one sync per read.
+                    if logger.read_due(update) or (log_now and read_each_log):
+                        self._read_logs(update + 1)
+                    if self.range_test is not None:  # it logs (and so reads) every update
+                        diverged = self.range_test.record(lrs[0], self._train_loss)
                     update += 1
                     logger.advance()
                     if diverged:
@@ -341,6 +355,7 @@ class Loop:
                     break
         if self.objective not in metrics:  # resumed a finished run (e.g. a requeued job): report, train nothing
             metrics.update(self.evaluate())
+        metrics["train/loss"] = self._train_loss
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics

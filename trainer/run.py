@@ -163,6 +163,7 @@ def build_loop(
     logger = RunLogger(
         run_dir,
         log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
+        read_every_n_steps=cfg.logger.read_every_n_steps,
         max_updates=plan.max_updates,
         group_names=group_names(optimizer),
         progress_bar=cfg.logger.progress_bar,

@@ -1,0 +1,49 @@
+"""Logging every update without a host-device sync per update: values are read in batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import compose_config
+from trainer.events import read_scalars
+from trainer.logger import RunLogger
+from trainer.run import train
+
+TAGS = ("train/lr", "train/loss", "train/grad_norm", "train/epoch", "train/skipped_updates")
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The number of updates each read of pending device values covered, in order."""
+    sizes = []
+    original = RunLogger.read
+
+    def counting(self):
+        if self._pending:
+            sizes.append(len(self._pending))
+        return original(self)
+
+    monkeypatch.setattr(RunLogger, "read", counting)
+    return sizes
+
+
+def test_values_are_read_in_batches_and_logged_exactly_as_when_read_each_update(tmp_path, reads):
+    # 2 epochs of 8 updates, every update logged
+    overrides = ["schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=2"]
+    train(compose_config(*overrides, "logger.read_every_n_steps=1"), tmp_path / "each")
+    assert reads == [1] * 16
+    reads.clear()
+    train(compose_config(*overrides, "logger.read_every_n_steps=5"), tmp_path / "batched")
+    # due after updates 4, 9, 14 and the last (15); the epoch end (after update 7) reads before
+    # validating and checkpointing
+    assert reads == [5, 3, 2, 5, 1]
+    each, batched = read_scalars(tmp_path / "each"), read_scalars(tmp_path / "batched")
+    for tag in TAGS:
+        assert [s for s, _ in batched[tag]] == list(range(16)), tag
+        assert batched[tag] == each[tag], tag
+
+
+def test_a_stop_policy_reads_every_logged_update(tmp_path, reads):
+    train(compose_config("schedule=cosine", "trainer.max_epochs=1", "trainer.nonfinite=stop",
+                         "logger.read_every_n_steps=50", "logger.log_every_n_steps=2"), tmp_path)
+    assert reads == [1] * 4 + [1]  # updates 0, 2, 4, 6 and the last, 7
