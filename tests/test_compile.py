@@ -23,3 +23,17 @@ def test_compiled_run_matches_eager_and_its_checkpoint_loads_into_an_eager_run(t
     # an eager run resumes the compiled run's checkpoint (it is already finished: it only evaluates)
     resumed = train(compose_config(*overrides, f"trainer.resume={tmp_path / 'compiled' / 'last.pt'}"), tmp_path / "r")
     assert resumed["val/loss"] == pytest.approx(compiled["val/loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_schedule_never_recompiles_the_model(tmp_path, epochs):
+    """onecycle changes the LR and momentum every update; they live in the optimizer, outside the
+    compiled module, so a run compiles the same two graphs (train and eval mode) however long it is."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    train(compose_config("schedule=onecycle", "optimizer=sgd", f"trainer.max_epochs={epochs}", "trainer.compile=true"),
+          tmp_path)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["frames"]["total"] == counters["frames"]["ok"] == 2
