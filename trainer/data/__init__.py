@@ -36,8 +36,13 @@ SEQUENCE_DATA = ("shakespeare_char",)
 class Dataset(Protocol):
     """What the loop needs of a data source: its shape, training epochs and the validation split."""
 
-    num_classes: int  # classes, or the vocabulary size of a language model
-    input_shape: tuple[int, ...]  # one example's shape
+    @property
+    def num_classes(self) -> int:
+        """Classes, or the vocabulary size of a language model."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape, e.g. (1, 28, 28) or (block_size,)."""
 
     @property
     def num_train(self) -> int:
