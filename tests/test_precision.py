@@ -58,3 +58,15 @@ def test_mixed_precision_trains_on_cuda(tmp_path, precision):
     assert all(math.isfinite(n) for n in norms[1:])
     # fp16's loss scale is 2**16 at the start: a norm that large would mean clipping saw scaled grads
     assert max(norms) < 1e3
+
+
+@needs_cuda
+def test_convnets_run_channels_last_with_cudnn_autotuning_on_cuda():
+    from trainer.run import build_optimization
+
+    cfg = compose_config("model=cnn", "trainer.device=cuda", "trainer.tf32=false", base=[])
+    model, *_ = build_optimization(cfg, num_train=60_000, input_shape=(1, 28, 28), num_classes=10,
+                                   device=torch.device("cuda"))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
