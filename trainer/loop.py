@@ -189,7 +189,7 @@ class Loop:
     range_test: RangeTestMonitor | None = None
     best: float = math.inf
     _bad_seen: int = 0
-    _train_loss: float = math.nan  # the last training loss read from the device
+    _train_loss: float | None = None  # the last training loss read from the device
     _last_val: tuple[int, dict[str, float]] = (-1, {})
 
     def state_dict(self, update: int) -> dict:
@@ -355,7 +355,8 @@ class Loop:
                     break
         if self.objective not in metrics:  # resumed a finished run (e.g. a requeued job): report, train nothing
             metrics.update(self.evaluate())
-        metrics["train/loss"] = self._train_loss
+        if self._train_loss is not None:  # None when a finished run was resumed: nothing trained
+            metrics["train/loss"] = self._train_loss
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics
