@@ -149,3 +149,14 @@ def test_resuming_a_finished_run_trains_nothing_and_reports_its_metrics(tmp_path
     assert again["updates"] == first["updates"] == 16
     assert again["val/loss"] == first["val/loss"]
     assert [s for s, _ in read_scalars(tmp_path)["train/lr"]] == list(range(16))
+
+
+def test_checkpoint_every_n_epochs(tmp_path):
+    # 8 updates/epoch, 5 epochs: the ends of epochs 2 and 4 (16, 32) and of the run (40); every 12
+    # updates: 12 and 36 mid-epoch, 24 at the end of epoch 3, which is not an every-2-epochs end
+    train(compose_config("schedule=cosine", "trainer.max_epochs=5", "trainer.checkpoint_every_n_epochs=2",
+                         "trainer.checkpoint_every_n_steps=12", "trainer.keep_last_n=10",
+                         "trainer.val_every_n_epochs=5"), tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == [
+        f"step-{u:08d}.pt" for u in (12, 16, 24, 32, 36, 40)
+    ]

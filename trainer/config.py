@@ -87,6 +87,7 @@ def _validate_trainer(t: DictConfig) -> None:
     _positive_int(t.val_every_n_epochs, "trainer.val_every_n_epochs")
     _choice(t.objective, "trainer.objective", ("val/loss",))
     _positive_int(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", allow_none=True)
+    _positive_int(t.checkpoint_every_n_epochs, "trainer.checkpoint_every_n_epochs")
     _positive_int(t.keep_last_n, "trainer.keep_last_n", minimum=0)
     _require(
         t.resume is None or isinstance(t.resume, str),

@@ -155,10 +155,13 @@ def evaluate(
 
 @dataclass
 class Checkpointing:
-    """Where and how often the loop writes checkpoints (``last.pt``, ``best.pt``, ``step-*.pt``)."""
+    """Where and how often the loop writes checkpoints (``last.pt``, ``best.pt``, ``step-*.pt``):
+    every ``every_n_epochs`` epoch ends, every ``every_n_steps`` updates, on improvement, on a
+    stop signal and at the end."""
 
     run_dir: Path
     every_n_steps: int | None
+    every_n_epochs: int
     keep_last_n: int
     config: dict
     fingerprint: dict
@@ -336,18 +339,21 @@ class Loop:
                     if diverged:
                         break
                     if update == epoch_end:
-                        break  # the epoch-end checkpoint below covers this update
+                        break  # the epoch end below checkpoints this update when due
                     if ckpt.every_n_steps and update % ckpt.every_n_steps == 0:
                         self.save(update)
                     if stop.requested:
                         self.save(update)
                         raise Preempted(stop.requested, update)
                 improved = False
-                if (epoch + 1) % self.val_every_n_epochs == 0 or update >= plan.max_updates or diverged:
+                last = update >= plan.max_updates or diverged
+                if (epoch + 1) % self.val_every_n_epochs == 0 or last:
                     metrics.update(self.validate(update))
                     improved = metrics[self.objective] < self.best
                     self.best = min(self.best, metrics[self.objective])
-                self.save(update, improved=improved)
+                step_due = ckpt.every_n_steps and update % ckpt.every_n_steps == 0
+                if (epoch + 1) % ckpt.every_n_epochs == 0 or step_due or last or improved or stop.requested:
+                    self.save(update, improved=improved)
                 if stop.requested:
                     raise Preempted(stop.requested, update)
                 if diverged:

@@ -189,6 +189,7 @@ def build_loop(
         checkpointing=Checkpointing(
             run_dir=run_dir,
             every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+            every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
             keep_last_n=cfg.trainer.keep_last_n,
             config=config,
             fingerprint=fingerprint,
