@@ -12,9 +12,19 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+try:  # C: 0.1 µs per record, where TensorBoard's pure-Python CRC takes about 20 µs (a logged update needs two)
+    from google_crc32c import value as crc32c
+except ImportError:  # installed without its dependencies (e.g. PYTHONPATH on a bare image)
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c
 
 _file_numbers = itertools.count()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum: CRC-32C of ``data``, rotated right by 15 bits plus a constant."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 class EventWriter:

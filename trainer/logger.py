@@ -40,8 +40,8 @@ class RunLogger:
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
-        # (update, lrs, momentum, epoch, device tensor [loss, grad_norm, skipped_updates])
-        self._pending: list[tuple[int, list[float], float | None, int, torch.Tensor]] = []
+        # (update, lrs, momentum, epoch, (loss, grad_norm, skipped_updates) as device tensors)
+        self._pending: list[tuple[int, list[float], float | None, int, tuple[torch.Tensor, ...]]] = []
         self.group_names = group_names
         self.bar = tqdm(
             total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True, disable=not progress_bar
@@ -66,17 +66,20 @@ class RunLogger:
         epoch: int,
         skipped_updates: torch.Tensor,
     ) -> None:
-        """Keep one logged update's values (``lrs`` as applied, one per group); the device values
-        are snapshotted on the device (one small kernel, no sync) and read by :meth:`read`."""
-        values = torch.stack([loss.detach().float(), grad_norm.detach().float(), skipped_updates.float()])
-        self._pending.append((update, lrs, momentum, epoch, values))
+        """Keep one logged update's values (``lrs`` as applied, one per group) until :meth:`read`.
+        ``loss`` and ``grad_norm`` are this update's own tensors; the running skip counter is
+        copied on the device (one small op, no sync)."""
+        self._pending.append((update, lrs, momentum, epoch, (loss, grad_norm, skipped_updates.clone())))
 
     def read(self) -> float | None:
         """Read every pending update's device values (one host-device sync) and write their
         records; returns the last of their losses, or None when nothing was pending."""
         if not self._pending:
             return None
-        values = torch.stack([p[-1] for p in self._pending]).tolist()
+        columns = zip(*(p[-1] for p in self._pending))  # losses, grad norms, skip counts
+        flat = torch.cat([torch.stack(column).float() for column in columns]).tolist()
+        n = len(self._pending)
+        values = zip(flat[:n], flat[n : 2 * n], flat[2 * n :])
         for (update, lrs, momentum, epoch, _), (loss, grad_norm, skipped) in zip(self._pending, values):
             scalars = {
                 "train/lr": lrs[0],

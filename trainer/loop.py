@@ -99,14 +99,16 @@ class TrainStep:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
-        self.skipped_updates += ~torch.isfinite(grad_norm)
         if self.precision.uses_grad_scaler:  # only fp16 needs the loss apart from the gradients
             self.nonfinite_losses += ~torch.isfinite(total_loss)
         if self.scaler.is_enabled():
+            self.skipped_updates += ~torch.isfinite(grad_norm)
             self.scaler.step(self.optimizer)  # skips non-finite gradients on the device
             self.scaler.update()
         elif torch.isfinite(grad_norm):  # CPU (see Precision.grad_scaler): the host check is free
             self.optimizer.step()
+        else:
+            self.skipped_updates += 1
         # The schedule advances once per optimizer update (never per micro-batch), right after
         # the step that used the current LR, so update t always runs with the schedule's LR at t.
         apply_schedule(self.optimizer, self.schedule, update + 1)

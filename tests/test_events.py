@@ -1,0 +1,23 @@
+"""The event writer's checksums are TFRecord's, and TensorBoard's own reader accepts its files."""
+
+from __future__ import annotations
+
+import os
+
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+
+from trainer.events import EventWriter, crc32c, masked_crc32c, read_scalars
+
+
+def test_crc32c_check_value_and_tensorboards_mask():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C (Castagnoli) check value
+    for data in (b"", b"\x00" * 8, os.urandom(7), os.urandom(200)):
+        assert masked_crc32c(data) == tensorboard_masked_crc32c(data)
+
+
+def test_tensorboard_reads_back_what_was_written(tmp_path):
+    writer = EventWriter(tmp_path)
+    for step in range(3):
+        writer.scalars(step, {"a": step / 2, "b": -step})
+    writer.close()
+    assert read_scalars(tmp_path) == {"a": [(0, 0.0), (1, 0.5), (2, 1.0)], "b": [(0, 0.0), (1, -1.0), (2, -2.0)]}
