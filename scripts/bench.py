@@ -2,7 +2,7 @@
 
     python scripts/bench.py                       # every case this machine can run
     python scripts/bench.py --cases mlp_cpu --updates 300 --repeats 5 --json bench.json
-    python scripts/bench.py --cases gpt --device cpu --updates 3 --repeats 1 \
+    python scripts/bench.py --cases gpt --device cpu --updates 3 --warmup 1 --repeats 1 \
         --set model.n_layer=1 model.n_embd=32 model.block_size=16   # a shrunk smoke run anywhere
 
 Cases: ``mlp_cpu`` / ``mlp_cuda`` (a tiny MLP, where per-update overhead dominates),
@@ -13,10 +13,12 @@ CUDA and train on random data of the real shapes, resident on the device.
 Both sides train the same model from the same initial weights on the same batches with the same
 features (autocast dtype, gradient clipping, optimizer, warmup + cosine schedule). The harness
 side is ``trainer.loop.Loop.run`` as ``python -m trainer`` builds it, logging every update to
-TensorBoard. Each measurement is taken after warm-up updates, with device synchronisation, and
-repeated with raw and harness alternating; the table gives the median and the spread (min-max)
-of updates/s, examples/s, the ratio harness/raw (median over pairs of neighbouring repeats, so
-that drift in a shared machine's speed cancels) and, on CUDA, peak memory.
+TensorBoard. Each run's first ``--warmup`` updates are not timed (compilation, cuDNN autotuning,
+optimizer state); the rest are, with device synchronisation at both ends. Runs are repeated with
+raw and harness (and Lightning, when installed) alternating, after one untimed run of each; the
+table gives the median and the spread (min-max) of updates/s, examples/s (tokens/s for the GPT),
+the ratio harness/raw (median over pairs of neighbouring repeats, so that drift in a shared
+machine's speed cancels), peak memory on CUDA, and Lightning/raw.
 """
 
 from __future__ import annotations
@@ -115,23 +117,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-class EndTimedStep(TrainStep):
-    """The harness's step, which also notes the time (device synchronised) its last update ends."""
+class TimedStep(TrainStep):
+    """The harness's step, which also notes (device synchronised) when update ``first_timed``
+    starts and when the last update ends."""
 
+    first_timed: int
     last_update: int
-    ended_at: float | None
+    marks: list[float]
 
     def __call__(self, micro_batches, update):
+        if update == self.first_timed:
+            synchronize(self.params[0].device)
+            self.marks.append(time.perf_counter())
         result = super().__call__(micro_batches, update)
         if update == self.last_update:
-            synchronize(result[0].device)
-            self.ended_at = time.perf_counter()
+            synchronize(self.params[0].device)
+            self.marks.append(time.perf_counter())
         return result
 
 
-def harness_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
-    """Seconds for ``Loop.run`` as ``python -m trainer`` builds it, from its start to the end of
-    its last update (the validation and checkpoint after it are left out: the raw loop has neither)."""
+def harness_run(cfg, dataset, device: torch.device, run_dir: Path, warmup: int) -> float:
+    """Seconds for updates ``warmup..`` of ``Loop.run`` as ``python -m trainer`` builds it, to the
+    end of its last update (the validation and checkpoint after it are left out: the raw loop has
+    neither)."""
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
@@ -141,17 +149,16 @@ def harness_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
         precision=resolve_precision(cfg.trainer.precision, device), run_dir=run_dir,
         config=OmegaConf.to_container(cfg), fingerprint={},
     )
-    loop.step.__class__ = EndTimedStep  # the same step, which also notes when the last update ends
-    loop.step.last_update, loop.step.ended_at = plan.max_updates - 1, None
-    synchronize(device)
-    start = time.perf_counter()
+    loop.step.__class__ = TimedStep  # the same step, which also notes the times
+    loop.step.first_timed, loop.step.last_update, loop.step.marks = warmup, plan.max_updates - 1, []
     loop.run()
     loop.logger.close()
-    return loop.step.ended_at - start
+    start, end = loop.step.marks
+    return end - start
 
 
-def raw_run(cfg, dataset, device: torch.device) -> float:
-    """Seconds for the same updates written by hand: the classic loop, no logging."""
+def raw_run(cfg, dataset, device: torch.device, warmup: int) -> float:
+    """Seconds for updates ``warmup..`` written by hand: the classic loop, no logging."""
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
@@ -160,9 +167,10 @@ def raw_run(cfg, dataset, device: torch.device) -> float:
     params = [p for p in model.parameters()]
     lrs = [schedule.lr(u) for u in range(plan.max_updates)]
     batches = dataset.train_epoch(cfg.data.batch_size, seed=cfg.seed, epoch=0)
-    synchronize(device)
-    start = time.perf_counter()
     for update in range(plan.max_updates):
+        if update == warmup:
+            synchronize(device)
+            start = time.perf_counter()
         x, y = batches[update]
         for group in optimizer.param_groups:
             group["lr"] = lrs[update]
@@ -177,10 +185,10 @@ def raw_run(cfg, dataset, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def lightning_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
+def lightning_run(cfg, dataset, device: torch.device, run_dir: Path, warmup: int) -> float:
     """Seconds for the same updates as a Lightning ``Trainer.fit`` with the same features (autocast,
     clipping at 1.0, the schedule through a per-step LambdaLR, the LR logged every update), from the
-    start of fit's first update to the end of its last, device synchronised."""
+    start of update ``warmup`` to the end of the last, device synchronised."""
     import lightning as L  # noqa: N812 (Lightning's own convention); optional, not a dependency
 
     model, optimizer, schedule, plan = build_optimization(
@@ -206,7 +214,7 @@ def lightning_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
         def on_train_batch_start(self, batch, batch_idx):
-            if batch_idx == 0:
+            if batch_idx == warmup:
                 synchronize(device)
                 marks.append(time.perf_counter())
 
@@ -230,7 +238,7 @@ def lightning_run(cfg, dataset, device: torch.device, run_dir: Path) -> float:
 
 
 def bench_case(
-    case: Case, updates: int, repeats: int, *, device: str | None = None, extra: list[str] = (),
+    case: Case, updates: int, repeats: int, *, warmup: int = 10, device: str | None = None, extra: list[str] = (),
     with_lightning: bool = False,
 ) -> dict:
     """Time both sides, alternating raw and harness each repeat so that drift in the machine's
@@ -239,10 +247,10 @@ def bench_case(
     cfg = compose_case(case, updates, device.type, list(extra))
     dataset = case_data(case, cfg, updates).to(device)
     assert plan_run(cfg, dataset.num_train).num_epochs == 1, "keep the benchmark within one epoch"
-    sides = {"raw": lambda: raw_run(cfg, dataset, device),
-             "harness": lambda: harness_run(cfg, dataset, device, Path(tempfile.mkdtemp()))}
+    sides = {"raw": lambda: raw_run(cfg, dataset, device, warmup),
+             "harness": lambda: harness_run(cfg, dataset, device, Path(tempfile.mkdtemp()), warmup)}
     if with_lightning:
-        sides["lightning"] = lambda: lightning_run(cfg, dataset, device, Path(tempfile.mkdtemp()))
+        sides["lightning"] = lambda: lightning_run(cfg, dataset, device, Path(tempfile.mkdtemp()), warmup)
     seconds: dict[str, list[float]] = {side: [] for side in sides}
     peak: dict[str, float | None] = {}
     results: dict = {}
@@ -262,7 +270,7 @@ def bench_case(
                 seconds[side].append(elapsed)
             peak[side] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     for side, times in seconds.items():
-        rates = sorted(updates / s for s in times)
+        rates = sorted((updates - warmup) / s for s in times)
         results[side] = {
             "updates_per_s": statistics.median(rates),
             "min": rates[0],
@@ -297,13 +305,17 @@ def lightning_column(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=None, help=f"subset of {', '.join(CASES)}")
-    parser.add_argument("--updates", type=int, default=300, help="timed optimizer updates per repeat")
+    parser.add_argument("--updates", type=int, default=300, help="optimizer updates per run (warm-up included)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="untimed updates at the start of every run (compilation, autotuning, lazy state)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="run every case on this device")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning column even if installed")
     args = parser.parse_args()
+    if not 0 <= args.warmup < args.updates:
+        parser.error(f"--warmup must be in [0, --updates), got {args.warmup} of {args.updates}")
     with_lightning = not args.no_lightning and importlib.util.find_spec("lightning") is not None
     names = args.cases or [n for n, c in CASES.items() if c.device == "cpu" or torch.cuda.is_available()]
     report = {
@@ -313,6 +325,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
         "updates": args.updates,
+        "warmup": args.warmup,
         "repeats": args.repeats,
         "overrides": args.set,
         "lightning": importlib.metadata.version("lightning") if with_lightning else None,
@@ -321,7 +334,7 @@ def main() -> None:
     print(f"{'case':<10} {'raw upd/s':>16} {'harness upd/s':>16} {'examples/s (h)':>15} "
           f"{'ratio (paired)':>20} {'peak MB r/h':>12} {'lightning/raw':>14}")
     for name in names:
-        r = bench_case(CASES[name], args.updates, args.repeats, device=args.device, extra=args.set,
+        r = bench_case(CASES[name], args.updates, args.repeats, warmup=args.warmup, device=args.device, extra=args.set,
                        with_lightning=with_lightning)
         report["cases"][name] = r
         raw, harness = r["raw"], r["harness"]

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 def test_bench_runs_the_cpu_case(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run(
-        [sys.executable, "scripts/bench.py", "--cases", "mlp_cpu", "--updates", "5", "--repeats", "1",
+        [sys.executable, "scripts/bench.py", "--cases", "mlp_cpu", "--updates", "5", "--warmup", "1", "--repeats", "1",
          "--json", str(out), "--no-lightning"],
         cwd=REPO, check=True, capture_output=True, timeout=300,
     )
@@ -27,7 +27,7 @@ def test_bench_runs_the_cpu_case(tmp_path):
     assert case["harness"]["examples_per_s"] == case["harness"]["updates_per_s"] * 64
 
 
-SHRUNK_GPT = ["--cases", "gpt", "--device", "cpu", "--updates", "3", "--repeats", "1", "--set", "model.n_layer=1",
+SHRUNK_GPT = ["--cases", "gpt", "--device", "cpu", "--updates", "3", "--warmup", "1", "--repeats", "1", "--set", "model.n_layer=1",
               "model.n_embd=32", "model.n_head=2", "model.block_size=16", "data.batch_size=4"]
 
 
