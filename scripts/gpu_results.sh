@@ -34,9 +34,11 @@ case "$part" in
     python -m trainer.compare "$out/schedule_sweep"
     ;;
   bench)
-    python scripts/bench.py --json "$out/bench.json" | tee "$out/bench.txt"
-    python scripts/bench.py --cases resnet18 gpt --set trainer.compile=true --json "$out/bench_compile.json" \
-      | tee "$out/bench_compile.txt"
+    # Every case (Lightning as a third column when installed), then both GPU models compiled:
+    # every run builds and so compiles a new model, hence fewer repeats there.
+    python scripts/bench.py --updates 300 --repeats 3 --json "$out/bench.json" | tee "$out/bench.txt"
+    python scripts/bench.py --cases resnet18 gpt --updates 300 --warmup 30 --repeats 2 --no-lightning \
+      --set trainer.compile=true --json "$out/bench_compile.json" | tee "$out/bench_compile.txt"
     ;;
   *)
     echo "unknown part $part: use recipes, sweep or bench" >&2
