@@ -8,7 +8,9 @@
   batch is copied to the device without blocking. For data too large for device memory.
 
 Both paths index the same map-style epoch (batch i is a pure function of (seed, epoch, i)), so
-they train on the same examples and resume mid-epoch exactly.
+both resume mid-epoch exactly, and on the CPU their batches are identical. Random augmentation and
+text windows draw from a generator on the tensors' device, so on a GPU the two paths draw different
+(equally reproducible) crops and windows; the order of the examples is the same.
 """
 
 from __future__ import annotations
