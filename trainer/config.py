@@ -114,7 +114,7 @@ def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
             f"data={d.name} holds character sequences; model={m.name} classifies fixed-size inputs: use model=gpt",
         )
     elif m.name in SEQUENCE_MODELS:
-        _require(False, "data", f"model={m.name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
+        raise ConfigError("data", f"model={m.name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
     if m.name == "gpt":
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             _positive_int(m[key], f"model.{key}")

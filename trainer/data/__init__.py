@@ -72,7 +72,7 @@ class ExampleDataset:
     val_y: torch.Tensor
     num_classes: int
     input_shape: tuple[int, ...]
-    augment: Augment | None = None  # applied to each training batch (see epoch_batches)
+    augment: Augment | None = None  # applied to each training batch (see ExampleBatches)
 
     @property
     def num_train(self) -> int:
