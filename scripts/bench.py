@@ -28,6 +28,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -106,7 +107,7 @@ def compose_case(case: Case, updates: int, device: str, extra: list[str]):
 
 
 def case_data(case: Case, cfg, updates: int) -> Dataset:
-    """Exactly ``updates`` batches of training data (one epoch), on the config's device."""
+    """Exactly ``updates`` batches of training data (one epoch), in host memory."""
     if case.make_data is not None:
         return case.make_data(cfg, updates * cfg.data.batch_size)
     return build_dataset(cfg.data, cfg.seed)
@@ -296,6 +297,16 @@ def throughput(side: dict) -> str:
     return f"{side['examples_per_s']:.0f}"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def lightning_column(result: dict) -> str:
     if "lightning_ratio" in result:
         return f"{result['lightning_ratio']:.3f}"
@@ -319,7 +330,8 @@ def main() -> None:
     with_lightning = not args.no_lightning and importlib.util.find_spec("lightning") is not None
     names = args.cases or [n for n, c in CASES.items() if c.device == "cpu" or torch.cuda.is_available()]
     report = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
+        "cpus": len(os.sched_getaffinity(0)),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
