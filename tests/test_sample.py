@@ -1,0 +1,65 @@
+"""python -m trainer.sample: text from a trained character model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import QUIET, TINY, compose_config, run_cli
+from trainer.run import train
+from trainer.sample import generate, load_model
+
+TEXT = "to be or not to be that is the question\n" * 60
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    (root / "text.txt").write_text(TEXT, encoding="utf-8")
+    run_dir = root / "run"
+    train(compose_config("model=gpt", "data=shakespeare_char", f"data.path={root / 'text.txt'}", "data.batch_size=8",
+                         "model.block_size=16", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                         "schedule=cosine", "trainer.max_steps=200", "optimizer.lr=0.01", base=QUIET), run_dir)
+    return run_dir
+
+
+def test_top_k_1_is_greedy_decoding(gpt_run):
+    model, vocab = load_model(gpt_run)
+    prompt = torch.tensor([vocab.index(c) for c in "to be"])
+    tokens = generate(model, prompt, 25, top_k=1)
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(25):  # the argmax at every step, the context cut to the last block_size tokens
+            expected = torch.cat([expected, model(expected[-16:][None])[0, -1].argmax()[None]])
+    assert torch.equal(tokens, expected)
+    assert len(tokens) == 5 + 25
+
+
+def test_the_cli_continues_the_prompt_reproducibly(gpt_run):
+    def sample(seed):
+        return run_cli("trainer.sample", [str(gpt_run), "--prompt", "to be", "--chars", "40", "--seed", str(seed)]).stdout
+
+    first = sample(0)
+    assert first.startswith("to be") and len(first) == 5 + 40 + 1  # print's newline
+    assert set(first[:-1]) <= set(TEXT)
+    assert sample(0) == first and sample(1) != first
+
+
+def test_a_trained_model_has_learned_its_text(gpt_run):
+    model, vocab = load_model(gpt_run)
+    prompt = "that is the "
+    tokens = generate(model, torch.tensor([vocab.index(c) for c in prompt]), 9, top_k=1)
+    assert "".join(vocab[i] for i in tokens[len(prompt):]) == "question\n"
+
+
+def test_a_prompt_with_unseen_characters_is_one_clear_error(gpt_run):
+    proc = run_cli("trainer.sample", [str(gpt_run), "--prompt", "TO BE"], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: --prompt: 'BEOT' never occur in the training text")
+
+
+def test_a_classifier_run_is_refused(tmp_path):
+    train(compose_config("schedule=cosine", "trainer.max_epochs=1", base=TINY), tmp_path)
+    (tmp_path / "vocab.json").write_text('{"chars": "ab", "size": 2}')
+    proc = run_cli("trainer.sample", [str(tmp_path)], check=False)
+    assert proc.returncode == 1 and "trained model=mlp, which does not generate text" in proc.stderr

@@ -1,0 +1,84 @@
+"""``python -m trainer.sample RUN_DIR``: text from a trained character-level model.
+
+Rebuilds the model from the run's ``config.yaml``, loads its weights from ``last.pt`` (or
+``--checkpoint``), and continues ``--prompt`` one character at a time, each drawn from the model's
+next-character distribution at ``--temperature`` among the ``--top-k`` likeliest (nanoGPT's
+sampling). Characters map to token ids through the run's ``vocab.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from trainer.checkpoint import load_checkpoint
+from trainer.data.text import decode, encode
+from trainer.errors import ConfigError
+from trainer.models import SEQUENCE_MODELS, build_model
+
+
+def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module, str]:
+    """The run's model in eval mode, on the CPU, with its checkpoint's weights; and its vocabulary."""
+    config, vocab_file = run_dir / "config.yaml", run_dir / "vocab.json"
+    if not config.is_file() or not vocab_file.is_file():
+        raise ConfigError("RUN_DIR", f"{run_dir} has no config.yaml and vocab.json: not a run of a character model")
+    cfg = OmegaConf.load(config)
+    if cfg.model.name not in SEQUENCE_MODELS:
+        raise ConfigError("RUN_DIR", f"{run_dir} trained model={cfg.model.name}, which does not generate text")
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))["chars"]
+    model = build_model(cfg.model, input_shape=(cfg.model.block_size,), num_classes=len(vocab))
+    model.load_state_dict(load_checkpoint(checkpoint or run_dir / "last.pt")["model"])
+    return model.eval(), vocab
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module, prompt: torch.Tensor, num_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``prompt`` (1-D token ids) followed by ``num_tokens`` sampled ones; the model sees at most
+    its last ``block_size`` tokens. ``top_k=1`` is greedy decoding."""
+    tokens = prompt.clone()
+    for _ in range(num_tokens):
+        logits = model(tokens[-model.block_size :].unsqueeze(0))[0, -1].float() / temperature
+        if top_k is not None:
+            kth = logits.topk(min(top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        choice = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+        tokens = torch.cat([tokens, choice])
+    return tokens
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.sample", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run of model=gpt (holds config.yaml, vocab.json, last.pt)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="weights to use (default: RUN_DIR/last.pt)")
+    parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    parser.add_argument("--chars", type=int, default=500, help="characters to generate")
+    parser.add_argument("--temperature", type=float, default=0.8, help="< 1 sharpens, > 1 flattens")
+    parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest characters")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.chars < 0 or args.temperature <= 0 or args.top_k < 1 or not args.prompt:
+        parser.error("need --chars >= 0, --temperature > 0, --top-k >= 1 and a non-empty --prompt")
+    try:
+        model, vocab = load_model(args.run_dir, args.checkpoint)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    unknown = sorted(set(args.prompt) - set(vocab))
+    if unknown:
+        sys.exit(f"error: --prompt: {''.join(unknown)!r} never occur in the training text; the vocabulary is {vocab!r}")
+    prompt = encode(args.prompt, vocab)
+    tokens = generate(model, prompt, args.chars, temperature=args.temperature, top_k=args.top_k,
+                      generator=torch.Generator().manual_seed(args.seed))
+    print(decode(tokens, vocab))
+
+
+if __name__ == "__main__":
+    main()
