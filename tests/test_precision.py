@@ -70,3 +70,10 @@ def test_convnets_run_channels_last_with_cudnn_autotuning_on_cuda():
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+
+
+@needs_cuda
+def test_the_dataloader_path_trains_and_validates_on_cuda(tmp_path):
+    cfg = compose_config("trainer.device=cuda", "data.loader=dataloader", "data.num_workers=2", "schedule=cosine",
+                         "optimizer.lr=0.01", "trainer.max_epochs=3")
+    assert train(cfg, tmp_path)["val/acc"] > 0.5

@@ -278,7 +278,10 @@ class Loop:
         raise NonFiniteStop(message + f"; saved {self.checkpointing.run_dir / 'last.pt'}")
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.dataset.val_batches(self.batch_size), self.precision, flip=self.flip_test)
+        # With data.loader=dataloader the validation split stays in host memory: copy each batch over
+        # (a no-op when it already is on the device).
+        batches = ((x.to(self.device), y.to(self.device)) for x, y in self.dataset.val_batches(self.batch_size))
+        return evaluate(self.model, batches, self.precision, flip=self.flip_test)
 
     def _read_logs(self, updates_done: int) -> None:
         """Write the pending logged updates (one host-device sync), then apply the non-finite policy."""
