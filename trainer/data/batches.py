@@ -78,18 +78,6 @@ def example_epoch(
     return ExampleBatches(x, y, batch_size, order.to(x.device), seed, epoch, augment)
 
 
-def epoch_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-    start_batch: int = 0, augment: Augment | None = None,
-) -> Iterator[Batch]:
-    """Yield ``epoch``'s whole batches from ``start_batch`` on (see :class:`ExampleBatches`)."""
-    if start_batch < 0:  # a negative start would index from the end, silently
-        raise ValueError(f"need start_batch >= 0, got {start_batch}")
-    batches = example_epoch(x, y, batch_size, seed=seed, epoch=epoch, shuffle=shuffle, augment=augment)
-    for i in range(start_batch, len(batches)):
-        yield batches[i]
-
-
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]:
     """The whole split in order, the last partial batch included."""
     for start in range(0, len(x), batch_size):
