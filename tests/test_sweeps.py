@@ -23,10 +23,10 @@ needs_sweep_extra = pytest.mark.skipif(
 )
 
 
-def sweep(tmp_path, *overrides, module="trainer"):
+def sweep(tmp_path, *overrides, module="trainer", check=True):
     """A multirun with the swept keys first (job directories are named in command-line order)."""
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli(module, ["-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}"])
+    proc = run_cli(module, ["-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}"], check=check)
     return proc, sweep_dir
 
 
@@ -43,12 +43,13 @@ def report_rows(sweep_dir):
 
 
 def test_three_schedule_multirun_and_its_report(tmp_path):
-    _, sweep_dir = sweep(tmp_path, "schedule=constant,cosine,onecycle", "optimizer.lr=0.01", "trainer.max_epochs=2")
+    proc, sweep_dir = sweep(tmp_path, "schedule=constant,cosine,onecycle", "optimizer.lr=0.01", "trainer.max_epochs=2")
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert len(jobs) == 3
     for number, (job, schedule) in enumerate(zip(jobs, ["constant", "cosine", "onecycle"])):
         assert job.name.startswith(f"{number}_schedule={schedule},optimizer.lr=0.01,")  # named by overrides
-    write_report(sweep_dir)
+    # The sweep wrote its own report on the way out.
+    assert f"sweep: 3 of 3 jobs completed; report: {sweep_dir / 'report.md'}" in proc.stdout
     rows = report_rows(sweep_dir)
     assert sorted(r["schedule"] for r in rows) == ["constant", "cosine", "onecycle"]
     finals = {}
@@ -67,9 +68,25 @@ def test_three_schedule_multirun_and_its_report(tmp_path):
     assert len((sweep_dir / "report.csv").read_text().splitlines()) == 4
 
 
+def test_a_diverging_job_stops_alone_and_the_sweep_goes_on(tmp_path):
+    """nonfinite=stop in a sweep: the diverging LR is one result; the later jobs still run."""
+    proc, sweep_dir = sweep(
+        tmp_path, "optimizer.lr=1e30,0.01", "optimizer=sgd", "schedule=cosine", "trainer.nonfinite=stop",
+        "trainer.max_epochs=1", check=False,
+    )
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    statuses = {r["job"]: r["status"] for r in report_rows(sweep_dir)}
+    assert statuses == {"0": "stopped_nonfinite", "1": "completed"}
+    completed = next(p for p in sweep_dir.iterdir() if p.name.startswith("1_"))
+    assert len(read_scalars(completed)["train/lr"]) == 8  # every update of the job after the stop
+
+
 def test_report_survives_failed_and_unfinished_jobs(tmp_path):
-    proc, sweep_dir = sweep(tmp_path, "schedule=cosine", "optimizer.lr=0.01,-1", "trainer.max_epochs=1")
+    proc, sweep_dir = sweep(tmp_path, "schedule=cosine", "optimizer.lr=0.01,-1", "trainer.max_epochs=1", check=False)
     assert "error: optimizer.lr" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # the sweep ran every job, then said one failed
+    assert "sweep: 1 of 2 jobs completed" in proc.stdout
+    assert "job 1_schedule=cosine,optimizer.lr=-1," in proc.stderr and ": failed: optimizer.lr: got -1" in proc.stderr
     unfinished = next(p for p in sweep_dir.iterdir() if p.name.startswith("0_"))
     (unfinished / "metrics.json").unlink()  # as if the job were still running or had been killed
     write_report(sweep_dir)

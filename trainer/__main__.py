@@ -22,13 +22,15 @@ from trainer.summary import write_summary
 def main(cfg: DictConfig) -> float:
     """Train one job; returns ``trainer.objective`` so Hydra sweepers can optimise it."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # Fail this job only: the sweep goes on, its report lists the job as failed, and a
-            # NaN objective is a failed trial to sweepers such as Optuna.
+        if in_sweep:
+            # Fail this job only: the sweep goes on, its report lists the job as failed, a NaN
+            # objective is a failed trial to sweepers such as Optuna, and the sweep exits 2 at
+            # its end (trainer.compare.SweepReport).
             write_summary(run_dir, "failed", error=str(error))
             return math.nan
         remove_if_empty(run_dir)
@@ -39,6 +41,8 @@ def main(cfg: DictConfig) -> float:
         sys.exit(EXIT_PREEMPTED)
     except NonFiniteStop as stop:
         print(f"stopped: {stop}", file=sys.stderr)
+        if in_sweep:  # a diverging LR is one result of an LR sweep, not the end of it
+            return math.nan
         sys.exit(EXIT_NONFINITE)
     return metrics[cfg.trainer.objective]
 

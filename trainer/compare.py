@@ -4,20 +4,27 @@ Reads each job directory's event files, ``config.yaml``, ``overrides.yaml`` and 
 and writes, into SWEEP_DIR (or ``--out``): ``report.md`` (jobs sorted by the objective),
 ``report.csv``, ``lr.png`` (LR against update, one line per job) and ``loss.png`` (train and val
 loss). Jobs still running or that failed are listed with their status instead of breaking it.
+:class:`SweepReport` does the same at the end of every ``python -m trainer -m ...`` sweep and
+sets the sweep's exit code from how its jobs ended.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from trainer.events import read_scalars
+from trainer.stopping import EXIT_NONFINITE
 from trainer.summary import read_summary
 
 COLUMNS = ("job", "schedule", "overrides", "status", "final val/loss", "best val/loss", "final val/acc",
@@ -139,11 +146,12 @@ def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, lo
     fig.savefig(path, dpi=110)
 
 
-def write_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
-    """Write report.md, report.csv, lr.png and loss.png; returns the report's path."""
+def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] | None = None) -> Path:
+    """Write report.md, report.csv, lr.png and loss.png for ``jobs`` (default: :func:`collect`);
+    returns the report's path."""
     out_dir = out_dir or sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = collect(sweep_dir)
+    jobs = collect(sweep_dir) if jobs is None else jobs
     table = rows(jobs)
     with open(out_dir / "report.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -169,6 +177,41 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     _plot(jobs, out_dir / "lr.png", tags=("train/lr",), ylabel="learning rate")
     _plot(jobs, out_dir / "loss.png", tags=("train/loss", "val/loss"), ylabel="loss (nats)", log_y=True)
     return out_dir / "report.md"
+
+
+def sweep_exit_code(jobs: list[Job]) -> int:
+    """What a finished sweep exits with: 0 if every job completed; else 2 if a job failed (as one
+    run with a bad config does), 4 if one stopped on a non-finite loss (``trainer.nonfinite=stop``,
+    as one run does), and 1 for any other unfinished job."""
+    statuses = {job.status for job in jobs}
+    if any(status.startswith("failed") for status in statuses):
+        return 2
+    if "stopped_nonfinite" in statuses:
+        return EXIT_NONFINITE
+    return 0 if statuses <= {"completed"} else 1
+
+
+class SweepReport(Callback):
+    """After a ``-m`` training sweep: write the report into the sweep directory, name the jobs
+    that did not complete, and exit non-zero if any failed, so scripts and CI notice. Every
+    job has run by then: one job's failure never cuts the sweep short."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir() or not any(read_summary(d) for d in sweep_dir.iterdir() if d.is_dir()):
+            return  # not a training sweep (e.g. previews), or no job got as far as a run directory
+        # Hydra logs INFO to the console; TensorBoard's reader would add a line per event file.
+        logging.getLogger("tensorboard").setLevel(logging.WARNING)
+        jobs = collect(sweep_dir)
+        report = write_report(sweep_dir, jobs=jobs)
+        done = sum(job.status == "completed" for job in jobs)
+        print(f"sweep: {done} of {len(jobs)} jobs completed; report: {report}")
+        for job in jobs:
+            if job.status != "completed":
+                print(f"  job {job.name}: {job.status}" + (f": {job.error}" if job.error else ""), file=sys.stderr)
+        code = sweep_exit_code(jobs)
+        if code:
+            sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
