@@ -19,7 +19,7 @@ def test_every_schedule_in_conf_is_registered():
     from trainer.schedules import schedule_names
 
     assert SCHEDULES == schedule_names()
-    assert len(SCHEDULES) == 16
+    assert len(SCHEDULES) == 17
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -100,6 +100,9 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=inverse_sqrt", "schedule.warmup_steps=0"], "schedule.warmup_steps"),
         (["schedule=lr_range_test", "schedule.min_lr=1", "schedule.max_lr=0.1"], "schedule.max_lr"),
         (["schedule=lr_range_test", "schedule.num_steps=2"], "schedule.num_steps"),
+        (["schedule=lr_range_test", "schedule.warmup_steps=10"], "schedule.warmup_steps"),
+        (["schedule=lr_range_test", "schedule.interval=epoch"], "schedule.interval"),
+        (["schedule=onecycle", "schedule.interval=epoch"], "schedule.interval"),
         (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
         (["trainer.compile=fast"], "trainer.compile"),
         (["trainer.tf32=1"], "trainer.tf32"),

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from tests.conftest import compose_config
 from trainer.errors import ConfigError
 from trainer.schedules import build_schedule, cosine
 
@@ -162,9 +163,42 @@ def test_seed003_lr_range_test_formula():
     assert all(close(b / a, 1e6 ** (1 / 199), rel=1e-9) for a, b in zip(lrs(s, 200), lrs(s, 200)[1:]))
 
 
-# Seed 002's lr_lambda (warmup, then max(0, cos(pi/2 * progress)): a QUARTER cosine period with no
-# floor) matches no registered schedule, and seed 004's cosine exercise lost its numbers in the
-# text, so neither has a golden test.
+def test_seed002_lr_lambda_is_quarter_cosine():
+    """Seed 002's LambdaLR multiplier, transcribed, at every update of its W=500, T=10000 run."""
+
+    def lr_lambda(current_step, num_warmup_steps=500, num_total_steps=10000):
+        if current_step < num_warmup_steps:
+            return float(current_step) / float(max(1, num_warmup_steps))
+        progress = (current_step - num_warmup_steps) / (num_total_steps - num_warmup_steps)
+        return max(0.0, math.cos(math.pi * 0.5 * progress))
+
+    s = make("quarter_cosine", peak_lr=2e-4, total_steps=10000, warmup_steps=500)
+    assert_seq_close(lrs(s, 10001), [2e-4 * lr_lambda(step) for step in range(10001)])
+    # Hand-computed: half way through the decay cos(pi/4) = 0.7071, where cosine is at 0.5.
+    assert close(s.lr(5250), 2e-4 * math.sqrt(0.5))
+    assert close(s.lr(2875), 2e-4 * math.cos(math.pi / 8))  # 0.9239
+    assert s.lr(10000) == pytest.approx(0.0, abs=1e-18)  # cos(pi/2) in floating point
+    floored = make("quarter_cosine", peak_lr=1.0, total_steps=100, min_lr=0.1)
+    assert close(floored.lr(50), 0.1 + 0.9 * math.sqrt(0.5)) and close(floored.lr(100), 0.1)
+
+
+def test_seed003_defaults_for_plateau_and_range_test():
+    """The composed configs give seed 003's settings: ReduceLROnPlateau(factor=0.1, patience=5)
+    and the range test from 1e-6 to 1.0 over 200 updates."""
+    plateau = compose_config("schedule=plateau").schedule
+    assert (plateau.mode, plateau.factor, plateau.patience) == ("min", 0.1, 5)
+    s = build_schedule(plateau, peak_lr=0.1, total_steps=100, updates_per_epoch=1)
+    s.plateau.observe(1.0)
+    for _ in range(5):  # five validations without improvement: patience not yet exceeded
+        s.plateau.observe(1.0)
+        assert s.plateau.lr == 0.1
+    s.plateau.observe(1.0)  # the sixth cuts the LR by the factor
+    assert close(s.plateau.lr, 0.01)
+    sweep = compose_config("schedule=lr_range_test").schedule
+    assert (sweep.min_lr, sweep.max_lr, sweep.num_steps, sweep.warmup_steps) == (1e-6, 1.0, 200, 0)
+
+
+# Seed 004's cosine exercise lost its numbers in the text, so it has no golden test.
 
 
 # --- torch.optim.lr_scheduler references ------------------------------------------------------

@@ -146,6 +146,10 @@ def _validate_optimizer(o: DictConfig) -> None:
         )
 
 
+#: Schedules whose shape is defined per optimizer update (``schedule.interval=step`` only).
+PER_UPDATE_ONLY = ("onecycle", "lr_range_test")
+
+
 def _validate_schedule(s: DictConfig) -> None:
     _require(
         s.name in schedule_names(),
@@ -181,11 +185,25 @@ def _validate_schedule(s: DictConfig) -> None:
             "schedule.warmup_steps",
             "inverse_sqrt uses the warmup length as its time scale: set schedule.warmup_steps >= 1",
         )
+    if s.name in PER_UPDATE_ONLY:
+        # Seed 003: OneCycleLR steps after every update; stepped per epoch it would hold each LR
+        # for a whole epoch and reach its phases only at epoch ends.
+        _require(
+            s.interval == "step",
+            "schedule.interval",
+            f"{s.name} is defined per optimizer update; use schedule.interval=step",
+        )
     if s.name == "lr_range_test":
         _require(
             s.max_lr > s.min_lr > 0,
             "schedule.max_lr",
             f"the range test needs 0 < min_lr < max_lr; got min_lr={s.min_lr}, max_lr={s.max_lr}",
+        )
+        _require(
+            s.warmup_steps == 0 and s.warmup_ratio is None,
+            "schedule.warmup_steps",
+            "the range test sweeps from min_lr to max_lr itself; a warmup would keep it from reaching "
+            "max_lr: set schedule.warmup_steps=0 (and leave schedule.warmup_ratio unset)",
         )
 
 

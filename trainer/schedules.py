@@ -119,6 +119,14 @@ def cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float = 0.0) -> 
     return _cosine_interp(peak_lr, min_lr, _progress(t, total_steps))
 
 
+@register("quarter_cosine")
+def quarter_cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float = 0.0) -> float:
+    """min_lr + (η − min_lr)·cos(πt / 2T): a quarter cosine period, so the LR stays near η longer
+    than the half-period ``cosine`` and falls fastest at the end (seed 002's ``lr_lambda`` after
+    its warmup, with an optional floor)."""
+    return min_lr + (peak_lr - min_lr) * math.cos(0.5 * math.pi * _progress(t, total_steps))
+
+
 # warmup_cosine is cosine whose config defaults to a warmup (the generic warmup does the ramp):
 # together they are seed 000's get_lr exactly.
 register("warmup_cosine")(cosine)
@@ -275,7 +283,7 @@ def inverse_sqrt(t: int, *, peak_lr: float, total_steps: int, warmup_steps: int)
 
 @register("lr_range_test")
 def lr_range_test(
-    t: int, *, peak_lr: float, total_steps: int, min_lr: float = 1e-7, max_lr: float = 1.0, num_steps: int = 100
+    t: int, *, peak_lr: float, total_steps: int, min_lr: float = 1e-6, max_lr: float = 1.0, num_steps: int = 200
 ) -> float:
     """Exponential sweep min_lr·(max_lr/min_lr)^(t/(num_steps−1)) (seed 003); ignores η."""
     return min_lr * (max_lr / min_lr) ** (t / (num_steps - 1))
@@ -290,7 +298,7 @@ def plateau(
     monitor: str = "val/loss",
     mode: str = "min",
     factor: float = 0.1,
-    patience: int = 10,
+    patience: int = 5,
     threshold: float = 1e-4,
     cooldown: int = 0,
     min_lr: float = 0.0,
@@ -348,14 +356,14 @@ class ReduceOnPlateau:
     """``ReduceLROnPlateau`` as state: the LR factor drops when ``monitor`` stops improving.
 
     Stepped once per validation with the monitored metric. ``threshold`` is relative
-    (``threshold_mode='rel'`` in torch). The state is the number of reductions so far plus the
+    (``threshold_mode='rel'`` in torch). ``patience`` defaults to seed 003's 5 (torch's is 10). The state is the number of reductions so far plus the
     best metric and the patience/cooldown counters, all restored from checkpoints.
     """
 
     peak_lr: float
     mode: str = "min"
     factor: float = 0.1
-    patience: int = 10
+    patience: int = 5
     threshold: float = 1e-4
     cooldown: int = 0
     min_lr: float = 0.0
