@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 from tests.conftest import REPO, TINY, compose_config
 from tests.test_loop import batch, linear_setup, make_step
@@ -18,6 +20,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.data.batches import epoch_order
 from trainer.events import read_scalars
 from trainer.loop import apply_schedule
+from trainer.precision import unit_grad_scaler
 from trainer.run import train
 from trainer.stopping import EXIT_PREEMPTED, NonFiniteError, NonFiniteStop, StopOnSignal
 
@@ -72,6 +75,26 @@ def test_stop_policy_saves_finite_parameters_and_stops(tmp_path, poisoned_data):
 def test_raise_policy_raises(tmp_path, poisoned_data):
     with pytest.raises(NonFiniteError):
         train(compose_config("schedule=cosine", "trainer.nonfinite=raise", "trainer.max_epochs=3"), tmp_path)
+
+
+def test_a_unit_scale_stays_one_through_skipped_updates():
+    """bf16/fp32 on CUDA go through a scale-1 GradScaler (built the same way here on the CPU):
+    skipped updates must not halve its scale, or later updates would shrink by 2^-skips."""
+    model, optimizer, schedule = linear_setup(lr=0.1, total=10)
+    reference = copy.deepcopy(model)
+    step = make_step(model, optimizer, schedule)
+    step.scaler = unit_grad_scaler("cpu")
+    apply_schedule(optimizer, schedule, 0)
+    x, y = batch()
+    for update in range(3):
+        step([(torch.full_like(x, float("nan")), y)], update)
+    assert step.scaler.get_scale() == 1.0 and int(step.skipped_updates) == 3
+    step([(x, y)], 3)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=schedule.lr(3))  # the slot of update 3
+    nn.functional.cross_entropy(reference(x), y).backward()
+    ref_optimizer.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)  # exactly one unscaled SGD step
 
 
 def test_fp16_overflow_skips_are_counted_and_advance_the_schedule_once():

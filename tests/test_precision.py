@@ -77,3 +77,14 @@ def test_the_dataloader_path_trains_and_validates_on_cuda(tmp_path):
     cfg = compose_config("trainer.device=cuda", "data.loader=dataloader", "data.num_workers=2", "schedule=cosine",
                          "optimizer.lr=0.01", "trainer.max_epochs=3")
     assert train(cfg, tmp_path)["val/acc"] > 0.5
+
+
+@needs_cuda
+def test_a_cpu_checkpoint_resumes_on_cuda(tmp_path):
+    """CPU fp32 (foreach kernels, no scaler state) continued on a GPU in bf16 (fused kernels, unit scaler)."""
+    common = ["schedule=cosine", "optimizer.lr=0.01", "schedule.total_steps=24"]
+    train(compose_config(*common, "trainer.device=cpu", "trainer.max_epochs=1"), tmp_path)
+    metrics = train(compose_config(*common, "trainer.device=cuda", "trainer.max_epochs=3", "trainer.resume=auto",
+                                   "trainer.resume_schedule=override"), tmp_path)
+    assert metrics["val/acc"] > 0.5
+    assert [step for step, _ in read_scalars(tmp_path)["train/lr"]] == list(range(24))

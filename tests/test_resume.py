@@ -13,6 +13,7 @@ from trainer.checkpoint import load_checkpoint, save_atomic
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
 from trainer.loop import TrainStep
+from trainer.optim import load_optimizer_state
 from trainer.run import train
 from trainer.stopping import Preempted
 
@@ -160,3 +161,23 @@ def test_checkpoint_every_n_epochs(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == [
         f"step-{u:08d}.pt" for u in (12, 16, 24, 32, 36, 40)
     ]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_checkpoint_from_another_device_keeps_this_runs_optimizer_kernels(name):
+    """torch restores each group's fused/foreach flags from the checkpoint: a GPU run's state (fused)
+    resumed on the CPU, or a CPU run's (foreach) resumed on a GPU, must step with this run's kernels
+    (a fused optimizer takes the GradScaler's skip flag; foreach refuses it)."""
+    def make(**kernels):
+        param = torch.nn.Parameter(torch.ones(3))
+        if name == "sgd":
+            return torch.optim.SGD([param], lr=0.1, momentum=0.9, **kernels)
+        return torch.optim.AdamW([param], lr=0.1, **kernels)
+
+    fused = make(fused=True)  # as build_optimizer makes it on CUDA (CPU kernels exist for both)
+    fused.param_groups[0]["params"][0].grad = torch.ones(3)
+    fused.step()
+    here = make(foreach=True)  # as build_optimizer makes it on the CPU
+    load_optimizer_state(here, fused.state_dict())
+    assert (here.param_groups[0]["fused"], here.param_groups[0]["foreach"]) == (None, True)
+    assert here.state_dict()["state"][0].keys() == fused.state_dict()["state"][0].keys()  # the state itself came over

@@ -24,7 +24,7 @@ from trainer.data.batches import Batch
 from trainer.data.loading import train_batches
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
-from trainer.optim import trainable_parameters
+from trainer.optim import load_optimizer_state, trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule
 from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
@@ -104,7 +104,9 @@ class TrainStep:
         if self.scaler.is_enabled():
             self.skipped_updates += ~torch.isfinite(grad_norm)
             self.scaler.step(self.optimizer)  # skips non-finite gradients on the device
-            self.scaler.update()
+            # fp16 adapts its loss scale; the others keep a scale of exactly 1 (a device fill,
+            # no sync), which a skip would otherwise halve for good.
+            self.scaler.update(None if self.precision.uses_grad_scaler else 1.0)
         elif torch.isfinite(grad_norm):  # CPU (see Precision.grad_scaler): the host check is free
             self.optimizer.step()
         else:
@@ -146,7 +148,9 @@ def evaluate(
         with precision.autocast():
             logits = model(inputs)
             if flip:
-                logits = (logits + model(inputs.flip(-1))) / 2
+                # clone: under CUDA graphs (compile mode reduce-overhead) the second call reuses
+                # the first one's output memory.
+                logits = (logits.clone() + model(inputs.flip(-1))) / 2
         logits, targets = logits.float().flatten(0, -2), targets.flatten()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum")
         correct += (logits.argmax(dim=1) == targets).sum()
@@ -205,6 +209,7 @@ class Loop:
             "update": update,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "precision": self.step.precision.name,
             "scaler": self.step.scaler.state_dict(),
             "schedule": {
                 "fingerprint": self.checkpointing.fingerprint,
@@ -228,8 +233,11 @@ class Loop:
     def load_state_dict(self, state: dict, *, restore_plateau: bool = True) -> int:
         """Restore a checkpoint's state; returns the update to continue from."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step.scaler.load_state_dict(state["scaler"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
+        # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
+        if state.get("precision") == self.step.precision.name and state["scaler"]:
+            self.step.scaler.load_state_dict(state["scaler"])
         if restore_plateau and self.schedule.plateau is not None and state["schedule"]["plateau"] is not None:
             self.schedule.plateau.load_state_dict(state["schedule"]["plateau"])
         counters = state["counters"]

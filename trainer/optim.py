@@ -43,12 +43,28 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, device: torch.device) -> 
     ]
     for group in groups:
         group["lr_scale"] = 1.0
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    fast = _implementation(device)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fast)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fast)
     raise ConfigError("optimizer", f"unknown optimizer {cfg.name!r}; known: adamw, sgd")
+
+
+def _implementation(device: torch.device) -> dict[str, bool | None]:
+    """Fused kernels on CUDA (one launch per step, and they take the GradScaler's skip flag on
+    the device), foreach elsewhere."""
+    return {"fused": True, "foreach": None} if device.type == "cuda" else {"fused": None, "foreach": True}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict`` that keeps this run's kernels: torch restores each group's
+    ``fused``/``foreach`` flags from the checkpoint, so a CPU checkpoint resumed on a GPU would
+    step with foreach kernels that refuse the GradScaler's arguments (and the reverse)."""
+    device = next(iter(trainable_parameters(optimizer))).device
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(_implementation(device))
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:

@@ -62,7 +62,14 @@ class Precision:
             return torch.amp.GradScaler(self.device.type)
         if self.device.type == "cpu":
             return torch.amp.GradScaler("cpu", enabled=False)
-        return torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30)
+        return unit_grad_scaler(self.device.type)
+
+
+def unit_grad_scaler(device_type: str) -> torch.amp.GradScaler:
+    """A GradScaler whose scale is 1: it only finds and skips non-finite steps. Update it with
+    ``update(1.0)``: a plain ``update()`` would halve the scale at every skip (backoff_factor
+    must be < 1) and, with growth disabled, never restore it."""
+    return torch.amp.GradScaler(device_type, init_scale=1.0, growth_interval=2**30)
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

@@ -20,7 +20,7 @@ from trainer.logger import RunLogger
 from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
-from trainer.optim import build_optimizer, group_names
+from trainer.optim import build_optimizer, group_names, load_optimizer_state
 from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
@@ -235,7 +235,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         )
         try:  # before anything is written: a checkpoint of another model is a config error
             model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            load_optimizer_state(optimizer, checkpoint["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError("trainer.resume", f"{checkpoint_path} does not fit this run: {one_line(error)}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
