@@ -64,6 +64,15 @@ def test_warmup_from_zero_false_skips_the_zero_lr_update(train_cli):
     assert lrs[4] == pytest.approx(0.02)  # cosine starts at the peak at t = W
 
 
+def test_sqrt_batch_rule_scales_the_lr_the_optimizer_uses(train_cli):
+    # 32 examples per update against a reference batch of 8: every LR times sqrt(4) = 2.
+    _, run_dir = train_cli(
+        "schedule=linear", "optimizer.lr=0.01", "optimizer.lr_scaling=sqrt", "optimizer.reference_batch_size=8",
+        "trainer.max_epochs=2",
+    )
+    assert values(read_scalars(run_dir), "train/lr") == pytest.approx([0.02 * (1 - t / 16) for t in range(16)])
+
+
 def test_accumulation_advances_the_schedule_once_per_update(train_cli):
     # 8 batches/epoch with 4 micro-batches per update -> 2 updates/epoch; 3 epochs -> 6 updates.
     _, run_dir = train_cli(

@@ -103,6 +103,12 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=lr_range_test", "schedule.warmup_steps=10"], "schedule.warmup_steps"),
         (["schedule=lr_range_test", "schedule.interval=epoch"], "schedule.interval"),
         (["schedule=onecycle", "schedule.interval=epoch"], "schedule.interval"),
+        (["schedule=lr_range_test", "schedule.temperature=2"], "schedule.temperature"),
+        (["schedule=lr_range_test", "optimizer.lr_scaling=sqrt"], "optimizer.lr_scaling"),
+        (["schedule.temperature=0"], "schedule.temperature"),
+        (["schedule.warmup_start_lr=-1e-3"], "schedule.warmup_start_lr"),
+        (["optimizer.lr_scaling=cube"], "optimizer.lr_scaling"),
+        (["optimizer=sgd", "optimizer.reference_batch_size=0"], "optimizer.reference_batch_size"),
         (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
         (["trainer.compile=fast"], "trainer.compile"),
         (["trainer.tf32=1"], "trainer.tf32"),
@@ -147,3 +153,20 @@ def test_derived_errors_name_their_key(overrides, key):
     with pytest.raises(ConfigError) as error:
         plan_run(compose_config(*overrides), num_train_examples=512)
     assert error.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "factor"),
+    [
+        (["optimizer.lr_scaling=sqrt", "data.batch_size=1024"], 2.0),  # seed 002: 1024 against 256 runs at 2η
+        (["optimizer.lr_scaling=linear", "data.batch_size=512"], 2.0),
+        (["optimizer.lr_scaling=sqrt", "data.batch_size=64", "trainer.accumulate_grad_batches=16"], 2.0),  # per update
+        (["optimizer=sgd", "optimizer.lr_scaling=sqrt", "data.batch_size=64"], 0.5),  # smaller batch, smaller LR
+        (["optimizer.lr_scaling=none", "data.batch_size=1024"], 1.0),
+        (["optimizer.lr_scaling=sqrt", "data.batch_size=1024", "schedule.temperature=0.25"], 0.5),
+    ],
+)
+def test_lr_scale_is_the_batch_size_rule_times_the_temperature(overrides, factor):
+    cfg = compose_config(*overrides, "data.train_size=4096", "schedule=cosine")
+    validate(cfg)
+    assert plan_run(cfg, 4096).lr_scale == factor

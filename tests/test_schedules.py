@@ -219,6 +219,27 @@ def torch_sequence(make_scheduler, n, lr=0.1, momentum=0.9):
     return seen_lr, seen_momentum
 
 
+def test_warmup_from_a_small_lr_is_torch_linear_lr():
+    """Seeds 001/004: warm up "from 0 or a small value". From η₀ = 0.1·η over W = 10 updates,
+    then constant, is ``LinearLR(start_factor=0.1, total_iters=10)``."""
+    s = make("constant", peak_lr=0.1, total_steps=30, warmup_steps=10, warmup_start_lr=0.01)
+    expected, _ = torch_sequence(lambda o: L.LinearLR(o, start_factor=0.1, total_iters=10), 30)
+    assert_seq_close(lrs(s, 30), expected)
+    # Hand-computed, with seed 003's (t + 1)/W ramp: 0.01 + 0.09·(t + 1)/10.
+    s = make("cosine", peak_lr=0.1, total_steps=30, warmup_steps=10, warmup_start_lr=0.01, warmup_from_zero=False)
+    assert close(s.lr(0), 0.019) and close(s.lr(4), 0.055) and close(s.lr(9), 0.1)
+
+
+def test_lr_scale_multiplies_every_lr_of_the_schedule():
+    base = make("warmup_cosine", peak_lr=0.1, total_steps=50, warmup_steps=5, min_lr=0.001)
+    cfg = OmegaConf.create({"name": "warmup_cosine", "interval": "step", "warmup_steps": 5, "warmup_ratio": None,
+                            "warmup_from_zero": True, "total_steps": None, "min_lr": 0.001})
+    scaled = build_schedule(cfg, peak_lr=0.1, total_steps=50, updates_per_epoch=1, lr_scale=2.0)
+    assert [scaled.lr(u) for u in range(60)] == [2.0 * base.lr(u) for u in range(60)]
+    assert close(scaled.lr(5), 0.2) and close(scaled.lr(50), 0.002)  # peak and floor both doubled
+
+
+
 # (id, our schedule name, our params, T, updates compared, torch scheduler factory)
 TORCH_CASES = [
     ("StepLR", "step", dict(step_size=7, gamma=0.5), 300, 300, lambda o: L.StepLR(o, 7, 0.5)),

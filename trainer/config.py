@@ -23,6 +23,7 @@ INTERVALS = ("step", "epoch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
+LR_SCALINGS = ("none", "linear", "sqrt")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -64,6 +65,12 @@ def validate(cfg: DictConfig) -> None:
     _validate_data_and_model(cfg.data, cfg.model)
     _validate_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule)
+    if cfg.schedule.name == "lr_range_test":
+        _require(
+            cfg.optimizer.lr_scaling == "none",
+            "optimizer.lr_scaling",
+            "the range test sweeps the absolute LRs min_lr..max_lr; use optimizer.lr_scaling=none",
+        )
 
 
 def _validate_trainer(t: DictConfig) -> None:
@@ -129,6 +136,8 @@ def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
 def _validate_optimizer(o: DictConfig) -> None:
     _choice(o.name, "optimizer.name", OPTIMIZERS)
     _number(o.lr, "optimizer.lr", low=0.0, low_open=True)
+    _choice(o.lr_scaling, "optimizer.lr_scaling", LR_SCALINGS)
+    _positive_int(o.reference_batch_size, "optimizer.reference_batch_size")
     _number(o.weight_decay, "optimizer.weight_decay", low=0.0)
     if o.name == "adamw":
         betas = o.betas
@@ -158,6 +167,8 @@ def _validate_schedule(s: DictConfig) -> None:
     )
     _choice(s.interval, "schedule.interval", INTERVALS)
     _positive_int(s.warmup_steps, "schedule.warmup_steps", minimum=0)
+    _number(s.warmup_start_lr, "schedule.warmup_start_lr", low=0.0)
+    _number(s.temperature, "schedule.temperature", low=0.0, low_open=True)
     if s.warmup_ratio is not None:
         _number(s.warmup_ratio, "schedule.warmup_ratio", low=0.0, high=1.0)
         _require(
@@ -198,6 +209,11 @@ def _validate_schedule(s: DictConfig) -> None:
             s.max_lr > s.min_lr > 0,
             "schedule.max_lr",
             f"the range test needs 0 < min_lr < max_lr; got min_lr={s.min_lr}, max_lr={s.max_lr}",
+        )
+        _require(
+            s.temperature == 1,
+            "schedule.temperature",
+            "the range test sweeps the absolute LRs min_lr..max_lr; leave schedule.temperature=1",
         )
         _require(
             s.warmup_steps == 0 and s.warmup_ratio is None,
@@ -246,6 +262,7 @@ class RunPlan:
     num_epochs: int
     total_steps: int
     warmup_steps: int
+    lr_scale: float = 1.0  # multiplies every LR of the schedule: schedule.temperature × the batch-size rule
 
 
 def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
@@ -288,4 +305,15 @@ def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
             "schedule.decay_steps",
             f"decay of {s.decay_steps} does not fit after {warmup_steps} warmup in total_steps={total_steps}",
         )
-    return RunPlan(updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps)
+    return RunPlan(updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps,
+                   lr_scale=s.temperature * batch_lr_factor(cfg))
+
+
+def batch_lr_factor(cfg: DictConfig) -> float:
+    """``optimizer.lr_scaling``: (B / reference_batch_size)^p with B the examples per update
+    (data.batch_size × trainer.accumulate_grad_batches); p = 1 (linear, Goyal et al.), ½ (sqrt,
+    seed 002: batch 1024 against 256 runs at 2η), or 0 (none)."""
+    o = cfg.optimizer
+    power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[o.lr_scaling]
+    examples = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches
+    return (examples / o.reference_batch_size) ** power

@@ -73,6 +73,7 @@ def build_optimization(
         total_steps=plan.total_steps,
         warmup_steps=plan.warmup_steps,
         updates_per_epoch=plan.updates_per_epoch,
+        lr_scale=plan.lr_scale,
     )
     return model, optimizer, schedule, plan
 
@@ -97,6 +98,7 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         warmup_steps=plan.warmup_steps,
         warmup_ratio=None,
         updates_per_epoch=plan.updates_per_epoch,
+        lr_scale=plan.lr_scale,
     )
     return resolved
 

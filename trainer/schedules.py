@@ -8,10 +8,14 @@ Conventions, shared by every schedule:
 - A schedule function returns the absolute LR for a reference group whose base LR is the peak
   ``peak_lr`` (η, ``optimizer.lr``). The trainer scales every parameter group by its own base LR:
   ``group_lr = group_base_lr * lr(t) / peak_lr``, so per-group LRs keep their ratios.
-- Warmup is generic: with ``warmup_steps = W > 0`` the LR rises linearly from 0 to the value the
-  decay function has at its own start, and the decay function then sees ``t - W`` out of ``T - W``
-  (seed 000's ``get_lr``). ``warmup_from_zero=False`` uses seed 003's ``(t + 1) / W`` ramp instead,
-  which does not waste the first update on LR 0 and reaches the peak at ``t = W - 1``.
+- Warmup is generic: with ``warmup_steps = W > 0`` the LR rises linearly from ``warmup_start_lr``
+  (default 0; seeds 001 and 004 start "from 0 or a small value") to the value the decay function
+  has at its own start, and the decay function then sees ``t - W`` out of ``T - W`` (seed 000's
+  ``get_lr``). ``warmup_from_zero=False`` uses seed 003's ``(t + 1) / W`` ramp instead, which does
+  not waste the first update on the start LR and reaches the peak at ``t = W - 1``.
+- ``lr_scale`` (``schedule.temperature`` times the batch-size rule of ``optimizer.lr_scaling``,
+  derived by :func:`trainer.config.plan_run`) multiplies every LR the schedule gives: peak, floor
+  and warmup alike, so a scaled schedule keeps its shape (seed 002's "temperature").
 - Past the end (``t >= T``) decays hold their final value rather than wrapping around.
 
 The only schedule with state is ``plateau``: it depends on validation metrics, so it is a small
@@ -32,7 +36,10 @@ from trainer.errors import ConfigError
 LRFunction = Callable[..., float]
 
 #: Keys every schedule config has; everything else is a parameter of the named function.
-COMMON_KEYS = ("name", "interval", "warmup_steps", "warmup_ratio", "warmup_from_zero", "total_steps")
+COMMON_KEYS = (
+    "name", "interval", "warmup_steps", "warmup_ratio", "warmup_from_zero", "warmup_start_lr", "total_steps",
+    "temperature",
+)
 
 _REGISTRY: dict[str, LRFunction] = {}
 _MOMENTUM: dict[str, LRFunction] = {}
@@ -315,9 +322,11 @@ def warmup_then(
     warmup_steps: int,
     total_steps: int,
     warmup_from_zero: bool = True,
+    start_lr: float = 0.0,
     ramp: bool = True,
 ) -> float:
-    """Linear warmup over ``warmup_steps`` into ``decay(t - W, T - W)`` (seed 000's ``get_lr``).
+    """Linear warmup from ``start_lr`` over ``warmup_steps`` into ``decay(t - W, T - W)`` (seed
+    000's ``get_lr`` when ``start_lr`` is 0).
 
     With ``ramp=False`` (momentum) the warmup holds the decay's starting value instead of
     scaling it: momentum is not warmed up from 0.
@@ -326,10 +335,10 @@ def warmup_then(
     # value (η for cosine), as seed 000's get_lr does, so give the decay a length of at least 1.
     decay_steps = max(total_steps - warmup_steps, 1)
     if t < warmup_steps:
-        start = decay(0, decay_steps)
+        target = decay(0, decay_steps)
         if not ramp:
-            return start
-        return start * (t if warmup_from_zero else t + 1) / warmup_steps
+            return target
+        return start_lr + (target - start_lr) * (t if warmup_from_zero else t + 1) / warmup_steps
     return decay(t - warmup_steps, decay_steps)
 
 
@@ -422,17 +431,19 @@ class Schedule:
     momentum_fn: Callable[[int], float] | None = None
     plateau: ReduceOnPlateau | None = None
     monitor: str | None = None
+    lr_scale: float = 1.0
 
     def position(self, update: int) -> int:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
         return update if self.interval == "step" else update // self.updates_per_epoch
 
     def lr(self, update: int) -> float:
-        """LR for the reference group (base LR = η) at optimizer update ``update``."""
+        """LR for the reference group (base LR = η) at optimizer update ``update``, times
+        :attr:`lr_scale`."""
         value = self.lr_fn(self.position(update))
         if self.plateau is not None:
             value *= self.plateau.lr / self.peak_lr
-        return value
+        return value * self.lr_scale
 
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""
@@ -440,13 +451,20 @@ class Schedule:
 
 
 def build_schedule(
-    cfg: Any, *, peak_lr: float, total_steps: int, updates_per_epoch: int, warmup_steps: int | None = None
+    cfg: Any,
+    *,
+    peak_lr: float,
+    total_steps: int,
+    updates_per_epoch: int,
+    warmup_steps: int | None = None,
+    lr_scale: float = 1.0,
 ) -> Schedule:
     """Bind a schedule config (``schedule.*``) to a run.
 
     ``total_steps`` and ``warmup_steps`` are in ``cfg.interval`` units; the caller derives them
-    (:func:`trainer.config.plan_run`) when the config leaves them to be derived; ``warmup_steps``
-    defaults to ``cfg.warmup_steps``. Raises :class:`ConfigError` for unknown names or parameters.
+    and ``lr_scale`` (:func:`trainer.config.plan_run`) when the config leaves them to be derived;
+    ``warmup_steps`` defaults to ``cfg.warmup_steps``. Raises :class:`ConfigError` for unknown
+    names or parameters.
     """
     name = cfg["name"]
     if name not in _REGISTRY:
@@ -473,7 +491,10 @@ def build_schedule(
         plateau_state = ReduceOnPlateau(peak_lr=peak_lr, **plateau_params)
     decay = _decay_fn(_REGISTRY[name], peak_lr, params)
     bound = functools.partial(warmup_then, warmup_steps=warmup_steps, total_steps=total_steps)
-    lr_fn = functools.partial(bound, decay=decay, warmup_from_zero=bool(cfg.get("warmup_from_zero", True)))
+    lr_fn = functools.partial(
+        bound, decay=decay, warmup_from_zero=bool(cfg.get("warmup_from_zero", True)),
+        start_lr=float(cfg.get("warmup_start_lr") or 0.0),
+    )
     momentum_fn = None
     if name in _MOMENTUM and params.get("cycle_momentum", True):
         mom = _MOMENTUM[name]
@@ -489,4 +510,5 @@ def build_schedule(
         momentum_fn=momentum_fn,
         plateau=plateau_state,
         monitor=monitor,
+        lr_scale=lr_scale,
     )
