@@ -160,3 +160,28 @@ def test_plateau_cuts_the_lr_from_the_next_update(tmp_path):
     # 8 updates/epoch. Epoch 0 sets `best`; each later validation is a stall -> halve.
     assert lrs[0] == pytest.approx(lr) and lrs[7] == pytest.approx(lr)
     assert lrs[8] == pytest.approx(lr) and lrs[16] == pytest.approx(lr / 2) and lrs[24] == pytest.approx(lr / 4)
+
+
+def test_adamw_weight_decay_follows_the_scheduled_lr():
+    """Seed 000: AdamW's decay term is multiplied by η, so when the schedule lowers η the decay
+    weakens with it. With zero gradients Adam's step is 0 and each update is exactly
+    p ← p·(1 − lr_t·weight_decay) in the decay group, and nothing in the no_decay group."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    opt_cfg = OmegaConf.create({"name": "adamw", "lr": 0.1, "weight_decay": 0.5, "betas": [0.9, 0.999],
+                                "eps": 1e-8, "no_decay_bias_and_norm": True})
+    optimizer = build_optimizer(opt_cfg, model, CPU)
+    sched_cfg = OmegaConf.create({"name": "cosine", "interval": "step", "warmup_steps": 0, "min_lr": 0.0})
+    schedule = build_schedule(sched_cfg, peak_lr=0.1, total_steps=4, updates_per_epoch=4)
+
+    def zero_loss(logits, targets):  # finite, and every gradient is 0
+        return logits.sum() * 0.0
+
+    step = TrainStep(model, optimizer, schedule, resolve_precision("fp32", CPU), zero_loss, None)
+    apply_schedule(optimizer, schedule, 0)
+    weight, bias = model[0].weight, model[0].bias
+    for update, lr in enumerate([0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05, 0.1 * (1 - 2**-0.5) / 2]):  # cos to 0 over 4
+        before_w, before_b = weight.detach().clone(), bias.detach().clone()
+        step([batch()], update)
+        assert torch.allclose(weight, before_w * (1 - lr * 0.5), rtol=1e-6, atol=0)
+        assert torch.equal(bias, before_b)
