@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import QUIET, REPO, compose_config
-from trainer.config import plan_run, validate
+from trainer.config import plan_run, validate, warmup_warning
 from trainer.errors import ConfigError
 from trainer.run import build_for_preview
 
@@ -170,3 +170,28 @@ def test_lr_scale_is_the_batch_size_rule_times_the_temperature(overrides, factor
     cfg = compose_config(*overrides, "data.train_size=4096", "schedule=cosine")
     validate(cfg)
     assert plan_run(cfg, 4096).lr_scale == factor
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warns"),
+    [
+        (["schedule=cosine"], True),  # AdamW at the peak from update 0
+        (["schedule=wsd", "schedule.warmup_steps=0", "schedule.decay_steps=5"], True),
+        (["schedule=warmup_cosine", "schedule.warmup_steps=5"], False),
+        (["schedule=cosine", "schedule.warmup_ratio=0.1"], False),
+        (["schedule=onecycle"], False),  # starts at peak/25: its own warmup
+        (["schedule=cosine", "optimizer=sgd"], False),  # seed 004: "With SGD ... warmup is less critical"
+    ],
+)
+def test_a_transformer_without_warmup_under_adamw_is_warned(tmp_path, overrides, warns):
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be, that is the question\n" * 50)
+    cfg = compose_config("model=gpt", "data=shakespeare_char", f"data.path={text}", "data.batch_size=4",
+                         "model.block_size=16", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                         "trainer.max_epochs=1", *overrides, base=QUIET)
+    _, schedule, _ = build_for_preview(cfg)
+    warning = warmup_warning(cfg, schedule)
+    assert (warning is not None) == warns
+    if warns:
+        assert warning.startswith("warning: schedule.warmup_steps: model=gpt trains with AdamW from ")
+    assert warmup_warning(compose_config(*overrides), schedule) is None  # an MLP is not warned

@@ -17,7 +17,7 @@ from trainer.data import SEQUENCE_DATA
 from trainer.data.loading import LOADERS
 from trainer.errors import ConfigError
 from trainer.models import SEQUENCE_MODELS
-from trainer.schedules import schedule_names
+from trainer.schedules import Schedule, schedule_names
 
 INTERVALS = ("step", "epoch")
 DEVICES = ("auto", "cpu", "cuda")
@@ -317,3 +317,22 @@ def batch_lr_factor(cfg: DictConfig) -> float:
     power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[o.lr_scaling]
     examples = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches
     return (examples / o.reference_batch_size) ** power
+
+
+def warmup_warning(cfg: DictConfig, schedule: Schedule) -> str | None:
+    """A warning when a transformer starts AdamW at half its peak LR or more (no warmup), or None.
+
+    Seed 004: "Warmup is not optional for transformer training with Adam": Adam's second-moment
+    estimates start from nothing, so its first updates are large and noisy. A run may still want
+    it (a short fine-tune, a range test), so this warns instead of refusing.
+    """
+    if cfg.model.name not in SEQUENCE_MODELS or cfg.optimizer.name != "adamw":
+        return None
+    first, peak = schedule.lr(0), schedule.peak_lr * schedule.lr_scale
+    if first < 0.5 * peak:
+        return None
+    return (
+        f"warning: schedule.warmup_steps: model={cfg.model.name} trains with AdamW from {first:.3g}, "
+        f"{first / peak:.0%} of its peak LR, at update 0; transformers trained with Adam often diverge "
+        "early without a warmup (seed 004): set schedule.warmup_steps (e.g. 100) or schedule.warmup_ratio"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from trainer.checkpoint import load_checkpoint
-from trainer.config import RunPlan, plan_run, validate
+from trainer.config import RunPlan, plan_run, validate, warmup_warning
 from trainer.data import Dataset, build_dataset, data_shape, num_train_examples
 from trainer.data.text import TokenDataset
 from trainer.errors import ConfigError, one_line
@@ -231,6 +232,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         device=device,
     )
     fingerprint = schedule_fingerprint(cfg, plan)
+    warning = warmup_warning(cfg, schedule)
+    if warning and checkpoint is None:
+        print(warning, file=sys.stderr)
     if checkpoint is not None:
         check_schedule_unchanged(
             checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path, cfg.trainer.resume_schedule
