@@ -109,6 +109,8 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule.warmup_start_lr=-1e-3"], "schedule.warmup_start_lr"),
         (["optimizer.lr_scaling=cube"], "optimizer.lr_scaling"),
         (["optimizer=sgd", "optimizer.reference_batch_size=0"], "optimizer.reference_batch_size"),
+        (["optimizer.lr_scales={layer1:0}"], "optimizer.lr_scales.layer1"),
+        (["optimizer.lr_scales=0.1"], "optimizer.lr_scales"),
         (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.nesterov"),
         (["trainer.compile=fast"], "trainer.compile"),
         (["trainer.tf32=1"], "trainer.tf32"),

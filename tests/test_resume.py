@@ -164,20 +164,21 @@ def test_checkpoint_every_n_epochs(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_a_checkpoint_from_another_device_keeps_this_runs_optimizer_kernels(name):
+def test_a_checkpoint_from_another_device_keeps_this_runs_optimizer_kernels_and_scales(name):
     """torch restores each group's fused/foreach flags from the checkpoint: a GPU run's state (fused)
     resumed on the CPU, or a CPU run's (foreach) resumed on a GPU, must step with this run's kernels
     (a fused optimizer takes the GradScaler's skip flag; foreach refuses it)."""
-    def make(**kernels):
-        param = torch.nn.Parameter(torch.ones(3))
+    def make(lr_scale, **kernels):
+        groups = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr_scale": lr_scale}]
         if name == "sgd":
-            return torch.optim.SGD([param], lr=0.1, momentum=0.9, **kernels)
-        return torch.optim.AdamW([param], lr=0.1, **kernels)
+            return torch.optim.SGD(groups, lr=0.1, momentum=0.9, **kernels)
+        return torch.optim.AdamW(groups, lr=0.1, **kernels)
 
-    fused = make(fused=True)  # as build_optimizer makes it on CUDA (CPU kernels exist for both)
+    fused = make(0.5, fused=True)  # as build_optimizer makes it on CUDA (CPU kernels exist for both)
     fused.param_groups[0]["params"][0].grad = torch.ones(3)
     fused.step()
-    here = make(foreach=True)  # as build_optimizer makes it on the CPU
+    here = make(1.0, foreach=True)  # as build_optimizer makes it on the CPU
     load_optimizer_state(here, fused.state_dict())
     assert (here.param_groups[0]["fused"], here.param_groups[0]["foreach"]) == (None, True)
+    assert here.param_groups[0]["lr_scale"] == 1.0  # scales come from this run's config (optimizer.lr_scales)
     assert here.state_dict()["state"][0].keys() == fused.state_dict()["state"][0].keys()  # the state itself came over

@@ -8,6 +8,7 @@ a ratio) is computed here, once, into a :class:`RunPlan`. Every failure is a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,13 @@ def _validate_optimizer(o: DictConfig) -> None:
     _number(o.lr, "optimizer.lr", low=0.0, low_open=True)
     _choice(o.lr_scaling, "optimizer.lr_scaling", LR_SCALINGS)
     _positive_int(o.reference_batch_size, "optimizer.reference_batch_size")
+    _require(
+        o.lr_scales is None or isinstance(o.lr_scales, Mapping),
+        "optimizer.lr_scales",
+        f"got {o.lr_scales!r}; expected module names and multipliers, e.g. {{layer1:0.1,layer2:0.5}}",
+    )
+    for module, scale in (o.lr_scales or {}).items():
+        _number(scale, f"optimizer.lr_scales.{module}", low=0.0, low_open=True)
     _number(o.weight_decay, "optimizer.weight_decay", low=0.0)
     if o.name == "adamw":
         betas = o.betas

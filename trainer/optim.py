@@ -2,12 +2,13 @@
 
 Every group stores ``name`` and ``lr_scale`` (its base LR over ``optimizer.lr``): schedules give
 the LR of a group whose base LR is ``optimizer.lr``, and each group gets that times its scale.
-Later features (layer-wise decay, discriminative fine-tuning) only have to set other scales.
+``optimizer.lr_scales`` sets the scales per module (layered / discriminative LRs, layer-wise
+decay written out per layer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig
@@ -16,33 +17,64 @@ from torch import nn
 from trainer.errors import ConfigError
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into ``decay`` and ``no_decay`` (biases, norm weights: ndim < 2;
-    embedding tables, including an output layer tied to one).
+def parameter_groups(
+    model: nn.Module, weight_decay: float, *, lr_scales: Mapping[str, float] | None = None, split_decay: bool = True
+) -> list[dict]:
+    """Trainable parameters in named groups, each with its ``weight_decay`` and ``lr_scale``.
 
-    Decaying a bias or a norm's gain only pulls the layer's scale towards 0, and decaying an
-    embedding shrinks the rows of rare tokens, which get few gradient updates to push back; the
-    usual recipes (BERT, GPT, timm) exempt them. Empty groups are left out.
+    ``split_decay``: ``decay`` and ``no_decay`` (biases, norm weights: ndim < 2; embedding tables,
+    including an output layer tied to one). Decaying a bias or a norm's gain only pulls the
+    layer's scale towards 0, and decaying an embedding shrinks the rows of rare tokens, which get
+    few gradient updates to push back; the usual recipes (BERT, GPT, timm) exempt them.
+    Otherwise one group, ``all``.
+
+    ``lr_scales`` maps module names to LR multipliers (seed 002's layered LRs, e.g.
+    ``{layer1: 0.1, layer2: 0.1, layer3: 0.5}``): a parameter takes the scale of the longest name
+    that is its module or a parent of it, else 1.0, and such groups are named ``decay/layer1``.
+    Empty groups are left out.
     """
+    lr_scales = {str(module): scale for module, scale in (lr_scales or {}).items()}  # YAML may give 0: for "0"
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in lr_scales:
+        if not any(_under(name, prefix) for name in names):
+            children = ", ".join(name for name, _ in model.named_children())
+            raise ConfigError(
+                f"optimizer.lr_scales.{prefix}",
+                f"names no parameters of this model; its top-level modules are {children} (nest with dots, e.g. layer1.0)",
+            )
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or id(param) in embeddings else decay).append(param)
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    groups: dict[tuple[str, str | None], dict] = {}
+    for name, param in model.named_parameters():  # a tied parameter comes once
+        if not param.requires_grad:
+            continue
+        kind = "all"
+        if split_decay:
+            kind = "no_decay" if param.ndim < 2 or id(param) in embeddings else "decay"
+        prefix = max((p for p in lr_scales if _under(name, p)), key=len, default=None)
+        group = groups.setdefault((kind, prefix), {
+            "name": kind if prefix is None else f"{kind}/{prefix}",
+            "params": [],
+            "weight_decay": 0.0 if kind == "no_decay" else weight_decay,
+            "lr_scale": 1.0 if prefix is None else float(lr_scales[prefix]),
+        })
+        group["params"].append(param)
+    # Groups at the base LR first: group 0 is the one ``train/lr`` shows.
+    kinds = ("decay", "no_decay", "all")
+    return [groups[key] for key in sorted(groups, key=lambda key: (key[1] is not None, kinds.index(key[0])))]
+
+
+def _under(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` belongs to module ``prefix`` (or is it)."""
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """AdamW or SGD over :func:`parameter_groups`; fused kernels on CUDA, foreach elsewhere."""
-    groups = parameter_groups(model, cfg.weight_decay) if cfg.no_decay_bias_and_norm else [
-        {"name": "all", "params": [p for p in model.parameters() if p.requires_grad], "weight_decay": cfg.weight_decay}
-    ]
+    groups = parameter_groups(
+        model, cfg.weight_decay, lr_scales=cfg.get("lr_scales"), split_decay=cfg.no_decay_bias_and_norm
+    )
     for group in groups:
-        group["lr_scale"] = 1.0
+        group["lr"] = cfg.lr * group["lr_scale"]
     fast = _implementation(device)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fast)
@@ -58,13 +90,14 @@ def _implementation(device: torch.device) -> dict[str, bool | None]:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` that keeps this run's kernels: torch restores each group's
-    ``fused``/``foreach`` flags from the checkpoint, so a CPU checkpoint resumed on a GPU would
-    step with foreach kernels that refuse the GradScaler's arguments (and the reverse)."""
+    """``optimizer.load_state_dict`` that keeps this run's kernels and LR scales: torch restores
+    every group key from the checkpoint, so a CPU checkpoint resumed on a GPU would step with
+    foreach kernels that refuse the GradScaler's arguments (and the reverse)."""
     device = next(iter(trainable_parameters(optimizer))).device
+    scales = [group["lr_scale"] for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
-    for group in optimizer.param_groups:
-        group.update(_implementation(device))
+    for group, scale in zip(optimizer.param_groups, scales):
+        group.update(_implementation(device), lr_scale=scale)  # the scales come from this run's config
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:

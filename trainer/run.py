@@ -91,7 +91,7 @@ def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule,
 
 
 def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
-    """What fixes the LR of every update: the schedule's keys, η, and the derived lengths."""
+    """What fixes the LR of every update: the schedule's keys, η, the derived lengths and scales."""
     resolved = OmegaConf.to_container(cfg.schedule, resolve=True)
     resolved.update(
         peak_lr=cfg.optimizer.lr,
@@ -100,6 +100,7 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         warmup_ratio=None,
         updates_per_epoch=plan.updates_per_epoch,
         lr_scale=plan.lr_scale,
+        group_lr_scales={str(k): v for k, v in (cfg.optimizer.lr_scales or {}).items()},
     )
     return resolved
 
