@@ -14,7 +14,7 @@ from torch import nn
 
 from trainer.checkpoint import load_checkpoint
 from trainer.config import RunPlan, plan_run, validate, warmup_warning
-from trainer.data import Dataset, build_dataset, data_shape, num_train_examples
+from trainer.data import Dataset, build_dataset, data_spec
 from trainer.data.text import TokenDataset
 from trainer.errors import ConfigError, one_line
 from trainer.logger import RunLogger
@@ -82,9 +82,9 @@ def build_optimization(
 def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule, RunPlan]:
     """What the preview needs, from the config alone: no data is loaded, nothing is trained."""
     validate(cfg)
-    input_shape, num_classes = data_shape(cfg.data)
+    spec = data_spec(cfg.data)
     _, optimizer, schedule, plan = build_optimization(
-        cfg, num_train=num_train_examples(cfg.data), input_shape=input_shape, num_classes=num_classes,
+        cfg, num_train=spec.num_train, input_shape=spec.input_shape, num_classes=spec.num_classes,
         device=torch.device("cpu"),
     )
     return optimizer, schedule, plan

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
-from trainer.data import build_dataset, data_shape, num_train_examples
+from trainer.data import build_dataset, data_spec
 from trainer.data import fashion_mnist as fm
 from trainer.errors import ConfigError
 
@@ -81,7 +81,7 @@ def test_config_defaults(nowhere):
         "flip_test": False, "loader": "device", "num_workers": 4,
     }
     # Sizes come without touching any file (nothing could be found here anyway).
-    assert num_train_examples(cfg) == 60000 and data_shape(cfg) == ((1, 28, 28), 10)
+    assert data_spec(cfg) == ((1, 28, 28), 10, 60000)
     assert nowhere == []
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainer.data import build_dataset, data_shape, num_train_examples
+from trainer.data import build_dataset, data_spec
 from trainer.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic.yaml"
@@ -27,7 +27,7 @@ def test_config_defaults():
         "name": "synthetic", "train_size": 2048, "val_size": 512, "batch_size": 64,
         "num_classes": 4, "num_features": 16, "noise": 0.1,
     }
-    assert num_train_examples(cfg) == 2048 and data_shape(cfg) == ((16,), 4)
+    assert data_spec(cfg) == ((16,), 4, 2048)
 
 
 def test_shapes_dtypes_and_labels():
@@ -74,7 +74,7 @@ def test_a_linear_model_learns_it_far_above_chance():
 def test_bad_values_are_config_errors_naming_the_key(key, value):
     cfg = synthetic_cfg(**{key: value})
     with pytest.raises(ConfigError, match=f"data.{key}: got {value!r}; expected") as error:
-        num_train_examples(cfg)  # checked before anything is generated
+        data_spec(cfg)  # checked before anything is generated
     assert error.value.key == f"data.{key}"
 
 

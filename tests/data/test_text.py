@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainer.data import build_dataset, data_shape, num_train_examples
+from trainer.data import build_dataset, data_spec
 from trainer.data import shakespeare_char as sc
 from trainer.data.text import decode, encode, split_text
 from trainer.errors import ConfigError
@@ -127,8 +127,8 @@ def test_a_utf8_file_is_read_as_it_is(tmp_path):
     path.write_text("Où est le château?\n" * 20, encoding="utf-8")
     data = build_dataset(text_cfg(path), seed=0)
     assert set(data.vocab) == set("Où est le château?\n")
-    assert data_shape(text_cfg(path)) == ((8,), len(data.vocab))
-    assert num_train_examples(text_cfg(path)) == data.num_train == (int(0.9 * 380) - 1) // 8
+    assert data_spec(text_cfg(path)) == ((8,), len(data.vocab), data.num_train)
+    assert data.num_train == (int(0.9 * 380) - 1) // 8
     written = data.save_vocab(tmp_path)
     assert json.loads(written.read_text(encoding="utf-8")) == {"chars": data.vocab, "size": len(data.vocab)}
 

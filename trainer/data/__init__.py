@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -106,24 +106,25 @@ def _check(cfg: DictConfig) -> None:
         check_synthetic(cfg)
 
 
-def data_shape(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
-    """(one example's input shape, number of classes); only text data is read (for its vocabulary)."""
+class DataSpec(NamedTuple):
+    """What a model and a run plan need to know about a data source before it is loaded."""
+
+    input_shape: tuple[int, ...]  # one example's input
+    num_classes: int  # classes, or the vocabulary size for text
+    num_train: int  # training examples (or text windows) per epoch
+
+
+def data_spec(cfg: DictConfig) -> DataSpec:
+    """Shape, classes and epoch size of ``data=cfg.name``; only text is read (its vocabulary and
+    length are known only from the text), once."""
     _check(cfg)
     if cfg.name == "synthetic":
-        return (cfg.num_features,), cfg.num_classes
-    if cfg.name in SEQUENCE_DATA:  # the vocabulary is known only from the text
-        text = load_shakespeare_char(cfg)
-        return text.input_shape, text.num_classes
-    module, _ = _IMAGES[cfg.name]
-    return module.IMAGE_SHAPE, module.NUM_CLASSES
-
-
-def num_train_examples(cfg: DictConfig) -> int:
-    """Training examples per epoch; only text data is read (windows per epoch depend on its length)."""
-    _check(cfg)
+        return DataSpec((cfg.num_features,), cfg.num_classes, cfg.train_size)
     if cfg.name in SEQUENCE_DATA:
-        return load_shakespeare_char(cfg).num_train
-    return cfg.train_size if cfg.name == "synthetic" else _IMAGES[cfg.name][0].TRAIN_SIZE
+        text = load_shakespeare_char(cfg)
+        return DataSpec(text.input_shape, text.num_classes, text.num_train)
+    module, _ = _IMAGES[cfg.name]
+    return DataSpec(module.IMAGE_SHAPE, module.NUM_CLASSES, module.TRAIN_SIZE)
 
 
 def build_dataset(cfg: DictConfig, seed: int) -> Dataset:
@@ -135,7 +136,7 @@ def build_dataset(cfg: DictConfig, seed: int) -> Dataset:
     _check(cfg)
     if cfg.name in SEQUENCE_DATA:
         return load_shakespeare_char(cfg)
-    input_shape, num_classes = data_shape(cfg)
+    input_shape, num_classes, _ = data_spec(cfg)
     if cfg.name == "synthetic":
         return ExampleDataset(*load_synthetic(cfg, seed), num_classes=num_classes, input_shape=input_shape)
     _, load = _IMAGES[cfg.name]
