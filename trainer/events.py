@@ -38,7 +38,10 @@ class EventWriter:
 
     def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers)}"
+        # TensorBoard reads a directory's files in name order, and a resumed run's purge only works
+        # if its file comes after the one it purges: a fixed-width counter keeps file 10 of a
+        # process after file 9 within the same second (time, then host and pid, order the rest).
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers):06d}"
         self.path = log_dir / name
         self._file = open(self.path, "ab", buffering=1 << 16)
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
