@@ -10,6 +10,7 @@ from trainer.errors import ConfigError
 from trainer.events import read_scalars
 from trainer.models import build_model
 from trainer.optim import build_optimizer, parameter_groups
+from trainer.run import train
 
 CPU = torch.device("cpu")
 
@@ -68,3 +69,16 @@ def test_layered_lrs_keep_their_ratio_through_the_schedule(train_cli):
     for tag in ("train/lr/decay/1", "train/lr/no_decay/1"):
         assert [v for _, v in scalars[tag]] == pytest.approx([0.1 * v for v in base], rel=1e-6)  # float32 in the event file
     assert max(base) == pytest.approx(0.01) and base[-1] > 1e-4  # the schedule itself is untouched
+
+
+@pytest.mark.parametrize("later", ["optimizer.lr_scales={4:0.1}", "optimizer.lr_scales=null"])
+def test_a_resume_with_other_groups_is_refused_before_training(tmp_path, later):
+    """Optimizer state is matched to parameters by position: momentum buffers of other groups
+    would land on parameters of other shapes, or silently on the wrong ones of the same shape."""
+    common = ["optimizer=sgd", "schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train(compose_config(*common, "optimizer.lr_scales={1:0.1}"), tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(compose_config(*common, later, "trainer.max_epochs=2", "trainer.resume=auto",
+                             "trainer.resume_schedule=override"), tmp_path)
+    assert error.value.key == "trainer.resume"
+    assert "optimizer.lr_scales or optimizer.no_decay_bias_and_norm changed?" in str(error.value)

@@ -54,10 +54,12 @@ def parameter_groups(
         group = groups.setdefault((kind, prefix), {
             "name": kind if prefix is None else f"{kind}/{prefix}",
             "params": [],
+            "param_names": [],  # saved with the optimizer state: a resume checks it gets the same parameters
             "weight_decay": 0.0 if kind == "no_decay" else weight_decay,
             "lr_scale": 1.0 if prefix is None else float(lr_scales[prefix]),
         })
         group["params"].append(param)
+        group["param_names"].append(name)
     # Groups at the base LR first: group 0 is the one ``train/lr`` shows.
     kinds = ("decay", "no_decay", "all")
     return [groups[key] for key in sorted(groups, key=lambda key: (key[1] is not None, kinds.index(key[0])))]
@@ -90,14 +92,33 @@ def _implementation(device: torch.device) -> dict[str, bool | None]:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict`` that keeps this run's kernels and LR scales: torch restores
-    every group key from the checkpoint, so a CPU checkpoint resumed on a GPU would step with
-    foreach kernels that refuse the GradScaler's arguments (and the reverse)."""
-    device = next(iter(trainable_parameters(optimizer))).device
-    scales = [group["lr_scale"] for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, scale in zip(optimizer.param_groups, scales):
-        group.update(_implementation(device), lr_scale=scale)  # the scales come from this run's config
+    """Load a checkpoint's per-parameter state (moments, step counts) and keep this run's group
+    settings: its kernels, LR scales and hyper-parameters come from its config, and the schedule
+    sets LR and momentum again before the next update.
+
+    torch would take every group key from the checkpoint: a CPU checkpoint resumed on a GPU would
+    keep foreach kernels (which refuse the GradScaler's arguments) and leave AdamW's step counts
+    on the CPU, where the fused kernel cannot read them; giving torch this run's flags lets it
+    place the state itself. Raises ValueError when the groups hold other parameters.
+    """
+    saved_groups = state["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"the checkpoint has {len(saved_groups)} parameter groups and this run {len(optimizer.param_groups)}: "
+            "were optimizer.lr_scales or optimizer.no_decay_bias_and_norm changed?"
+        )
+    for saved, current in zip(saved_groups, optimizer.param_groups):
+        names = saved.get("param_names")  # checkpoints written before groups carried names have none
+        if names is not None and names != current["param_names"]:
+            raise ValueError(
+                f"parameter group {current['name']!r} holds other parameters than the checkpoint's "
+                f"{saved.get('name')!r}: were optimizer.lr_scales or optimizer.no_decay_bias_and_norm changed?"
+            )
+    groups = [
+        {**{k: v for k, v in current.items() if k != "params"}, "params": saved["params"]}
+        for saved, current in zip(saved_groups, optimizer.param_groups)
+    ]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
