@@ -152,6 +152,20 @@ def test_optuna_search_runs_two_trials(tmp_path):
 
 
 @needs_sweep_extra
+def test_optuna_search_survives_failing_trials(tmp_path):
+    """8 updates: nearly every sampled warmup (0..300) is too long, so trials fail as configs; each
+    is told to Optuna as the worst value (+inf) and the search runs all of them."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("trainer", [*TINY, "hparams_search=schedule_optuna", "hydra.sweeper.n_trials=3",
+                               f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1"], check=False)
+    assert "Traceback" not in proc.stderr
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert len(summaries) == 3 and "failed" in {s["status"] for s in summaries}
+    assert proc.returncode == 2  # the search finished, and says some of its jobs failed
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+
+
+@needs_sweep_extra
 def test_parallel_local_launcher(tmp_path):
     _, sweep_dir = sweep(tmp_path, "hydra/launcher=local_parallel", "schedule=constant,cosine",
                          "trainer.max_epochs=1")

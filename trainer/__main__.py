@@ -17,6 +17,10 @@ from trainer.run import train
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 from trainer.summary import write_summary
 
+#: What a failed or diverged sweep job returns: the worst value of the minimised objective.
+#: Not NaN: Optuna fails a NaN trial, and its Hydra sweeper then crashes telling it so.
+FAILED_OBJECTIVE = math.inf
+
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
@@ -28,11 +32,10 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         if in_sweep:
-            # Fail this job only: the sweep goes on, its report lists the job as failed, a NaN
-            # objective is a failed trial to sweepers such as Optuna, and the sweep exits 2 at
-            # its end (trainer.compare.SweepReport).
+            # Fail this job only: the sweep goes on, its report lists the job as failed, and the
+            # sweep exits 2 at its end (trainer.compare.SweepReport).
             write_summary(run_dir, "failed", error=str(error))
-            return math.nan
+            return FAILED_OBJECTIVE
         remove_if_empty(run_dir)
         sys.exit(2)
     except Preempted as stop:
@@ -42,7 +45,7 @@ def main(cfg: DictConfig) -> float:
     except NonFiniteStop as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         if in_sweep:  # a diverging LR is one result of an LR sweep, not the end of it
-            return math.nan
+            return FAILED_OBJECTIVE
         sys.exit(EXIT_NONFINITE)
     return metrics[cfg.trainer.objective]
 
