@@ -81,6 +81,17 @@ def test_a_diverging_job_stops_alone_and_the_sweep_goes_on(tmp_path):
     assert len(read_scalars(completed)["train/lr"]) == 8  # every update of the job after the stop
 
 
+def test_a_sweep_rerun_into_its_directory_reports_only_its_own_jobs(tmp_path):
+    first, sweep_dir = sweep(tmp_path, "optimizer.lr=0.01,-1", "schedule=cosine", "trainer.max_epochs=1", check=False)
+    assert first.returncode == 2
+    again, _ = sweep(tmp_path, "optimizer.lr=0.01,0.02", "schedule=cosine", "trainer.max_epochs=1")
+    assert "sweep: 2 of 2 jobs completed" in again.stdout  # the first sweep's failed job is not this one's
+    assert sorted(r["overrides"] for r in report_rows(sweep_dir)) == ["optimizer.lr=0.01", "optimizer.lr=0.02"]
+    reused = next(p for p in sweep_dir.iterdir() if p.name.startswith("0_"))
+    assert len(list(reused.glob("events.out.tfevents.*"))) == 2
+    assert [step for step, _ in read_scalars(reused)["train/lr"]] == list(range(8))  # the rerun hides the first run
+
+
 def test_report_survives_failed_and_unfinished_jobs(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "schedule=cosine", "optimizer.lr=0.01,-1", "trainer.max_epochs=1", check=False)
     assert "error: optimizer.lr" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,6 +15,7 @@ import csv
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.events import read_scalars
 from trainer.stopping import EXIT_NONFINITE
-from trainer.summary import read_summary
+from trainer.summary import SUMMARY_FILE, read_summary
 
 COLUMNS = ("job", "schedule", "overrides", "status", "final val/loss", "best val/loss", "final val/acc",
            "best val/acc", "updates", "wall time (s)")
@@ -83,10 +84,14 @@ def read_job(job_dir: Path) -> Job:
     )
 
 
-def collect(sweep_dir: Path) -> list[Job]:
-    """Every job directory directly under ``sweep_dir``, sorted: completed jobs by final
+def collect(sweep_dir: Path, *, since: float | None = None) -> list[Job]:
+    """Every job directory directly under ``sweep_dir`` (only those whose ``metrics.json`` was
+    written at or after the time ``since``, when given), sorted: completed jobs by final
     ``val/loss`` (lower first), then the rest."""
-    jobs = [read_job(d) for d in sorted(sweep_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    dirs = [d for d in sorted(sweep_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if since is not None:
+        dirs = [d for d in dirs if (d / SUMMARY_FILE).is_file() and (d / SUMMARY_FILE).stat().st_mtime >= since]
+    jobs = [read_job(d) for d in dirs]
     jobs = [j for j in jobs if j.scalars or j.status != "failed (no output)" or j.overrides]
 
     def key(job: Job) -> tuple[int, float]:
@@ -192,17 +197,22 @@ def sweep_exit_code(jobs: list[Job]) -> int:
 
 
 class SweepReport(Callback):
-    """After a ``-m`` training sweep: write the report into the sweep directory, name the jobs
-    that did not complete, and exit non-zero if any failed, so scripts and CI notice. Every
-    job has run by then: one job's failure never cuts the sweep short."""
+    """After a ``-m`` training sweep: write the report of its jobs into the sweep directory, name
+    the jobs that did not complete, and exit non-zero if any failed, so scripts and CI notice.
+    Every job has run by then: one job's failure never cuts the sweep short. Jobs left in the
+    directory by an earlier sweep are not this sweep's (``python -m trainer.compare`` reports all)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Seconds of slack for file systems that round modification times.
+        self.started = time.time() - 2.0
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir() or not any(read_summary(d) for d in sweep_dir.iterdir() if d.is_dir()):
+        jobs = collect(sweep_dir, since=self.started) if sweep_dir.is_dir() else []
+        if not jobs:
             return  # not a training sweep (e.g. previews), or no job got as far as a run directory
         # Hydra logs INFO to the console; TensorBoard's reader would add a line per event file.
         logging.getLogger("tensorboard").setLevel(logging.WARNING)
-        jobs = collect(sweep_dir)
         report = write_report(sweep_dir, jobs=jobs)
         done = sum(job.status == "completed" for job in jobs)
         print(f"sweep: {done} of {len(jobs)} jobs completed; report: {report}")

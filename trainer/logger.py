@@ -35,8 +35,9 @@ class RunLogger:
         start_update: int = 0,
     ) -> None:
         # On resume, purge_step makes TensorBoard drop what the interrupted run logged after its
-        # checkpoint, so the updates it replays are not shown twice.
-        self.writer = EventWriter(run_dir, purge_step=start_update or None)
+        # checkpoint, so the updates it replays are not shown twice; a fresh run (update 0) hides
+        # whatever an earlier run left in the same directory.
+        self.writer = EventWriter(run_dir, purge_step=start_update)
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
