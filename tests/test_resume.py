@@ -108,6 +108,32 @@ def test_changed_schedule_is_refused_with_the_difference_unless_overridden(tmp_p
     assert lrs[24] == pytest.approx(1e-3 * 0.5) and lrs[31] == pytest.approx(1e-3 / 16)
 
 
+@pytest.mark.parametrize(("later", "diff"), [
+    (["schedule.temperature=2"], "lr_scale: 1.0 -> 2.0"),
+    (["optimizer.lr_scaling=sqrt", "optimizer.reference_batch_size=8"], "lr_scale: 1.0 -> 2.0"),
+    (["schedule.warmup_start_lr=1e-4"], "warmup_start_lr: 0.0 -> 0.0001"),
+])
+def test_a_changed_lr_scale_or_warmup_start_is_a_changed_schedule(tmp_path, later, diff):
+    run = ["schedule=warmup_cosine", "schedule.warmup_steps=4", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train(compose_config(*run), tmp_path)
+    with pytest.raises(ConfigError, match=diff):
+        train(compose_config(*run, *later, "trainer.max_epochs=2", "trainer.resume=auto"), tmp_path)
+
+
+def test_a_checkpoint_older_than_the_newer_schedule_keys_resumes_strictly(tmp_path):
+    """Checkpoints written before warmup_start_lr, temperature and the LR scales existed were
+    trained with their defaults, so they resume under the strict policy."""
+    run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train(compose_config(*run), tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")
+    for key in ("warmup_start_lr", "temperature", "lr_scale", "group_lr_scales"):
+        del state["schedule"]["fingerprint"][key]
+    del state["precision"]
+    save_atomic(state, tmp_path / "last.pt")
+    metrics = train(compose_config(*run, "trainer.max_epochs=2", "trainer.resume=auto"), tmp_path)
+    assert [step for step, _ in read_scalars(tmp_path)["train/lr"]] == list(range(16)) and metrics["val/loss"] > 0
+
+
 def test_atomic_write_survives_a_crash_mid_write(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_atomic({"format": "x", "value": 1}, path)

@@ -236,7 +236,8 @@ class Loop:
         load_optimizer_state(self.optimizer, state["optimizer"])
         # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
         # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
-        if state.get("precision") == self.step.precision.name and state["scaler"]:
+        # (Checkpoints from before the precision was saved are taken to be this run's.)
+        if state.get("precision", self.step.precision.name) == self.step.precision.name and state["scaler"]:
             self.step.scaler.load_state_dict(state["scaler"])
         if restore_plateau and self.schedule.plateau is not None and state["schedule"]["plateau"] is not None:
             self.schedule.plateau.load_state_dict(state["schedule"]["plateau"])

@@ -115,8 +115,14 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     return Path(resume).expanduser()
 
 
+#: Fingerprint keys added after checkpoints were first written, with the value that older
+#: checkpoints (which lack them) were trained with.
+FINGERPRINT_DEFAULTS = {"warmup_start_lr": 0.0, "temperature": 1.0, "lr_scale": 1.0, "group_lr_scales": {}}
+
+
 def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str) -> None:
     """Refuse to resume onto a different schedule unless ``trainer.resume_schedule=override``."""
+    saved = {**FINGERPRINT_DEFAULTS, **saved}
     if saved == current or policy == "override":
         return
     keys = sorted(set(saved) | set(current), key=str)
