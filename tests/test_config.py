@@ -107,6 +107,10 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=lr_range_test", "optimizer.lr_scaling=sqrt"], "optimizer.lr_scaling"),
         (["schedule.temperature=0"], "schedule.temperature"),
         (["schedule.warmup_start_lr=-1e-3"], "schedule.warmup_start_lr"),
+        (["schedule.warmup_start_lr=0.5"], "schedule.warmup_start_lr"),  # above the peak 1e-3
+        (["schedule.temperature=inf"], "schedule.temperature"),
+        (["optimizer.lr=inf"], "optimizer.lr"),
+        (["optimizer.lr_scales={1:1e400}"], "optimizer.lr_scales.1"),
         (["optimizer.lr_scaling=cube"], "optimizer.lr_scaling"),
         (["optimizer=sgd", "optimizer.reference_batch_size=0"], "optimizer.reference_batch_size"),
         (["optimizer.lr_scales={layer1:0}"], "optimizer.lr_scales.layer1"),
@@ -149,6 +153,8 @@ def test_data_and_model_errors_name_their_key(overrides, key):
         (["schedule=wsd", "schedule.warmup_steps=10", "schedule.decay_steps=25", "trainer.max_steps=30"],
          "schedule.decay_steps"),
         (["data.batch_size=600"], "data.batch_size"),
+        (["schedule=cosine", "schedule.temperature=1e308", "optimizer.lr_scaling=linear",
+          "optimizer.reference_batch_size=1"], "schedule.temperature"),  # 32e308 overflows to inf
     ],
 )
 def test_derived_errors_name_their_key(overrides, key):

@@ -51,6 +51,16 @@ def test_a_module_name_that_names_nothing_is_a_config_error():
     assert "its top-level modules are conv1, bn1" in str(error.value)
 
 
+def test_a_tied_module_is_named_by_the_module_that_owns_its_weight():
+    from trainer.models.gpt import build_gpt
+
+    model = build_gpt(input_shape=(4,), num_classes=11, n_layer=1, n_head=2, n_embd=8, block_size=4)
+    with pytest.raises(ConfigError) as error:
+        parameter_groups(model, weight_decay=0.1, lr_scales={"lm_head": 0.1})
+    assert error.value.key == "optimizer.lr_scales.lm_head"
+    assert "tied to wte.weight" in str(error.value)
+
+
 def test_every_group_starts_at_its_own_base_lr():
     cfg = compose_config("optimizer=sgd", "optimizer.lr=0.2", "optimizer.lr_scales={layer1:0.1,layer3:0.5}").optimizer
     optimizer = build_optimizer(cfg, resnet18(), CPU)

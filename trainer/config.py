@@ -48,9 +48,13 @@ def _positive_int(value: Any, key: str, *, allow_none: bool = False, minimum: in
 
 
 def _number(value: Any, key: str, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    in_range = _is_number(value) and (value > low if low_open else value >= low) and value <= high
+    in_range = (
+        _is_number(value) and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    )
     bound = f"> {low}" if low_open else f">= {low}"
-    _require(in_range, key, f"got {value!r}; expected a number {bound}" + (f" and <= {high}" if high < math.inf else ""))
+    _require(
+        in_range, key, f"got {value!r}; expected a finite number {bound}" + (f" and <= {high}" if high < math.inf else "")
+    )
 
 
 def _choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
@@ -66,6 +70,12 @@ def validate(cfg: DictConfig) -> None:
     _validate_data_and_model(cfg.data, cfg.model)
     _validate_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule)
+    _require(
+        cfg.schedule.warmup_start_lr < cfg.optimizer.lr,
+        "schedule.warmup_start_lr",
+        f"the warmup rises from {cfg.schedule.warmup_start_lr} to the peak optimizer.lr={cfg.optimizer.lr}: "
+        "start below the peak",
+    )
     if cfg.schedule.name == "lr_range_test":
         _require(
             cfg.optimizer.lr_scaling == "none",
@@ -313,8 +323,13 @@ def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
             "schedule.decay_steps",
             f"decay of {s.decay_steps} does not fit after {warmup_steps} warmup in total_steps={total_steps}",
         )
-    return RunPlan(updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps,
-                   lr_scale=s.temperature * batch_lr_factor(cfg))
+    lr_scale = s.temperature * batch_lr_factor(cfg)
+    _require(
+        math.isfinite(lr_scale) and lr_scale > 0,
+        "schedule.temperature",
+        f"schedule.temperature × the optimizer.lr_scaling factor is {lr_scale}, not a usable LR multiplier",
+    )
+    return RunPlan(updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale)
 
 
 def batch_lr_factor(cfg: DictConfig) -> float:

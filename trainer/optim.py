@@ -35,13 +35,22 @@ def parameter_groups(
     """
     lr_scales = {str(module): scale for module, scale in (lr_scales or {}).items()}  # YAML may give 0: for "0"
     names = [name for name, _ in model.named_parameters()]
+    first_name = {id(param): name for name, param in reversed(list(model.named_parameters(remove_duplicate=False)))}
     for prefix in lr_scales:
-        if not any(_under(name, prefix) for name in names):
-            children = ", ".join(name for name, _ in model.named_children())
+        if any(_under(name, prefix) for name in names):
+            continue
+        tied = sorted({first_name[id(param)] for name, param in model.named_parameters(remove_duplicate=False)
+                       if _under(name, prefix)})
+        if tied:  # e.g. gpt's lm_head, whose weight is the token embedding's
             raise ConfigError(
                 f"optimizer.lr_scales.{prefix}",
-                f"names no parameters of this model; its top-level modules are {children} (nest with dots, e.g. layer1.0)",
+                f"holds only parameters tied to {', '.join(tied)}, which take their own scale: name that module instead",
             )
+        children = ", ".join(name for name, _ in model.named_children())
+        raise ConfigError(
+            f"optimizer.lr_scales.{prefix}",
+            f"names no parameters of this model; its top-level modules are {children} (nest with dots, e.g. layer1.0)",
+        )
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     groups: dict[tuple[str, str | None], dict] = {}
     for name, param in model.named_parameters():  # a tied parameter comes once
