@@ -147,3 +147,15 @@ def test_preview_writes_csv_and_png(tmp_path):
     assert float(update4[2]) == pytest.approx(0.01)
     assert (out / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert "peak=0.01" in proc.stdout
+
+
+def test_a_transformer_without_warmup_is_warned_once_on_stderr(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be, that is the question\n" * 50)
+    args = ["model=gpt", "data=shakespeare_char", f"data.path={text}", "data.batch_size=4", "model.block_size=16",
+            "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "schedule=cosine", "trainer.max_steps=4",
+            "logger.progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    first = run_cli("trainer", args)
+    assert first.stderr.count("warning: schedule.warmup_steps: model=gpt trains with AdamW") == 1
+    again = run_cli("trainer", [*args, "trainer.resume=auto"])  # a resume was warned when it started
+    assert "warning:" not in again.stderr
