@@ -15,7 +15,7 @@ import csv
 import logging
 import math
 import sys
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,13 +84,14 @@ def read_job(job_dir: Path) -> Job:
     )
 
 
-def collect(sweep_dir: Path, *, since: float | None = None) -> list[Job]:
-    """Every job directory directly under ``sweep_dir`` (only those whose ``metrics.json`` was
-    written at or after the time ``since``, when given), sorted: completed jobs by final
-    ``val/loss`` (lower first), then the rest."""
+def collect(sweep_dir: Path, *, skip: Mapping[str, int] | None = None) -> list[Job]:
+    """Every job directory directly under ``sweep_dir``, sorted: completed jobs by final
+    ``val/loss`` (lower first), then the rest. ``skip`` (see :func:`summary_versions`) leaves out
+    the jobs whose ``metrics.json`` is still the one it recorded, and jobs with none."""
     dirs = [d for d in sorted(sweep_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    if since is not None:
-        dirs = [d for d in dirs if (d / SUMMARY_FILE).is_file() and (d / SUMMARY_FILE).stat().st_mtime >= since]
+    if skip is not None:
+        now = summary_versions(sweep_dir)
+        dirs = [d for d in dirs if d.name in now and skip.get(d.name) != now[d.name]]
     jobs = [read_job(d) for d in dirs]
     jobs = [j for j in jobs if j.scalars or j.status != "failed (no output)" or j.overrides]
 
@@ -99,6 +100,13 @@ def collect(sweep_dir: Path, *, since: float | None = None) -> list[Job]:
         return (0 if job.status == "completed" and not math.isnan(loss) else 1, loss if not math.isnan(loss) else 0)
 
     return sorted(jobs, key=key)
+
+
+def summary_versions(sweep_dir: Path) -> dict[str, int]:
+    """Job directory name -> modification time (ns) of its ``metrics.json``, for the jobs with one."""
+    if not sweep_dir.is_dir():
+        return {}
+    return {d.name: (d / SUMMARY_FILE).stat().st_mtime_ns for d in sweep_dir.iterdir() if (d / SUMMARY_FILE).is_file()}
 
 
 def _common_overrides(jobs: list[Job]) -> set[str]:
@@ -203,12 +211,13 @@ class SweepReport(Callback):
     directory by an earlier sweep are not this sweep's (``python -m trainer.compare`` reports all)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Seconds of slack for file systems that round modification times.
-        self.started = time.time() - 2.0
+        # What is there before any job runs: compared with itself afterwards, not with a clock
+        # (jobs on other machines, as SLURM runs them, stamp files with their own clocks).
+        self.before = summary_versions(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = collect(sweep_dir, since=self.started) if sweep_dir.is_dir() else []
+        jobs = collect(sweep_dir, skip=self.before) if sweep_dir.is_dir() else []
         if not jobs:
             return  # not a training sweep (e.g. previews), or no job got as far as a run directory
         # Hydra logs INFO to the console; TensorBoard's reader would add a line per event file.
