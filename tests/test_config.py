@@ -107,7 +107,8 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=lr_range_test", "optimizer.lr_scaling=sqrt"], "optimizer.lr_scaling"),
         (["schedule.temperature=0"], "schedule.temperature"),
         (["schedule.warmup_start_lr=-1e-3"], "schedule.warmup_start_lr"),
-        (["schedule.warmup_start_lr=0.5"], "schedule.warmup_start_lr"),  # above the peak 1e-3
+        (["schedule.warmup_steps=5", "schedule.warmup_start_lr=0.5"], "schedule.warmup_start_lr"),  # above 1e-3
+        (["trainer.clip_grad_norm=inf"], "trainer.clip_grad_norm"),
         (["schedule.temperature=inf"], "schedule.temperature"),
         (["optimizer.lr=inf"], "optimizer.lr"),
         (["optimizer.lr_scales={1:1e400}"], "optimizer.lr_scales.1"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from tests.conftest import compose_config
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
 from trainer.models import build_model
-from trainer.optim import build_optimizer, parameter_groups
+from trainer.optim import build_optimizer, load_optimizer_state, optimizer_state, parameter_groups
 from trainer.run import train
 
 CPU = torch.device("cpu")
@@ -92,3 +94,24 @@ def test_a_resume_with_other_groups_is_refused_before_training(tmp_path, later):
                              "trainer.resume_schedule=override"), tmp_path)
     assert error.value.key == "trainer.resume"
     assert "optimizer.lr_scales or optimizer.no_decay_bias_and_norm changed?" in str(error.value)
+
+
+def test_loaded_moments_take_the_memory_layout_of_their_parameters():
+    """A CPU run's NCHW moments resumed next to a GPU run's channels_last weights: fused kernels
+    refuse tensors whose layouts differ, so the loaded state follows each parameter's strides."""
+    cfg = compose_config("model=cnn").model
+    model = build_model(cfg, input_shape=(1, 28, 28), num_classes=10)
+    opt_cfg = compose_config().optimizer
+    saved = build_optimizer(opt_cfg, model, CPU)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    saved.step()
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    here = build_optimizer(opt_cfg, channels_last, CPU)
+    load_optimizer_state(here, optimizer_state(saved))
+    convs = [p for p in channels_last.parameters() if p.ndim == 4]
+    assert any(not p.is_contiguous() for p in convs)  # NHWC strides (a 1-channel conv looks contiguous)
+    for param in channels_last.parameters():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert here.state[param][key].stride() == param.stride(), key
+    for a, b in zip(model.parameters(), channels_last.parameters()):
+        assert torch.equal(saved.state[a]["exp_avg"], here.state[b]["exp_avg"])  # same values, new layout

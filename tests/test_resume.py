@@ -121,17 +121,43 @@ def test_a_changed_lr_scale_or_warmup_start_is_a_changed_schedule(tmp_path, late
 
 
 def test_a_checkpoint_older_than_the_newer_schedule_keys_resumes_strictly(tmp_path):
-    """Checkpoints written before warmup_start_lr, temperature and the LR scales existed were
-    trained with their defaults, so they resume under the strict policy."""
+    """Checkpoints written before warmup_start_lr, temperature, the LR scales, the optimizer's
+    settings and kind, and the groups' parameter names were saved resume under the strict policy."""
     run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
     train(compose_config(*run), tmp_path)
     state = load_checkpoint(tmp_path / "last.pt")
-    for key in ("warmup_start_lr", "temperature", "lr_scale", "group_lr_scales"):
-        del state["schedule"]["fingerprint"][key]
-    del state["precision"]
+    fingerprint = state["schedule"]["fingerprint"]
+    for key in ["warmup_start_lr", "temperature", "lr_scale", "group_lr_scales"] + [
+            k for k in fingerprint if k.startswith("optimizer.")]:
+        del fingerprint[key]
+    del state["precision"], state["optimizer"]["kind"]
+    for group in state["optimizer"]["param_groups"]:
+        del group["param_names"]
     save_atomic(state, tmp_path / "last.pt")
     metrics = train(compose_config(*run, "trainer.max_epochs=2", "trainer.resume=auto"), tmp_path)
     assert [step for step, _ in read_scalars(tmp_path)["train/lr"]] == list(range(16)) and metrics["val/loss"] > 0
+
+
+@pytest.mark.parametrize(("later", "diff"), [
+    (["optimizer.weight_decay=0.5"], "optimizer.weight_decay: 0.01 -> 0.5"),
+    (["optimizer.betas=[0.5,0.5]"], "optimizer.betas: [0.9, 0.999] -> [0.5, 0.5]"),
+    (["optimizer=sgd", "optimizer.lr=0.001"], "optimizer.name: 'adamw' -> 'sgd'"),
+])
+def test_a_changed_optimizer_setting_is_refused_like_a_schedule_change(tmp_path, later, diff):
+    run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train(compose_config(*run), tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(compose_config(*run, *later, "trainer.max_epochs=2", "trainer.resume=auto"), tmp_path)
+    assert error.value.key == "trainer.resume_schedule" and diff in str(error.value)
+
+
+def test_another_optimizers_state_is_refused_even_when_overriding(tmp_path):
+    run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train(compose_config(*run), tmp_path)
+    with pytest.raises(ConfigError) as error:
+        train(compose_config(*run, "optimizer=sgd", "optimizer.lr=0.001", "trainer.max_epochs=2",
+                             "trainer.resume=auto", "trainer.resume_schedule=override"), tmp_path)
+    assert error.value.key == "trainer.resume" and "it holds AdamW state, which does not fit SGD" in str(error.value)
 
 
 def test_atomic_write_survives_a_crash_mid_write(tmp_path, monkeypatch):

@@ -177,6 +177,20 @@ def test_optuna_search_survives_failing_trials(tmp_path):
 
 
 @needs_sweep_extra
+def test_optuna_takes_a_run_that_diverged_while_skipping_as_the_worst_value(tmp_path):
+    """trainer.nonfinite=skip: a diverged run completes with a NaN val/loss, which Optuna would fail."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli("trainer", ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "optimizer=sgd",
+                               "optimizer.lr=choice(1e30,1e31)", "schedule=cosine", *TINY, "trainer.max_epochs=1",
+                               f"hydra.sweep.dir={sweep_dir}"], check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert all(math.isnan(s["metrics"]["val/loss"]) for s in summaries)
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_value == math.inf
+
+
+@needs_sweep_extra
 def test_parallel_local_launcher(tmp_path):
     _, sweep_dir = sweep(tmp_path, "hydra/launcher=local_parallel", "schedule=constant,cosine",
                          "trainer.max_epochs=1")

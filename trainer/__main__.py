@@ -47,7 +47,9 @@ def main(cfg: DictConfig) -> float:
         if in_sweep:  # a diverging LR is one result of an LR sweep, not the end of it
             return FAILED_OBJECTIVE
         sys.exit(EXIT_NONFINITE)
-    return metrics[cfg.trainer.objective]
+    objective = metrics[cfg.trainer.objective]
+    # A run that diverged while skipping its bad updates still completes, with a NaN val/loss.
+    return objective if math.isfinite(objective) else FAILED_OBJECTIVE
 
 
 if __name__ == "__main__":

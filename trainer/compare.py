@@ -28,6 +28,7 @@ from trainer.events import read_scalars
 from trainer.stopping import EXIT_NONFINITE
 from trainer.summary import SUMMARY_FILE, read_summary
 
+NO_OUTPUT = "failed (no output)"  # a job directory with neither metrics.json nor event files
 COLUMNS = ("job", "schedule", "overrides", "status", "final val/loss", "best val/loss", "final val/acc",
            "best val/acc", "updates", "wall time (s)")
 
@@ -65,7 +66,7 @@ def read_job(job_dir: Path) -> Job:
     if summary is not None:
         status = summary["status"]
     else:
-        status = "incomplete (running or killed)" if has_events else "failed (no output)"
+        status = "incomplete (running or killed)" if has_events else NO_OUTPUT
     config_path, overrides_path = job_dir / "config.yaml", job_dir / "overrides.yaml"
     schedule = OmegaConf.load(config_path).schedule.name if config_path.is_file() else "?"
     overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
@@ -84,16 +85,16 @@ def read_job(job_dir: Path) -> Job:
     )
 
 
-def collect(sweep_dir: Path, *, skip: Mapping[str, int] | None = None) -> list[Job]:
+def collect(sweep_dir: Path, *, skip: Mapping[str, int | None] | None = None) -> list[Job]:
     """Every job directory directly under ``sweep_dir``, sorted: completed jobs by final
     ``val/loss`` (lower first), then the rest. ``skip`` (see :func:`summary_versions`) leaves out
-    the jobs whose ``metrics.json`` is still the one it recorded, and jobs with none."""
+    the job directories that are still as it recorded them."""
     dirs = [d for d in sorted(sweep_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     if skip is not None:
         now = summary_versions(sweep_dir)
-        dirs = [d for d in dirs if d.name in now and skip.get(d.name) != now[d.name]]
+        dirs = [d for d in dirs if d.name not in skip or skip[d.name] != now[d.name]]
     jobs = [read_job(d) for d in dirs]
-    jobs = [j for j in jobs if j.scalars or j.status != "failed (no output)" or j.overrides]
+    jobs = [j for j in jobs if j.scalars or j.status != NO_OUTPUT or j.overrides]
 
     def key(job: Job) -> tuple[int, float]:
         loss = job.final("val/loss")
@@ -102,11 +103,14 @@ def collect(sweep_dir: Path, *, skip: Mapping[str, int] | None = None) -> list[J
     return sorted(jobs, key=key)
 
 
-def summary_versions(sweep_dir: Path) -> dict[str, int]:
-    """Job directory name -> modification time (ns) of its ``metrics.json``, for the jobs with one."""
+def summary_versions(sweep_dir: Path) -> dict[str, int | None]:
+    """Job directory name -> modification time (ns) of its ``metrics.json`` (None without one)."""
     if not sweep_dir.is_dir():
         return {}
-    return {d.name: (d / SUMMARY_FILE).stat().st_mtime_ns for d in sweep_dir.iterdir() if (d / SUMMARY_FILE).is_file()}
+    return {
+        d.name: (d / SUMMARY_FILE).stat().st_mtime_ns if (d / SUMMARY_FILE).is_file() else None
+        for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+    }
 
 
 def _common_overrides(jobs: list[Job]) -> set[str]:
@@ -217,9 +221,10 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = collect(sweep_dir, skip=self.before) if sweep_dir.is_dir() else []
+        # Directories with neither a summary nor logs are not training runs (previews write lr.csv).
+        jobs = [j for j in collect(sweep_dir, skip=self.before) if j.status != NO_OUTPUT] if sweep_dir.is_dir() else []
         if not jobs:
-            return  # not a training sweep (e.g. previews), or no job got as far as a run directory
+            return  # not a training sweep, or no job got as far as its first logged update
         # Hydra logs INFO to the console; TensorBoard's reader would add a line per event file.
         logging.getLogger("tensorboard").setLevel(logging.WARNING)
         report = write_report(sweep_dir, jobs=jobs)

@@ -70,8 +70,9 @@ def validate(cfg: DictConfig) -> None:
     _validate_data_and_model(cfg.data, cfg.model)
     _validate_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule)
+    warms_up = cfg.schedule.warmup_steps > 0 or cfg.schedule.warmup_ratio is not None
     _require(
-        cfg.schedule.warmup_start_lr < cfg.optimizer.lr,
+        not warms_up or cfg.schedule.warmup_start_lr < cfg.optimizer.lr,
         "schedule.warmup_start_lr",
         f"the warmup rises from {cfg.schedule.warmup_start_lr} to the peak optimizer.lr={cfg.optimizer.lr}: "
         "start below the peak",
@@ -94,6 +95,7 @@ def _validate_trainer(t: DictConfig) -> None:
     )
     _positive_int(t.accumulate_grad_batches, "trainer.accumulate_grad_batches")
     if t.clip_grad_norm is not None:
+        _require(t.clip_grad_norm != math.inf, "trainer.clip_grad_norm", "got inf; use null to turn clipping off")
         _number(t.clip_grad_norm, "trainer.clip_grad_norm", low=0.0, low_open=True)
     _choice(t.device, "trainer.device", DEVICES)
     _choice(t.precision, "trainer.precision", PRECISIONS)

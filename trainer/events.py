@@ -39,9 +39,10 @@ class EventWriter:
     def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         # TensorBoard reads a directory's files in name order, and a resumed run's purge only works
-        # if its file comes after the one it purges: a fixed-width counter keeps file 10 of a
-        # process after file 9 within the same second (time, then host and pid, order the rest).
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_file_numbers):06d}"
+        # if its file comes after the one it purges: fixed-width numbers keep file 10 of a process
+        # after file 9 (and pid 100000 after 99999) within the same second.
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid():07d}"
+                f".{next(_file_numbers):06d}")
         self.path = log_dir / name
         self._file = open(self.path, "ab", buffering=1 << 16)
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))

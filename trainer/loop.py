@@ -24,7 +24,7 @@ from trainer.data.batches import Batch
 from trainer.data.loading import train_batches
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
-from trainer.optim import load_optimizer_state, trainable_parameters
+from trainer.optim import load_optimizer_state, optimizer_state, trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule
 from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
@@ -208,7 +208,7 @@ class Loop:
             "format": CHECKPOINT_FORMAT,
             "update": update,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state(self.optimizer),
             "precision": self.step.precision.name,
             "scaler": self.step.scaler.state_dict(),
             "schedule": {

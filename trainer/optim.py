@@ -100,16 +100,26 @@ def _implementation(device: torch.device) -> dict[str, bool | None]:
     return {"fused": True, "foreach": None} if device.type == "cuda" else {"fused": None, "foreach": True}
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()`` plus the optimizer's kind, which :func:`load_optimizer_state` checks."""
+    return {**optimizer.state_dict(), "kind": type(optimizer).__name__}
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a checkpoint's per-parameter state (moments, step counts) and keep this run's group
-    settings: its kernels, LR scales and hyper-parameters come from its config, and the schedule
-    sets LR and momentum again before the next update.
+    settings: its kernels, LR scales and hyper-parameters come from its config (a resume refuses
+    changed ones, see :func:`trainer.run.schedule_fingerprint`), and the schedule sets LR and
+    momentum again before the next update.
 
     torch would take every group key from the checkpoint: a CPU checkpoint resumed on a GPU would
     keep foreach kernels (which refuse the GradScaler's arguments) and leave AdamW's step counts
     on the CPU, where the fused kernel cannot read them; giving torch this run's flags lets it
-    place the state itself. Raises ValueError when the groups hold other parameters.
+    place the state itself. Raises ValueError when the state is another optimizer's or the groups
+    hold other parameters.
     """
+    kind = state.get("kind", type(optimizer).__name__)  # checkpoints written before it was saved: trust them
+    if kind != type(optimizer).__name__:
+        raise ValueError(f"it holds {kind} state, which does not fit {type(optimizer).__name__}: keep optimizer.name")
     saved_groups = state["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
         raise ValueError(
@@ -127,7 +137,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
         {**{k: v for k, v in current.items() if k != "params"}, "params": saved["params"]}
         for saved, current in zip(saved_groups, optimizer.param_groups)
     ]
-    optimizer.load_state_dict({**state, "param_groups": groups})
+    optimizer.load_state_dict({"state": state["state"], "param_groups": groups})
+    # torch casts the state to each parameter's device and dtype but not its memory layout: a CPU
+    # run's NCHW moments next to a GPU run's channels_last weights would be refused by the fused
+    # kernels (and read wrongly by others).
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:

@@ -91,7 +91,8 @@ def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule,
 
 
 def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
-    """What fixes the LR of every update: the schedule's keys, η, the derived lengths and scales."""
+    """What fixes the LR of every update (the schedule's keys, η, the derived lengths and scales) and
+    the optimizer settings the update uses with it."""
     resolved = OmegaConf.to_container(cfg.schedule, resolve=True)
     resolved.update(
         peak_lr=cfg.optimizer.lr,
@@ -102,6 +103,12 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         lr_scale=plan.lr_scale,
         group_lr_scales={str(k): v for k, v in (cfg.optimizer.lr_scales or {}).items()},
     )
+    # The optimizer's own settings (η and the scales are above): a resume with another weight
+    # decay, betas or momentum would quietly change the run as much as a schedule change.
+    resolved.update({
+        f"optimizer.{k}": v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items()
+        if k not in ("lr", "lr_scales", "lr_scaling", "reference_batch_size")
+    })
     return resolved
 
 
@@ -122,15 +129,18 @@ FINGERPRINT_DEFAULTS = {"warmup_start_lr": 0.0, "temperature": 1.0, "lr_scale": 
 
 def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str) -> None:
     """Refuse to resume onto a different schedule unless ``trainer.resume_schedule=override``."""
-    saved = {**FINGERPRINT_DEFAULTS, **saved}
+    # Older checkpoints did not record the optimizer's settings; their kind is still checked.
+    unrecorded = {k: v for k, v in current.items() if k.startswith("optimizer.")}
+    saved = {**FINGERPRINT_DEFAULTS, **unrecorded, **saved}
     if saved == current or policy == "override":
         return
     keys = sorted(set(saved) | set(current), key=str)
     diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k))
     raise ConfigError(
         "trainer.resume_schedule",
-        f"{path} was trained with another schedule ({diff}); resuming would shift every later LR. "
-        "Pass trainer.resume_schedule=override to continue with the new schedule (e.g. to branch a WSD cooldown)",
+        f"{path} was trained with another schedule or optimizer setting ({diff}); resuming would change "
+        "every later update. Pass trainer.resume_schedule=override to continue with the new settings "
+        "(e.g. to branch a WSD cooldown)",
     )
 
 
