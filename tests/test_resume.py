@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -151,13 +152,38 @@ def test_a_changed_optimizer_setting_is_refused_like_a_schedule_change(tmp_path,
     assert error.value.key == "trainer.resume_schedule" and diff in str(error.value)
 
 
-def test_another_optimizers_state_is_refused_even_when_overriding(tmp_path):
+@pytest.mark.parametrize("recorded", [True, False])  # False: a checkpoint from before the kind was saved
+def test_another_optimizers_state_is_refused_even_when_overriding(tmp_path, recorded):
     run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
     train(compose_config(*run), tmp_path)
+    if not recorded:
+        state = load_checkpoint(tmp_path / "last.pt")
+        del state["optimizer"]["kind"]
+        save_atomic(state, tmp_path / "last.pt")
     with pytest.raises(ConfigError) as error:
         train(compose_config(*run, "optimizer=sgd", "optimizer.lr=0.001", "trainer.max_epochs=2",
                              "trainer.resume=auto", "trainer.resume_schedule=override"), tmp_path)
     assert error.value.key == "trainer.resume" and "it holds AdamW state, which does not fit SGD" in str(error.value)
+
+
+def test_a_range_test_resumes_to_the_same_suggestion_and_ends_where_it_diverged(tmp_path, monkeypatch):
+    run = ["schedule=lr_range_test", "schedule.num_steps=40", "schedule.max_lr=10"]
+    straight = tmp_path / "straight"
+    train(compose_config(*run), straight)
+    found = json.loads((straight / "lr_find.json").read_text())
+    diverged = len(read_scalars(straight)["train/lr"])
+    assert diverged < 40  # the loss ran away before the last LR: the case that needs the history
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        preempt_after(patch, 24)
+        with pytest.raises(Preempted):
+            train(compose_config(*run), resumed)
+    train(compose_config(*run, "trainer.resume=auto"), resumed)
+    assert json.loads((resumed / "lr_find.json").read_text()) == found
+    train(compose_config(*run, "trainer.resume=auto"), resumed)  # resuming the finished test trains nothing
+    assert json.loads((resumed / "lr_find.json").read_text()) == found
+    assert read_scalars(resumed)["train/lr"] == read_scalars(straight)["train/lr"]
+    assert len(read_scalars(resumed)["train/lr"]) == diverged
 
 
 def test_atomic_write_survives_a_crash_mid_write(tmp_path, monkeypatch):

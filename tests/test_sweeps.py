@@ -92,6 +92,16 @@ def test_a_sweep_rerun_into_its_directory_reports_only_its_own_jobs(tmp_path):
     assert [step for step, _ in read_scalars(reused)["train/lr"]] == list(range(8))  # the rerun hides the first run
 
 
+def test_a_crashing_job_fails_alone_and_the_sweep_still_reports(tmp_path):
+    """trainer.nonfinite=raise raises inside the job: Hydra would re-raise it after the last job and
+    skip the report; the job is failed with its error instead."""
+    proc, sweep_dir = sweep(tmp_path, "optimizer.lr=1e30,0.1", "optimizer=sgd", "schedule=cosine",
+                            "trainer.nonfinite=raise", "trainer.max_epochs=1", check=False)
+    assert proc.returncode == 2 and "NonFiniteError" in proc.stderr  # its traceback is printed
+    statuses = {r["job"]: r["status"] for r in report_rows(sweep_dir)}
+    assert statuses["0"].startswith("failed: NonFiniteError") and statuses["1"] == "completed"
+
+
 def test_report_survives_failed_and_unfinished_jobs(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "schedule=cosine", "optimizer.lr=0.01,-1", "trainer.max_epochs=1", check=False)
     assert "error: optimizer.lr" in proc.stderr and "Traceback" not in proc.stderr

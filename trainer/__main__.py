@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -11,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, one_line
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
 from trainer.run import train
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
@@ -47,6 +48,14 @@ def main(cfg: DictConfig) -> float:
         if in_sweep:  # a diverging LR is one result of an LR sweep, not the end of it
             return FAILED_OBJECTIVE
         sys.exit(EXIT_NONFINITE)
+    except Exception as error:
+        if not in_sweep:
+            raise
+        # A crash (or trainer.nonfinite=raise) fails its job only: Hydra would re-raise it after
+        # the last job and skip the sweep's report.
+        traceback.print_exc()
+        write_summary(run_dir, "failed", error=f"{type(error).__name__}: {one_line(error)}")
+        return FAILED_OBJECTIVE
     objective = metrics[cfg.trainer.objective]
     # A run that diverged while skipping its bad updates still completes, with a NaN val/loss.
     return objective if math.isfinite(objective) else FAILED_OBJECTIVE

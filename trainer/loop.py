@@ -6,6 +6,7 @@ autocast forward -> (scaled) backward -> unscale -> clip -> optimizer step -> sc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -228,6 +229,8 @@ class Loop:
             # val/* logged at this very step: a resumed run re-writes them after TensorBoard's
             # purge of everything at or after the checkpoint's step.
             "val_metrics": self._last_val[1] if self._last_val[0] == update else {},
+            # The range test's losses so far: its divergence check and suggestion use all of them.
+            "range_test": None if self.range_test is None else dataclasses.asdict(self.range_test),
         }
 
     def load_state_dict(self, state: dict, *, restore_plateau: bool = True) -> int:
@@ -247,6 +250,8 @@ class Loop:
         self.best = counters["best"]
         self._bad_seen = self._bad_count()
         self.logger.rewrite(state["update"], state["val_metrics"])
+        if self.range_test is not None and state.get("range_test") is not None:
+            self.range_test = RangeTestMonitor(**state["range_test"])
         set_rng_state(state["rng"])
         return state["update"]
 
@@ -323,8 +328,10 @@ class Loop:
         read_each_log = self.range_test is not None or self.nonfinite != "skip"
         self.model.train()
         update, metrics, diverged = start_update, {}, False
+        # A range test that diverged before its checkpoint is finished, short of max_updates.
+        finished = self.range_test is not None and self.range_test.stopped_early_at is not None
         with StopOnSignal() as stop:
-            for epoch in range(update // upe, plan.num_epochs):
+            for epoch in range(update // upe, plan.num_epochs if not finished else 0):
                 batches = train_batches(
                     self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch),
                     start_batch=(update - epoch * upe) * self.accumulate_grad_batches,

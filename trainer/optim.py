@@ -105,6 +105,14 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     return {**optimizer.state_dict(), "kind": type(optimizer).__name__}
 
 
+def _kind_of(per_parameter: dict) -> str | None:
+    """AdamW or SGD, from the keys of a saved per-parameter state (None before any step)."""
+    keys = {key for param_state in per_parameter.values() for key in param_state}
+    if "exp_avg" in keys:
+        return "AdamW"
+    return "SGD" if "momentum_buffer" in keys else None
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a checkpoint's per-parameter state (moments, step counts) and keep this run's group
     settings: its kernels, LR scales and hyper-parameters come from its config (a resume refuses
@@ -117,8 +125,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     place the state itself. Raises ValueError when the state is another optimizer's or the groups
     hold other parameters.
     """
-    kind = state.get("kind", type(optimizer).__name__)  # checkpoints written before it was saved: trust them
-    if kind != type(optimizer).__name__:
+    kind = state.get("kind") or _kind_of(state["state"])  # the state's keys tell older checkpoints' kind
+    if kind is not None and kind != type(optimizer).__name__:
         raise ValueError(f"it holds {kind} state, which does not fit {type(optimizer).__name__}: keep optimizer.name")
     saved_groups = state["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):

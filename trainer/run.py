@@ -129,7 +129,8 @@ FINGERPRINT_DEFAULTS = {"warmup_start_lr": 0.0, "temperature": 1.0, "lr_scale": 
 
 def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str) -> None:
     """Refuse to resume onto a different schedule unless ``trainer.resume_schedule=override``."""
-    # Older checkpoints did not record the optimizer's settings; their kind is still checked.
+    # Older checkpoints did not record the optimizer's settings; load_optimizer_state still checks
+    # their kind.
     unrecorded = {k: v for k, v in current.items() if k.startswith("optimizer.")}
     saved = {**FINGERPRINT_DEFAULTS, **unrecorded, **saved}
     if saved == current or policy == "override":
