@@ -25,7 +25,7 @@ from trainer.data.batches import Batch
 from trainer.data.loading import train_batches
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
-from trainer.optim import load_optimizer_state, optimizer_state, trainable_parameters
+from trainer.optim import optimizer_state, trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule
 from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
@@ -234,9 +234,11 @@ class Loop:
         }
 
     def load_state_dict(self, state: dict, *, restore_plateau: bool = True) -> int:
-        """Restore a checkpoint's state; returns the update to continue from."""
-        self.model.load_state_dict(state["model"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
+        """Restore the rest of a checkpoint's state; returns the update to continue from.
+
+        The model and optimizer are not loaded here: :func:`trainer.run.train` loads them before it
+        writes anything, so a checkpoint that does not fit is a config error, not a half-made run.
+        """
         # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
         # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
         # (Checkpoints from before the precision was saved are taken to be this run's.)

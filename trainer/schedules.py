@@ -365,8 +365,9 @@ class ReduceOnPlateau:
     """``ReduceLROnPlateau`` as state: the LR factor drops when ``monitor`` stops improving.
 
     Stepped once per validation with the monitored metric. ``threshold`` is relative
-    (``threshold_mode='rel'`` in torch). ``patience`` defaults to seed 003's 5 (torch's is 10). The state is the number of reductions so far plus the
-    best metric and the patience/cooldown counters, all restored from checkpoints.
+    (``threshold_mode='rel'`` in torch). ``patience`` defaults to seed 003's 5 (torch's is 10).
+    The state is the number of reductions so far plus the best metric and the patience/cooldown
+    counters, all restored from checkpoints.
     """
 
     peak_lr: float
