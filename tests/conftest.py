@@ -18,9 +18,11 @@ QUIET = ["trainer.num_threads=1", "logger.progress_bar=false", "logger.log_every
 TINY = [*QUIET, "data=synthetic", "model=mlp", "data.train_size=256", "data.val_size=64", "data.batch_size=32"]
 
 
-def run_cli(module: str, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` from the repo root, as a user would."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+def run_cli(
+    module: str, args: list[str], *, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` from the repo root, as a user would (``env`` adds variables)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )

@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from trainer.errors import ConfigError, one_line
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
-from trainer.run import train
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 from trainer.summary import write_summary
 
@@ -26,6 +25,9 @@ FAILED_OBJECTIVE = math.inf
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Train one job; returns ``trainer.objective`` so Hydra sweepers can optimise it."""
+    # Only here: --help and --cfg never call this, and need not wait for torch to import.
+    from trainer.run import train
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.events import read_scalars
@@ -143,6 +142,9 @@ def rows(jobs: list[Job]) -> list[dict[str, str]]:
 
 
 def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, log_y: bool = False) -> None:
+    # Only here: Hydra imports this module for SweepReport on every run, sweep or not.
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     for index, job in enumerate(jobs):

@@ -9,7 +9,6 @@ import struct
 import time
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -76,6 +75,10 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
     ``size_guidance`` 0 keeps every point (TensorBoard's UI samples them down; we must not).
     """
+    # Only here, not in the writer's every run: the reader imports TensorBoard's file systems
+    # (fsspec, boto3 where installed), most of a second.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm.auto import tqdm
 
 from trainer.events import EventWriter
@@ -107,6 +106,9 @@ class RunLogger:
     def log_hparams(self, hparams: dict, metric_names: tuple[str, ...]) -> None:
         """Fill TensorBoard's HParams tab: this run's hyper-parameters beside its final
         ``metric_names`` (read by the dashboard from those scalar tags in this same run)."""
+        # Only here, as the run ends: it imports TensorBoard's summary modules, seconds of start-up.
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
         for summary in hparams_summary(hparams, {name: 0.0 for name in metric_names}):
             self.writer.summary(summary)
 

@@ -14,8 +14,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 SMOOTHING = 0.9  # EMA factor; fast.ai's 0.98 lags ~50 updates, too many for a 100-update sweep
 DIVERGENCE = 4.0  # stop once the smoothed loss exceeds this many times its best
 
@@ -84,6 +82,8 @@ def write_lr_find(run_dir: Path, monitor: RangeTestMonitor) -> dict[str, float |
     (run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
     if result["suggested_lr"] is None:
         return result
+    from matplotlib.figure import Figure  # only here: every run imports this module, few draw
+
     finite = [(lr, loss) for lr, loss in zip(monitor.lrs, monitor.losses) if math.isfinite(loss)]
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()

@@ -17,18 +17,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from matplotlib.figure import Figure  # the object API needs no GUI backend
 from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
-from trainer.loop import applied_lrs, applied_momentum, apply_schedule
-from trainer.optim import group_names
-from trainer.run import build_for_preview
 
 
 def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     """Compute every update's LRs through the same code path training uses; write CSV and PNG."""
+    # Only here: --help and --cfg never call this, and need not wait for torch and matplotlib.
+    from matplotlib.figure import Figure  # the object API needs no GUI backend
+
+    from trainer.loop import applied_lrs, applied_momentum, apply_schedule
+    from trainer.optim import group_names
+    from trainer.run import build_for_preview
+
     optimizer, schedule, plan = build_for_preview(cfg)
     names = group_names(optimizer)
     scheduled_momentum = schedule.momentum_fn is not None
@@ -75,6 +78,8 @@ class CombinedPlot(Callback):
     """After a ``-m`` preview, draw every job's group-0 LR on one plot in the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from matplotlib.figure import Figure  # only here: Hydra builds this callback for every preview
+
         sweep_dir = Path(config.hydra.sweep.dir)
         fig = Figure(figsize=(10, 4.5))
         ax = fig.subplots()

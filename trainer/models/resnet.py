@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -12,6 +11,8 @@ def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     """torchvision's ResNet-18 for 28-32 px inputs: a 3x3 stride-1 stem and no max-pool, so the
     first stage still sees the full image (the ImageNet stem would shrink 32 px to 8 px at once);
     input channels come from the data (1 for Fashion-MNIST, 3 for CIFAR-10)."""
+    import torchvision  # only here: it (and the torch._dynamo it imports) takes seconds to import
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

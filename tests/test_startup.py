@@ -1,0 +1,64 @@
+"""Start-up imports only what a command needs.
+
+Asserted on the names of the modules each real command imported (``python -X importtime``, as
+``PYTHONPROFILEIMPORTTIME=1``, lists every one on stderr), never on a time, so it cannot flake:
+``--help``, ``--cfg job`` and a config error each used to import torchvision (and the
+``torch._dynamo`` it pulls in) and matplotlib, seconds before anything could happen.
+"""
+
+from __future__ import annotations
+
+from tests.conftest import TINY, run_cli
+
+#: Each takes from a few tenths of a second to seconds to import, and no command below needs it.
+HEAVY = (
+    "torchvision",  # only resnet18 (and a dataset download) uses it
+    "torch._dynamo",  # torchvision imports it; torch's own optimizers import it when first built
+    "matplotlib",  # only what draws: the preview, the range test's plot, a sweep's report
+    "tensorboard.compat.tensorflow_stub",  # TensorBoard's reader: fsspec, boto3 where installed
+    "optuna", "joblib", "submitit",  # sweep plugins' libraries: only in sweeps that use them
+)
+
+
+def imported(module: str, args: list[str], **kwargs) -> tuple[set[str], str]:
+    """Run ``python -m module args``; returns the modules it imported and its stderr without them."""
+    proc = run_cli(module, args, env={"PYTHONPROFILEIMPORTTIME": "1"}, **kwargs)
+    lines = proc.stderr.splitlines()
+    modules = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert "hydra" in modules  # the list is real: every command imports Hydra
+    return modules, "\n".join(line for line in lines if not line.startswith("import time:"))
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def heavy(modules: set[str], allowed: tuple[str, ...] = ()) -> list[str]:
+    """The modules of :data:`HEAVY` (or their submodules) in ``modules``, besides ``allowed``."""
+    return sorted(m for m in modules if _within(m, HEAVY) and not _within(m, allowed))
+
+
+def test_help_and_cfg_job_import_neither_torch_nor_anything_heavy():
+    for module, args in [("trainer", ["--help"]), ("trainer", ["--cfg", "job"]), ("trainer.preview", ["--help"]),
+                         ("trainer.preview", ["--cfg", "job", "schedule=onecycle"])]:
+        modules, _ = imported(module, args)
+        assert "torch" not in modules, (module, args)
+        assert heavy(modules) == [], (module, args)
+
+
+def test_a_config_error_imports_nothing_heavy(tmp_path):
+    run_dir = tmp_path / "run"
+    modules, stderr = imported("trainer", ["optimizer.lr=-1", f"hydra.run.dir={run_dir}"], check=False)
+    assert stderr.strip() == "error: optimizer.lr: got -1; expected a finite number > 0.0"
+    assert heavy(modules) == []
+    assert not run_dir.exists()
+
+
+def test_a_small_run_imports_neither_torchvision_nor_matplotlib(tmp_path):
+    run_dir = tmp_path / "run"
+    modules, _ = imported("trainer", [*TINY, "trainer.max_steps=2", "schedule=constant", f"hydra.run.dir={run_dir}"])
+    assert (run_dir / "last.pt").is_file()
+    assert "torch" in modules
+    # A run ends by writing its HParams summary through TensorBoard, which may read its stub in;
+    # torch's optimizers import torch._dynamo (torch.optim.Optimizer's methods are dynamo-disabled).
+    assert heavy(modules, allowed=("torch._dynamo", "tensorboard.compat.tensorflow_stub")) == []
