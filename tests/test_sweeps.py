@@ -8,13 +8,16 @@ import math
 
 import pytest
 from omegaconf import OmegaConf
+from tensorboard import context
+from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins import base_plugin
+from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
 from tests.conftest import TINY, compose_config, run_cli
 from trainer.compare import write_report
 from trainer.events import read_scalars
-from trainer.run import hyperparameters
+from trainer.hparams import hparam_infos, hyperparameters
 
 needs_sweep_extra = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None
@@ -42,8 +45,33 @@ def report_rows(sweep_dir):
     return rows
 
 
-def test_three_schedule_multirun_and_its_report(tmp_path):
+def hparams_table(logdir):
+    """What TensorBoard's HParams tab shows for ``logdir``, through its own plugin backend: the
+    experiment (columns, differing ones first, as the dashboard orders them) and the session
+    groups (rows) -> (columns, {row name: ({hparam: value}, {metric: value})})."""
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
+    request = context.RequestContext()
+    experiment = get_experiment.Handler(request, backend, "", api_pb2.GetExperimentRequest()).run()
+    columns = [api_pb2.ColParams(hparam=info.name) for info in experiment.hparam_infos]
+    columns += [api_pb2.ColParams(metric=info.name) for info in experiment.metric_infos]
+    groups = list_session_groups.Handler(request, backend, "", api_pb2.ListSessionGroupsRequest(
+        col_params=columns, allowed_statuses=[api_pb2.STATUS_SUCCESS], start_index=0, slice_size=100,
+    )).run()
+    rows = {
+        group.name: ({k: getattr(v, v.WhichOneof("kind")) for k, v in group.hparams.items()},
+                     {m.name.tag: m.value for m in group.metric_values})
+        for group in groups.session_groups
+    }
+    return list(experiment.hparam_infos), rows
+
+
+def test_three_schedule_multirun_its_report_and_hparams_table(tmp_path):
     proc, sweep_dir = sweep(tmp_path, "schedule=constant,cosine,onecycle", "optimizer.lr=0.01", "trainer.max_epochs=2")
+    assert "No path found" not in proc.stdout + proc.stderr  # TensorBoard's reader is quiet
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert len(jobs) == 3
     for number, (job, schedule) in enumerate(zip(jobs, ["constant", "cosine", "onecycle"])):
@@ -66,6 +94,24 @@ def test_three_schedule_multirun_and_its_report(tmp_path):
     for image in ("lr.png", "loss.png"):
         assert (sweep_dir / image).read_bytes()[:4] == b"\x89PNG"
     assert len((sweep_dir / "report.csv").read_text().splitlines()) == 4
+    # One experiment, at the sweep's root; the jobs write only their sessions.
+    for job in jobs:
+        accumulator = EventAccumulator(str(job))
+        accumulator.Reload()
+        assert set(accumulator.PluginTagToContent("hparams")) == {
+            "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    infos, table = hparams_table(sweep_dir)
+    differing = [info.name for info in infos if info.differs]
+    assert differing == ["schedule", "schedule.name"]  # the swept keys, first: the dashboard ticks them
+    assert [info.name for info in infos[:2]] == differing
+    names = {info.name for info in infos}
+    assert {"optimizer.lr", "trainer.max_epochs", "logger.log_every_n_steps", "data.batch_size"} <= names
+    assert sorted(table) == [job.name for job in jobs]
+    for job in jobs:
+        values, metric_values = table[job.name]
+        assert values["schedule"] == OmegaConf.load(job / "config.yaml").schedule.name
+        assert values["optimizer.lr"] == pytest.approx(0.01)
+        assert metric_values["val/loss"] == pytest.approx(read_scalars(job)["val/loss"][-1][1])
 
 
 def test_a_diverging_job_stops_alone_and_the_sweep_goes_on(tmp_path):
@@ -131,19 +177,32 @@ def test_range_test_stops_on_divergence_and_suggests_an_lr(tmp_path):
     assert (run_dir / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_hparams_are_written_for_the_dashboard(tmp_path):
+def test_a_single_run_has_its_own_hparams_table(tmp_path):
     run_dir = tmp_path / "run"
     run_cli("trainer", [*TINY, f"hydra.run.dir={run_dir}", "schedule=cosine", "optimizer.lr=0.02",
                         "trainer.max_epochs=1"])
-    accumulator = EventAccumulator(str(run_dir))
-    accumulator.Reload()
-    content = accumulator.PluginTagToContent("hparams")
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    hparams = start.session_start_info.hparams
-    assert hparams["optimizer.lr"].number_value == pytest.approx(0.02)
-    assert hparams["schedule.name"].string_value == "cosine"
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    assert {m.name.tag for m in experiment.experiment.metric_infos} == {"val/loss", "val/acc"}
+    infos, table = hparams_table(run_dir)
+    assert not any(info.differs for info in infos)
+    values, metric_values = table["."]
+    assert values["optimizer.lr"] == pytest.approx(0.02) and values["schedule.name"] == "cosine"
+    assert set(metric_values) == {"val/loss", "val/acc"}
+    assert metric_values["val/acc"] == pytest.approx(read_scalars(run_dir)["val/acc"][-1][1])
+
+
+def test_every_key_any_run_set_is_a_column_and_differs_where_runs_disagree():
+    runs = [
+        {"seed": 0, "optimizer.lr": 0.1, "schedule": "cosine"},
+        {"seed": 0, "optimizer.lr": 0.1, "schedule": "wsd", "logger.log_every_n_steps": 5},
+        {"seed": 0, "optimizer.lr": 0.3, "schedule": "wsd", "trainer.compile": True},
+    ]
+    infos = {info.name: info for info in hparam_infos(runs)}
+    assert list(infos) == ["optimizer.lr", "schedule", "logger.log_every_n_steps", "trainer.compile", "seed"]
+    assert [info.differs for info in infos.values()] == [True, True, True, True, False]
+    lr = infos["optimizer.lr"]
+    assert lr.type == api_pb2.DATA_TYPE_FLOAT64
+    assert (lr.domain_interval.min_value, lr.domain_interval.max_value) == (0.1, 0.3)
+    assert [v.string_value for v in infos["schedule"].domain_discrete.values] == ["cosine", "wsd"]
+    assert infos["trainer.compile"].type == api_pb2.DATA_TYPE_BOOL
 
 
 def test_hparams_show_a_list_override_as_text():

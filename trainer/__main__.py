@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task))
+        metrics = train(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task), hparams_experiment=not in_sweep)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         if in_sweep:

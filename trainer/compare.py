@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import math
 import sys
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.events import read_scalars
+from trainer.hparams import write_sweep_experiment
 from trainer.stopping import EXIT_NONFINITE
 from trainer.summary import SUMMARY_FILE, read_summary
 
@@ -227,9 +227,8 @@ class SweepReport(Callback):
         jobs = [j for j in collect(sweep_dir, skip=self.before) if j.status != NO_OUTPUT] if sweep_dir.is_dir() else []
         if not jobs:
             return  # not a training sweep, or no job got as far as its first logged update
-        # Hydra logs INFO to the console; TensorBoard's reader would add a line per event file.
-        logging.getLogger("tensorboard").setLevel(logging.WARNING)
         report = write_report(sweep_dir, jobs=jobs)
+        write_sweep_experiment(sweep_dir)
         done = sum(job.status == "completed" for job in jobs)
         print(f"sweep: {done} of {len(jobs)} jobs completed; report: {report}")
         for job in jobs:

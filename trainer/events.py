@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 import struct
@@ -79,6 +80,9 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     # (fsspec, boto3 where installed), most of a second.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    # TensorBoard's reader logs a line per event file at INFO, which Hydra's logging (a sweep's
+    # report, read in Hydra's process) prints: "[HYDRA] No path found after ...tfevents...".
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {

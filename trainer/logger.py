@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.events import EventWriter
+from trainer.hparams import HParamValue, experiment_summary, session_summaries
 
 
 class RunLogger:
@@ -103,13 +104,14 @@ class RunLogger:
         self.writer.flush()  # once an epoch: what is on disk keeps up with the checkpoints
         self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
 
-    def log_hparams(self, hparams: dict, metric_names: tuple[str, ...]) -> None:
-        """Fill TensorBoard's HParams tab: this run's hyper-parameters beside its final
-        ``metric_names`` (read by the dashboard from those scalar tags in this same run)."""
-        # Only here, as the run ends: it imports TensorBoard's summary modules, seconds of start-up.
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-        for summary in hparams_summary(hparams, {name: 0.0 for name in metric_names}):
+    def log_hparams(self, hparams: dict[str, HParamValue], *, experiment: bool) -> None:
+        """Fill TensorBoard's HParams tab: this run's session (its hyper-parameters, beside its last
+        ``val/*`` scalars in this same run) and, with ``experiment``, the table's columns too (a
+        sweep writes those once for all its jobs: :mod:`trainer.hparams`)."""
+        summaries = session_summaries(hparams)
+        if experiment:
+            summaries.insert(0, experiment_summary([hparams]))
+        for summary in summaries:
             self.writer.summary(summary)
 
     def rewrite(self, step: int, scalars: dict[str, float]) -> None:

@@ -17,6 +17,7 @@ from trainer.config import RunPlan, plan_run, validate, warmup_warning
 from trainer.data import Dataset, build_dataset, data_spec
 from trainer.data.text import TokenDataset
 from trainer.errors import ConfigError, one_line
+from trainer.hparams import hyperparameters
 from trainer.logger import RunLogger
 from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
 from trainer.lr_find import RangeTestMonitor, write_lr_find
@@ -145,26 +146,6 @@ def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str
     )
 
 
-def hyperparameters(config: DictConfig, overrides: list[str]) -> dict[str, float | int | str | bool]:
-    """What TensorBoard's HParams tab shows for a run: the usual knobs plus every override."""
-    keys = [
-        "model.name", "optimizer.name", "optimizer.lr", "optimizer.weight_decay", "schedule.name",
-        "schedule.interval", "schedule.warmup_steps", "schedule.total_steps", "data.batch_size",
-        "trainer.accumulate_grad_batches", "trainer.clip_grad_norm", "seed",
-    ]
-    keys += [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    values = {}
-    for key in dict.fromkeys(keys):
-        value = OmegaConf.select(config, key, default=None)
-        if OmegaConf.is_list(value):  # e.g. schedule.milestones=[30,60]
-            values[key] = str(OmegaConf.to_container(value))
-        elif key.split(".")[0] in config and value is not None and not OmegaConf.is_config(value):
-            values[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-        elif value is not None:  # a group override such as schedule=cosine
-            values[key] = OmegaConf.select(config, f"{key}.name", default=str(value))
-    return values
-
-
 def build_loop(
     cfg: DictConfig,
     *,
@@ -228,12 +209,15 @@ def build_loop(
     )
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, float]:
+def train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, *, hparams_experiment: bool = True
+) -> dict[str, float]:
     """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
 
     Every check that can fail on user input runs before the first file is written. The run
     directory gets ``config.yaml`` (resolved), ``overrides.yaml`` (the command line's overrides,
     which name sweep jobs in reports), TensorBoard events, checkpoints and ``metrics.json``.
+    ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
     """
     started = time.perf_counter()
     validate(cfg)
@@ -290,7 +274,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                     f"range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['rule']}); "
                     f"see {run_dir / 'lr_find.png'}"
                 )
-        logger.log_hparams(hyperparameters(config, overrides or []), metric_names=("val/loss", "val/acc"))
+        logger.log_hparams(hyperparameters(config, overrides or []), experiment=hparams_experiment)
         return metrics
     except Preempted:
         status = "preempted"
