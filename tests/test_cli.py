@@ -159,3 +159,13 @@ def test_a_transformer_without_warmup_is_warned_once_on_stderr(tmp_path):
     assert first.stderr.count("warning: schedule.warmup_steps: model=gpt trains with AdamW") == 1
     again = run_cli("trainer", [*args, "trainer.resume=auto"])  # a resume was warned when it started
     assert "warning:" not in again.stderr
+
+
+def test_help_names_the_app_its_tools_readme_and_completion():
+    proc = run_cli("trainer", ["--help"])
+    header = proc.stdout.split("== Configuration groups ==")[0]
+    assert header.startswith("trainer: ") and "__main__" not in proc.stdout
+    for named in ("python -m trainer.preview", "python -m trainer.compare", "python -m trainer.sample", "README.md",
+                  'eval "$(trainer -sc install=bash)"'):
+        assert named in header, named
+    assert "schedule: constant, cosine" in proc.stdout  # Hydra's own listing follows
