@@ -90,13 +90,15 @@ def write_lr_find(run_dir: Path, monitor: RangeTestMonitor) -> dict[str, float |
     smooth = smoothed([loss for _, loss in finite])
     ax.plot([lr for lr, _ in finite], [loss for _, loss in finite], color="0.75", label="loss")
     ax.plot([lr for lr, _ in finite], smooth, label="smoothed loss")
-    # The divergence at the end would flatten everything else: show up to 1.5x the starting loss.
-    ax.set_ylim(min(loss for _, loss in finite) * 0.9, 1.5 * smooth[0])
     ax.axvline(result["suggested_lr"], color="C3", linestyle="--", label=f"suggested {result['suggested_lr']:.2e}")
+    # Every finite loss, the divergence included, on a log axis: a linear one clipped to the
+    # start's scale hid the divergence the test stops on.
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("training loss")
-    ax.set_title("LR range test")
+    ax.set_ylabel("training loss (log scale)")
+    stopped = monitor.stopped_early_at
+    ax.set_title("LR range test" + (f": stopped at update {stopped}, the loss diverged" if stopped else ""))
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(run_dir / "lr_find.png", dpi=110)
