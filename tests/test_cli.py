@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, run_cli
 from trainer.events import read_scalars
+from trainer.lr_curve import read_lr_csv
 
 
 def seed000_get_lr(step: int, warmup_steps: int, total_steps: int, lr_max: float, lr_min: float) -> float:
@@ -38,6 +39,11 @@ def test_per_step_lr_in_tensorboard_is_seed000_formula(train_cli):
     # two parameter groups (decay / no_decay): each is logged, and both follow the schedule
     assert values(scalars, "train/lr/decay") == values(scalars, "train/lr/no_decay") == values(scalars, "train/lr")
     assert {"train/loss", "train/grad_norm", "train/epoch", "val/loss", "val/acc"} <= set(scalars)
+    # The run's own lr.csv (written at its start, from the schedule) has every update's exact LR.
+    rows = read_lr_csv(run_dir / "lr.csv")
+    assert [r["update"] for r in rows] == list(range(32))
+    assert [r["lr/decay"] for r in rows] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert (run_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert [s for s, _ in scalars["val/loss"]] == [8, 16, 24, 32]  # after each epoch's updates
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.schedule.total_steps == 32 and saved.schedule.warmup_steps == 5

@@ -8,7 +8,6 @@ the momentum when it is scheduled) and ``lr.png`` to the run directory, then pri
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,55 +20,27 @@ from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
+from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
 def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     """Compute every update's LRs through the same code path training uses; write CSV and PNG."""
-    # Only here: --help and --cfg never call this, and need not wait for torch and matplotlib.
-    from matplotlib.figure import Figure  # the object API needs no GUI backend
-
-    from trainer.loop import applied_lrs, applied_momentum, apply_schedule
+    # Only here: --help and --cfg never call this, and need not wait for torch.
     from trainer.optim import group_names
     from trainer.run import build_for_preview
 
     optimizer, schedule, plan = build_for_preview(cfg)
-    names = group_names(optimizer)
-    scheduled_momentum = schedule.momentum_fn is not None
-    rows = []
-    for update in range(plan.max_updates):
-        apply_schedule(optimizer, schedule, update)
-        row = {"update": update, "t": schedule.position(update)}
-        row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(optimizer))})
-        if scheduled_momentum:
-            row["momentum"] = applied_momentum(optimizer)
-        rows.append(row)
+    rows = lr_rows(optimizer, schedule, plan.max_updates)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "lr.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    updates = [r["update"] for r in rows]
-    for name in names:
-        ax.plot(updates, [r[f"lr/{name}"] for r in rows], label=f"lr/{name}")
-    ax.set_xlabel("optimizer update")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"{cfg.schedule.name} ({cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps})")
-    handles = ax.get_lines()
-    if scheduled_momentum:
-        ax2 = ax.twinx()
-        handles += ax2.plot(updates, [r["momentum"] for r in rows], color="gray", linestyle="--", label="momentum")
-        ax2.set_ylabel("momentum / beta1")
-    ax.legend(handles=handles, loc="best")
-    fig.tight_layout()
-    fig.savefig(out_dir / "lr.png", dpi=110)
-    lrs = [r[f"lr/{names[0]}"] for r in rows]
+    write_lr_csv(rows, out_dir / "lr.csv")
+    draw_lr(rows, out_dir / "lr.png", title=lr_title(cfg, plan), note=PLATEAU_NOTE if schedule.plateau else None)
+    lrs = [r[f"lr/{group_names(optimizer)[0]}"] for r in rows]
     print(
         f"{cfg.schedule.name}: {plan.max_updates} updates ({plan.updates_per_epoch}/epoch), "
         f"interval={cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps}\n"
         f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
-        f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
+        + (f"  {PLATEAU_NOTE}\n" if schedule.plateau else "")
+        + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )
     return rows
 
@@ -84,11 +55,10 @@ class CombinedPlot(Callback):
         fig = Figure(figsize=(10, 4.5))
         ax = fig.subplots()
         for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "lr.csv").is_file()):
-            with open(job_dir / "lr.csv", newline="") as f:
-                rows = list(csv.DictReader(f))
+            rows = read_lr_csv(job_dir / "lr.csv")
             lr_column = next(k for k in rows[0] if k.startswith("lr/"))
             label = job_dir.name.split("_", 1)[-1]
-            ax.plot([int(r["update"]) for r in rows], [float(r[lr_column]) for r in rows], label=label)
+            ax.plot([r["update"] for r in rows], [r[lr_column] for r in rows], label=label)
         ax.set_xlabel("optimizer update")
         ax.set_ylabel("learning rate")
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -20,6 +20,7 @@ from trainer.errors import ConfigError, one_line
 from trainer.hparams import hyperparameters
 from trainer.logger import RunLogger
 from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
+from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names, load_optimizer_state
@@ -216,7 +217,9 @@ def train(
 
     Every check that can fail on user input runs before the first file is written. The run
     directory gets ``config.yaml`` (resolved), ``overrides.yaml`` (the command line's overrides,
-    which name sweep jobs in reports), TensorBoard events, checkpoints and ``metrics.json``.
+    which name sweep jobs in reports), ``lr.csv`` (at the start) and ``lr.png`` (once completed):
+    the LR of every update, from the schedule (:mod:`trainer.lr_curve`), TensorBoard events,
+    checkpoints and ``metrics.json``.
     ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
     """
     started = time.perf_counter()
@@ -252,6 +255,9 @@ def train(
     OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
     if isinstance(dataset, TokenDataset):
         dataset.save_vocab(run_dir)
+    # The exact LR of every update (the plateau schedule's before any cut), before a resume loads
+    # its state; lr.png is drawn from it once the run completes (matplotlib would delay the start).
+    write_lr_csv(lr_rows(optimizer, schedule, plan.max_updates), run_dir / "lr.csv")
     start_update = checkpoint["update"] if checkpoint is not None else 0
     loop = build_loop(
         cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset, precision=precision,
@@ -264,6 +270,8 @@ def train(
             loop.load_state_dict(checkpoint, restore_plateau=cfg.trainer.resume_schedule == "strict")
         metrics = loop.run(start_update)
         status = "completed"
+        draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, plan),
+                note=PLATEAU_NOTE if schedule.plateau is not None else None)
         if loop.range_test is not None:
             found = write_lr_find(run_dir, loop.range_test)
             if found["suggested_lr"] is None:
