@@ -15,7 +15,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 
 from tests.conftest import TINY, compose_config, run_cli
-from trainer.compare import write_report
+from trainer.compare import collect, write_report
 from trainer.events import read_scalars
 from trainer.hparams import hparam_infos, hyperparameters
 
@@ -112,6 +112,25 @@ def test_three_schedule_multirun_its_report_and_hparams_table(tmp_path):
         assert values["schedule"] == OmegaConf.load(job / "config.yaml").schedule.name
         assert values["optimizer.lr"] == pytest.approx(0.01)
         assert metric_values["val/loss"] == pytest.approx(read_scalars(job)["val/loss"][-1][1])
+
+
+def test_the_report_draws_each_jobs_lr_of_every_update_not_the_logged_points(tmp_path):
+    """A cyclic schedule of period 8 logged every 5 updates would look like a period-40 triangle."""
+    sweep_dir = tmp_path / "sweep"
+    run_cli("trainer", ["-m", "schedule=cyclic", "schedule.step_size_up=4", "schedule.min_lr=0", "optimizer.lr=0.01",
+                        "trainer.max_epochs=2", *TINY, "logger.log_every_n_steps=5", f"hydra.sweep.dir={sweep_dir}"])
+    triangle = [0.01 * (1 - abs(t % 8 - 4) / 4) for t in range(16)]  # CyclicLR's triangular wave
+    (job,) = collect(sweep_dir)
+    assert [u for u, _ in job.lr_curve] == list(range(16))
+    assert [lr for _, lr in job.lr_curve] == pytest.approx(triangle, abs=1e-12)
+    assert [s for s, _ in job.scalars["train/lr"]] == [0, 5, 10, 15]  # what TensorBoard has
+    assert "![LR of every update, from each job's schedule (its lr.csv)](lr.png)" in (sweep_dir / "report.md").read_text()
+    # A job without lr.csv (older runs; plateau, whose cuts only its logs know) shows its logged LR, and says so.
+    next(sweep_dir.glob("0_*/lr.csv")).unlink()
+    write_report(sweep_dir)
+    assert "jobs marked (logged): train/lr as logged, every logger.log_every_n_steps updates" in (
+        sweep_dir / "report.md").read_text()
+    assert collect(sweep_dir)[0].lr_curve == []
 
 
 def test_a_diverging_job_stops_alone_and_the_sweep_goes_on(tmp_path):

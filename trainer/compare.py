@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.events import read_scalars
 from trainer.hparams import write_sweep_experiment
+from trainer.lr_curve import read_lr_csv
 from trainer.stopping import EXIT_NONFINITE
 from trainer.summary import SUMMARY_FILE, read_summary
 
@@ -43,6 +44,9 @@ class Job:
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     wall_time_s: float | None = None
     error: str | None = None
+    #: (update, LR) of every update the job ran, from its schedule (lr.csv); empty for a plateau
+    #: schedule (its cuts are known only from its logs) or a job without lr.csv
+    lr_curve: list[tuple[int, float]] = field(default_factory=list)
 
     def final(self, tag: str) -> float:
         points = self.scalars.get(tag)
@@ -73,6 +77,12 @@ def read_job(job_dir: Path) -> Job:
         overrides = job_dir.name.split("_", 1)[1].split(",")
     if schedule == "?":
         schedule = next((o.split("=", 1)[1] for o in overrides if o.startswith("schedule=")), "?")
+    lr_curve = []
+    if (job_dir / "lr.csv").is_file() and schedule != "plateau":
+        rows = read_lr_csv(job_dir / "lr.csv")
+        column = next(k for k in rows[0] if k.startswith("lr/"))  # the first group's, as train/lr
+        ran = (summary or {}).get("metrics", {}).get("updates", len(rows))  # a range test may stop early
+        lr_curve = [(int(r["update"]), r[column]) for r in rows[: int(ran)]]
     return Job(
         name=job_dir.name,
         schedule=schedule,
@@ -81,6 +91,7 @@ def read_job(job_dir: Path) -> Job:
         scalars=read_scalars(job_dir) if has_events else {},
         wall_time_s=None if summary is None else summary.get("wall_time_s"),
         error=None if summary is None else summary.get("error"),
+        lr_curve=lr_curve,
     )
 
 
@@ -165,6 +176,36 @@ def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, lo
     fig.savefig(path, dpi=110)
 
 
+def _plot_lr(jobs: list[Job], path: Path) -> str:
+    """Each job's LR of every update from its schedule (lr.csv), not the logged points: those are
+    every ``log_every_n_steps`` updates and alias a periodic schedule. Jobs without a curve
+    (plateau, or older runs) show ``train/lr`` as logged, marked so. Returns the plot's caption."""
+    from matplotlib.figure import Figure  # only here, as in _plot
+
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    logged = False
+    for index, job in enumerate(jobs):
+        label = f"{job.name.split('_', 1)[0]} {job.schedule}"
+        if job.lr_curve:
+            ax.plot([u for u, _ in job.lr_curve], [lr for _, lr in job.lr_curve], label=label, color=f"C{index % 10}")
+        elif job.scalars.get("train/lr"):
+            logged = True
+            points = job.scalars["train/lr"]
+            ax.plot([s for s, _ in points], [v for _, v in points], ".-", markersize=3, color=f"C{index % 10}",
+                    label=f"{label} (logged)")
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate")
+    if ax.get_lines():
+        ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    caption = "LR of every update, from each job's schedule (its lr.csv)"
+    if logged:
+        caption += "; jobs marked (logged): train/lr as logged, every logger.log_every_n_steps updates"
+    return caption
+
+
 def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] | None = None) -> Path:
     """Write report.md, report.csv, lr.png and loss.png for ``jobs`` (default: :func:`collect`);
     returns the report's path."""
@@ -177,6 +218,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
         writer.writeheader()
         writer.writerows(table)
     common = sorted(_common_overrides(jobs))
+    lr_caption = _plot_lr(jobs, out_dir / "lr.png")
     lines = [
         f"# Sweep report: {sweep_dir}",
         "",
@@ -187,13 +229,12 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in table),
         "",
-        "![LR per update](lr.png)",
+        f"![{lr_caption}](lr.png)",
         "",
         "![Loss](loss.png)",
         "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
-    _plot(jobs, out_dir / "lr.png", tags=("train/lr",), ylabel="learning rate")
     _plot(jobs, out_dir / "loss.png", tags=("train/loss", "val/loss"), ylabel="loss (nats)", log_y=True)
     return out_dir / "report.md"
 
