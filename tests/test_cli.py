@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -26,7 +27,7 @@ def values(scalars, tag):
 
 def test_per_step_lr_in_tensorboard_is_seed000_formula(train_cli):
     # 8 updates/epoch x 4 epochs = 32 updates; warmup 5, cosine to 1e-4.
-    _, run_dir = train_cli(
+    proc, run_dir = train_cli(
         "schedule=warmup_cosine", "schedule.warmup_steps=5", "schedule.min_lr=1e-4",
         "optimizer.lr=0.01", "trainer.max_epochs=4",
     )
@@ -44,6 +45,15 @@ def test_per_step_lr_in_tensorboard_is_seed000_formula(train_cli):
     assert [r["update"] for r in rows] == list(range(32))
     assert [r["lr/decay"] for r in rows] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert (run_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
+    # The console's last lines: where the run went and how it did, over its 4 validations.
+    summary = proc.stdout.splitlines()[-4:]
+    wall_time = json.loads((run_dir / "metrics.json").read_text())["wall_time_s"]
+    assert summary[0] == f"run completed: 32 updates in {wall_time:.1f} s, in {run_dir}"
+    for line, (tag, best) in zip(summary[1:3], [("val/loss", min), ("val/acc", max)]):
+        points = scalars[tag]
+        step, value = best(points, key=lambda p: p[1])
+        assert line == f"  {tag:<9} final {points[-1][1]:.4f}  best {value:.4f} (after {step} updates)"
+    assert summary[3] == f"  tensorboard --logdir {run_dir}"
     assert [s for s, _ in scalars["val/loss"]] == [8, 16, 24, 32]  # after each epoch's updates
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.schedule.total_steps == 32 and saved.schedule.warmup_steps == 5

@@ -47,3 +47,30 @@ def test_a_stop_policy_reads_every_logged_update(tmp_path, reads):
     train(compose_config("schedule=cosine", "trainer.max_epochs=1", "trainer.nonfinite=stop",
                          "logger.read_every_n_steps=50", "logger.log_every_n_steps=2"), tmp_path)
     assert reads == [1] * 4 + [1]  # updates 0, 2, 4, 6 and the last, 7
+
+
+def progress_logger(tmp_path, clock):
+    """A RunLogger for 2 epochs of 10 updates with its bar on, timed by ``clock`` (a fake: [seconds])."""
+    logger = RunLogger(tmp_path, log_every_n_steps=1, read_every_n_steps=1, max_updates=20, updates_per_epoch=10,
+                       group_names=["decay"], progress_bar=True)
+    logger.bar._time = lambda: clock[0]
+    logger.bar.start_t = logger.bar.last_print_t = clock[0]
+    return logger
+
+
+def test_the_bar_shows_the_epoch_and_its_rate_leaves_out_validation(tmp_path):
+    clock = [1000.0]
+    logger = progress_logger(tmp_path, clock)
+    assert logger.bar.desc.startswith("epoch 1/2")
+    for _ in range(10):  # one update a second
+        clock[0] += 1.0
+        logger.advance()
+    assert logger.bar.desc.startswith("epoch 2/2")
+    clock[0] += 100.0  # a validation that takes 100 s
+    logger.log_val(10, {"val/loss": 1.0})
+    clock[0] += 1.0
+    logger.advance()
+    timing = logger.bar.format_dict
+    assert timing["elapsed"] == pytest.approx(11.0)  # the updates' time, not the validation's
+    assert timing["rate"] == pytest.approx(1.0)  # so the ETA of the 9 updates left stays 9 s
+    logger.close()

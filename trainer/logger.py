@@ -30,6 +30,7 @@ class RunLogger:
         log_every_n_steps: int,
         read_every_n_steps: int,
         max_updates: int,
+        updates_per_epoch: int,
         group_names: list[str],
         progress_bar: bool = True,
         start_update: int = 0,
@@ -44,9 +45,17 @@ class RunLogger:
         # (update, lrs, momentum, epoch, (loss, grad_norm, skipped_updates) as device tensors)
         self._pending: list[tuple[int, list[float], float | None, int, tuple[torch.Tensor, ...]]] = []
         self.group_names = group_names
+        self.updates_per_epoch = updates_per_epoch
+        self.num_epochs = -(-max_updates // updates_per_epoch)
         self.bar = tqdm(
             total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True, disable=not progress_bar
         )
+        self._show_epoch()
+
+    def _show_epoch(self) -> None:
+        """``epoch E/N`` (1-based) before the bar, for the update it runs next."""
+        epoch = min(self.bar.n // self.updates_per_epoch, self.num_epochs - 1)
+        self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}", refresh=False)
 
     def due(self, update: int) -> bool:
         """True on updates whose values are logged: every ``log_every_n_steps`` and the last."""
@@ -103,6 +112,9 @@ class RunLogger:
         self.writer.scalars(updates_done, metrics)
         self.writer.flush()  # once an epoch: what is on disk keeps up with the checkpoints
         self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
+        # The bar's rate (and so its ETA) is of training updates only: without this, the time the
+        # validation took counts as one slow update, and the ETA jumps after every validation.
+        self.bar.unpause()
 
     def log_hparams(self, hparams: dict[str, HParamValue], *, experiment: bool) -> None:
         """Fill TensorBoard's HParams tab: this run's session (its hyper-parameters, beside its last
@@ -121,6 +133,8 @@ class RunLogger:
 
     def advance(self) -> None:
         self.bar.update(1)
+        if not self.bar.disable and self.bar.n % self.updates_per_epoch == 0:
+            self._show_epoch()
 
     def close(self) -> None:
         self.bar.close()

@@ -27,7 +27,7 @@ from trainer.optim import build_optimizer, group_names, load_optimizer_state
 from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
-from trainer.summary import write_summary
+from trainer.summary import describe_run, write_summary
 
 
 def cpu_threads(setting: int | str) -> int:
@@ -168,6 +168,7 @@ def build_loop(
         log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
         read_every_n_steps=cfg.logger.read_every_n_steps,
         max_updates=plan.max_updates,
+        updates_per_epoch=plan.updates_per_epoch,
         group_names=group_names(optimizer),
         progress_bar=cfg.logger.progress_bar,
         start_update=start_update,
@@ -292,4 +293,7 @@ def train(
         raise
     finally:
         logger.close()
-        write_summary(run_dir, status, metrics=metrics, wall_time_s=round(time.perf_counter() - started, 3))
+        wall_time_s = round(time.perf_counter() - started, 3)
+        write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s)
+        if status == "completed":
+            print(describe_run(run_dir, metrics, wall_time_s))

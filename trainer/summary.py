@@ -7,8 +7,11 @@ jobs apart; a run directory without one is still running or was killed outright.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+from trainer.events import read_scalars
 
 SUMMARY_FILE = "metrics.json"
 STATUSES = ("completed", "preempted", "stopped_nonfinite", "failed")
@@ -28,3 +31,22 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """The run's summary, or None while it has none (running, or killed without a chance to write)."""
     path = run_dir / SUMMARY_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def describe_run(run_dir: Path, metrics: dict[str, float], wall_time_s: float) -> str:
+    """What the console says when a run completes, in a few lines: where it went, its updates and
+    wall time, the final and best of each ``val/*`` metric, and how to look at it.
+
+    The best values come from the run's event files, so a resumed run counts the validations of
+    its earlier part too.
+    """
+    history = {tag: points for tag, points in read_scalars(run_dir).items() if tag.startswith("val/")}
+    lines = [f"run completed: {int(metrics['updates'])} updates in {wall_time_s:.1f} s, in {run_dir}"]
+    for tag in (t for t in metrics if t.startswith("val/")):
+        points = history.get(tag) or [(int(metrics["updates"]), metrics[tag])]
+        finite = [p for p in points if math.isfinite(p[1])] or points
+        # loss-like metrics are best when lowest, the others (accuracy) when highest
+        step, best = (min if tag.endswith("loss") else max)(finite, key=lambda p: p[1])
+        lines.append(f"  {tag:<9} final {metrics[tag]:.4f}  best {best:.4f} (after {step} updates)")
+    lines.append(f"  tensorboard --logdir {run_dir}")
+    return "\n".join(lines)
