@@ -33,13 +33,14 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     rows = lr_rows(optimizer, schedule, plan.max_updates)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_lr_csv(rows, out_dir / "lr.csv")
-    draw_lr(rows, out_dir / "lr.png", title=lr_title(cfg, plan), note=PLATEAU_NOTE if schedule.plateau else None)
+    note = PLATEAU_NOTE if schedule.plateau is not None else None
+    draw_lr(rows, out_dir / "lr.png", title=lr_title(cfg, plan), note=note)
     lrs = [r[f"lr/{group_names(optimizer)[0]}"] for r in rows]
     print(
         f"{cfg.schedule.name}: {plan.max_updates} updates ({plan.updates_per_epoch}/epoch), "
         f"interval={cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps}\n"
         f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
-        + (f"  {PLATEAU_NOTE}\n" if schedule.plateau else "")
+        + (f"  {note}\n" if note else "")
         + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )
     return rows
