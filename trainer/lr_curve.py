@@ -92,5 +92,5 @@ def draw_lr(rows: list[Row], path: Path, *, title: str, note: str | None = None)
         handles += ax2.plot(updates, [r["momentum"] for r in rows], color="gray", linestyle="--", label="momentum")
         ax2.set_ylabel("momentum / beta1")
     # Below the axes, where it covers no curve.
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small", frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), fontsize="small", frameon=False)
     fig.savefig(path, dpi=110)
