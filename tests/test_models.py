@@ -6,11 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from trainer.components import shipped_targets
 from trainer.errors import ConfigError
-from trainer.models import MODELS, SEQUENCE_MODELS, build_model
+from trainer.models import SEQUENCE_MODELS, build_model
 from trainer.optim import parameter_groups
 
-IMAGE_MODELS = sorted(set(MODELS) - set(SEQUENCE_MODELS))
+IMAGE_MODELS = sorted(set(shipped_targets("model")) - set(SEQUENCE_MODELS))
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)

@@ -23,7 +23,6 @@ from trainer.schedules import Schedule, schedule_names
 INTERVALS = ("step", "epoch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "sgd")
 LR_SCALINGS = ("none", "linear", "sqrt")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -128,14 +127,15 @@ def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
         if key in d:
             _require(isinstance(d[key], bool), f"data.{key}", f"got {d[key]!r}; expected true or false")
     # Checked before anything reads data.block_size, which interpolates model.block_size.
-    if d.name in SEQUENCE_DATA:
+    model_name = m.get("name")  # a user's model file may leave it out
+    if d.get("name") in SEQUENCE_DATA:
         _require(
-            m.name in SEQUENCE_MODELS, "model",
-            f"data={d.name} holds character sequences; model={m.name} classifies fixed-size inputs: use model=gpt",
+            model_name in SEQUENCE_MODELS, "model",
+            f"data={d.name} holds character sequences; model={model_name} classifies fixed-size inputs: use model=gpt",
         )
-    elif m.name in SEQUENCE_MODELS:
-        raise ConfigError("data", f"model={m.name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
-    if m.name == "gpt":
+    elif model_name in SEQUENCE_MODELS:
+        raise ConfigError("data", f"model={model_name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
+    if model_name == "gpt":
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             _positive_int(m[key], f"model.{key}")
         _require(
@@ -147,7 +147,6 @@ def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
 
 
 def _validate_optimizer(o: DictConfig) -> None:
-    _choice(o.name, "optimizer.name", OPTIMIZERS)
     _number(o.lr, "optimizer.lr", low=0.0, low_open=True)
     _choice(o.lr_scaling, "optimizer.lr_scaling", LR_SCALINGS)
     _positive_int(o.reference_batch_size, "optimizer.reference_batch_size")
@@ -159,15 +158,16 @@ def _validate_optimizer(o: DictConfig) -> None:
     for module, scale in (o.lr_scales or {}).items():
         _number(scale, f"optimizer.lr_scales.{module}", low=0.0, low_open=True)
     _number(o.weight_decay, "optimizer.weight_decay", low=0.0)
-    if o.name == "adamw":
+    if "betas" in o:  # Adam's family
         betas = o.betas
         _require(
             len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
             "optimizer.betas",
             f"got {list(betas)!r}; expected two numbers in [0, 1), e.g. [0.9, 0.999]",
         )
-    else:
+    if "momentum" in o:  # SGD's family
         _number(o.momentum, "optimizer.momentum", low=0.0, high=1.0)
+    if "nesterov" in o:
         _require(
             not o.nesterov or o.momentum > 0,
             "optimizer.nesterov",
@@ -351,7 +351,7 @@ def warmup_warning(cfg: DictConfig, schedule: Schedule) -> str | None:
     estimates start from nothing, so its first updates are large and noisy. A run may still want
     it (a short fine-tune, a range test), so this warns instead of refusing.
     """
-    if cfg.model.name not in SEQUENCE_MODELS or cfg.optimizer.name != "adamw":
+    if cfg.model.get("name") not in SEQUENCE_MODELS or cfg.optimizer.get("name") != "adamw":
         return None
     first, peak = schedule.lr(0), schedule.peak_lr * schedule.lr_scale
     if first < 0.5 * peak:

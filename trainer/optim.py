@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from trainer.components import build, shipped_targets
 from trainer.errors import ConfigError
 
 
@@ -79,19 +80,39 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+#: ``optimizer.*`` keys the trainer reads itself (groups, scaling, the label); the others are the
+#: ``_target_`` class's keyword arguments (betas, eps, momentum, ...).
+OURS = ("name", "lr", "lr_scaling", "reference_batch_size", "weight_decay", "no_decay_bias_and_norm", "lr_scales")
+
+
 def build_optimizer(cfg: DictConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW or SGD over :func:`parameter_groups`; fused kernels on CUDA, foreach elsewhere."""
+    """``optimizer._target_`` (any ``torch.optim.Optimizer`` class: AdamW, SGD, RAdam, ...) over
+    :func:`parameter_groups`, with the config's other keys as its keyword arguments (lists become
+    tuples, e.g. betas); fused kernels on CUDA, foreach elsewhere, where the class takes them.
+
+    A config without ``_target_`` (from before targets) takes it from the shipped
+    ``conf/optimizer/NAME.yaml``.
+    """
     groups = parameter_groups(
         model, cfg.weight_decay, lr_scales=cfg.get("lr_scales"), split_decay=cfg.no_decay_bias_and_norm
     )
     for group in groups:
         group["lr"] = cfg.lr * group["lr_scale"]
-    fast = _implementation(device)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **fast)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fast)
-    raise ConfigError("optimizer", f"unknown optimizer {cfg.name!r}; known: adamw, sgd")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if config.get("_target_") is None:
+        known = shipped_targets("optimizer")
+        if cfg.get("name") not in known:
+            raise ConfigError("optimizer", f"unknown optimizer {cfg.get('name')!r}; known: {', '.join(known)}")
+        config["_target_"] = known[cfg.name]
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k not in OURS + ("_target_",)}
+    optimizer = build(
+        {"_target_": config["_target_"]}, "optimizer", groups, runtime=_implementation(device), lr=cfg.lr, **kwargs
+    )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(
+            "optimizer._target_", f"{config['_target_']} built a {type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+    return optimizer
 
 
 def _implementation(device: torch.device) -> dict[str, bool | None]:

@@ -29,8 +29,8 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module
     if not config.is_file() or not vocab_file.is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} has no config.yaml and vocab.json: not a run of a character model")
     cfg = OmegaConf.load(config)
-    if cfg.model.name not in SEQUENCE_MODELS:
-        raise ConfigError("RUN_DIR", f"{run_dir} trained model={cfg.model.name}, which does not generate text")
+    if cfg.model.get("name") not in SEQUENCE_MODELS:
+        raise ConfigError("RUN_DIR", f"{run_dir} trained model={cfg.model.get('name')}, which does not generate text")
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))["chars"]
     model = build_model(cfg.model, input_shape=(cfg.model.block_size,), num_classes=len(vocab))
     model.load_state_dict(load_checkpoint(checkpoint or run_dir / "last.pt")["model"])
