@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> float:
         traceback.print_exc()
         write_summary(run_dir, "failed", error=f"{type(error).__name__}: {one_line(error)}")
         return FAILED_OBJECTIVE
-    objective = metrics[cfg.trainer.objective]
+    objective = metrics.get(cfg.trainer.objective, math.nan)  # NaN: trained without validation data
     # A run that diverged while skipping its bad updates still completes, with a NaN val/loss.
     return objective if math.isfinite(objective) else FAILED_OBJECTIVE
 

@@ -30,6 +30,9 @@ from trainer.precision import Precision
 from trainer.schedules import Schedule
 from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
 
+#: ``loss``: (outputs, targets) -> a scalar tensor to minimise.
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
     """Set every group's LR (and scheduled momentum / beta1) for optimizer update ``update``."""
@@ -63,7 +66,7 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
         precision: Precision,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_fn: Loss,
         clip_grad_norm: float | None,
     ) -> None:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
@@ -119,45 +122,71 @@ class TrainStep:
         return total_loss, grad_norm
 
 
-def cross_entropy(label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Mean cross-entropy (nats) over every target: (N, C) logits with (N,) classes, or a language
-    model's (B, T, V) logits with (B, T) next tokens (per predicted token)."""
+@dataclass(frozen=True)
+class CrossEntropy:
+    """``loss=cross_entropy`` (the default): mean cross-entropy (nats) over every target: (N, C)
+    logits with (N,) classes, or a language model's (B, T, V) logits with (B, T) next tokens (per
+    predicted token). ``label_smoothing`` comes from ``trainer.label_smoothing``."""
 
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), label_smoothing=label_smoothing)
+    label_smoothing: float = 0.0
 
-    return loss
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), label_smoothing=self.label_smoothing)
+
+
+def class_scores(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether ``outputs`` are scores of C >= 2 classes (..., C) for ``targets`` that are class
+    indices (...); a single output per example (a regression) is not."""
+    integer_targets = not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool
+    shapes_fit = outputs.dim() >= 1 and outputs.shape[-1] >= 2 and outputs.shape[:-1] == targets.shape
+    return outputs.is_floating_point() and integer_targets and shapes_fit
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False
+    model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False, loss_fn: Loss | None = None
 ) -> dict[str, float]:
-    """Mean cross-entropy (nats per target: per example, or per character for text) and accuracy
-    over every batch; one device sync at the end.
+    """``val/loss`` and, when the outputs are class scores and the targets class indices,
+    ``val/acc`` (top-1) over every batch; one device sync at the end. An empty split gives {}.
 
-    ``flip=True`` (test-time augmentation for images) scores each image by the mean of its logits
-    and its horizontal mirror's.
+    ``val/loss`` with the built-in cross-entropy (``loss_fn`` None or a :class:`CrossEntropy`) is
+    the unsmoothed cross-entropy in nats per target (per example, or per character for text);
+    with another loss, that loss's mean over the examples (each batch's value weighted by its
+    example count). ``flip=True`` (test-time augmentation for images) scores each image by the
+    mean of its outputs and its horizontal mirror's.
     """
+    builtin = loss_fn is None or isinstance(loss_fn, CrossEntropy)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
+    count = scored = 0
     for inputs, targets in batches:
         with precision.autocast():
-            logits = model(inputs)
+            outputs = model(inputs)
             if flip:
                 # clone: under CUDA graphs (compile mode reduce-overhead) the second call reuses
                 # the first one's output memory.
-                logits = (logits.clone() + model(inputs.flip(-1))) / 2
-        logits, targets = logits.float().flatten(0, -2), targets.flatten()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        correct += (logits.argmax(dim=1) == targets).sum()
-        count += targets.numel()
+                outputs = (outputs.clone() + model(inputs.flip(-1))) / 2
+        outputs = outputs.float()
+        if builtin:
+            flat = targets.flatten()
+            loss_sum += F.cross_entropy(outputs.flatten(0, -2), flat, reduction="sum")
+            count += flat.numel()
+        else:
+            loss_sum += loss_fn(outputs, targets).float() * len(targets)
+            count += len(targets)
+        if class_scores(outputs, targets):
+            correct += (outputs.argmax(dim=-1) == targets).sum()
+            scored += targets.numel()
     model.train(was_training)
-    return {"val/loss": loss_sum.item() / count, "val/acc": correct.item() / count}
+    if count == 0:
+        return {}
+    metrics = {"val/loss": loss_sum.item() / count}
+    if scored:
+        metrics["val/acc"] = correct.item() / scored
+    return metrics
 
 
 @dataclass
@@ -297,7 +326,7 @@ class Loop:
         # With data.loader=dataloader the validation split stays in host memory: copy each batch over
         # (a no-op when it already is on the device).
         batches = ((x.to(self.device), y.to(self.device)) for x, y in self.dataset.val_batches(self.batch_size))
-        return evaluate(self.model, batches, self.precision, flip=self.flip_test)
+        return evaluate(self.model, batches, self.precision, flip=self.flip_test, loss_fn=self.step.loss_fn)
 
     def _read_logs(self, updates_done: int) -> None:
         """Write the pending logged updates (one host-device sync), then apply the non-finite policy."""
@@ -309,6 +338,8 @@ class Loop:
     def validate(self, updates_done: int) -> dict[str, float]:
         self._read_logs(updates_done)
         metrics = self.evaluate()
+        if not metrics:  # no validation split
+            return metrics
         self.logger.log_val(updates_done, metrics)
         self._last_val = (updates_done, metrics)
         if self.schedule.plateau is not None:
@@ -372,8 +403,9 @@ class Loop:
                 last = update >= plan.max_updates or diverged
                 if (epoch + 1) % self.val_every_n_epochs == 0 or last:
                     metrics.update(self.validate(update))
-                    improved = metrics[self.objective] < self.best
-                    self.best = min(self.best, metrics[self.objective])
+                    if self.objective in metrics:
+                        improved = metrics[self.objective] < self.best
+                        self.best = min(self.best, metrics[self.objective])
                 step_due = ckpt.every_n_steps and update % ckpt.every_n_steps == 0
                 if (epoch + 1) % ckpt.every_n_epochs == 0 or step_due or last or improved or stop.requested:
                     self.save(update, improved=improved)

@@ -13,13 +13,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from trainer.checkpoint import load_checkpoint
+from trainer.components import build
 from trainer.config import RunPlan, plan_run, validate, warmup_warning
-from trainer.data import Dataset, build_dataset, data_spec
+from trainer.data import Dataset, build_dataset, data_spec, first_batch
+from trainer.data.batches import Batch
 from trainer.data.text import TokenDataset
 from trainer.errors import ConfigError, one_line
 from trainer.hparams import hyperparameters
 from trainer.logger import RunLogger
-from trainer.loop import Checkpointing, Loop, TrainStep, cross_entropy
+from trainer.loop import Checkpointing, Loop, Loss, TrainStep
 from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
@@ -28,6 +30,9 @@ from trainer.precision import Precision, configure_cuda, resolve_device, resolve
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
 from trainer.summary import describe_run, write_summary
+
+#: ``loss=cross_entropy``'s target: its errors are the model's (its outputs), not the loss's.
+CROSS_ENTROPY = "trainer.loop.CrossEntropy"
 
 
 def cpu_threads(setting: int | str) -> int:
@@ -54,13 +59,61 @@ def resolved_config(cfg: DictConfig, plan: RunPlan) -> DictConfig:
     return out
 
 
+def build_loss(cfg: DictConfig) -> Loss:
+    """``loss._target_``, given ``trainer.label_smoothing`` when its signature names it."""
+    loss_fn = build(cfg.loss, "loss", runtime={"label_smoothing": cfg.trainer.label_smoothing})
+    if not callable(loss_fn):
+        raise ConfigError("loss._target_", f"{cfg.loss._target_} built a {type(loss_fn).__name__}, which cannot be called")
+    return loss_fn
+
+
+def check_model_fits(model: nn.Module, loss_fn: Loss, batch: Batch, device: torch.device, loss_key: str) -> None:
+    """One forward pass and loss on ``batch`` in eval mode without gradients (no parameter, buffer
+    or generator changes): a model that does not take the data's inputs, or whose outputs the loss
+    cannot score, is a config error before anything is written."""
+    inputs, targets = (tensor.to(device) for tensor in batch)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                outputs = model(inputs)
+            except Exception as error:
+                raise ConfigError(
+                    "model", f"does not take the data's inputs of shape {tuple(inputs.shape)}: {one_line(error)}"
+                ) from None
+            shape = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
+            try:
+                loss = loss_fn(outputs, targets)
+            except Exception as error:
+                raise ConfigError(
+                    loss_key, f"cannot score the model's outputs ({shape}) against targets of shape "
+                    f"{tuple(targets.shape)}: {one_line(error)}",
+                ) from None
+            if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
+                raise ConfigError(loss_key, f"returned {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}, "
+                                  "not a scalar floating-point tensor")
+    finally:
+        model.train(was_training)
+
+
 def build_optimization(
-    cfg: DictConfig, *, num_train: int, input_shape: tuple[int, ...], num_classes: int, device: torch.device
+    cfg: DictConfig, *, num_train: int, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
+    model: nn.Module | None = None, fit_check: tuple[Loss, Batch] | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer, Schedule, RunPlan]:
-    """Model, optimizer, schedule and the derived plan: shared by training and the preview."""
+    """Model, optimizer, schedule and the derived plan: shared by training and the preview.
+
+    ``model``: a module to train instead of building ``cfg.model`` (``trainer.fit``).
+    ``fit_check``: (loss, a batch) for :func:`check_model_fits`, run before the model is compiled.
+    """
     plan = plan_run(cfg, num_train)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes).to(device)
+    if model is None:
+        model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
+    model = model.to(device)
+    if fit_check is not None:
+        loss_fn, batch = fit_check
+        check_model_fits(model, loss_fn, batch, device, "loss" if cfg.loss._target_ != CROSS_ENTROPY else "model")
     if device.type == "cuda":
         configure_cuda(tf32=cfg.trainer.tf32)
         if len(input_shape) == 3:
@@ -160,6 +213,7 @@ def build_loop(
     config: dict,
     fingerprint: dict,
     start_update: int = 0,
+    loss_fn: Loss | None = None,
 ) -> Loop:
     """The loop (with its step and logger) exactly as ``python -m trainer`` runs it; the overhead
     benchmark builds it here too, so it times what users run."""
@@ -178,7 +232,7 @@ def build_loop(
         optimizer,
         schedule,
         precision,
-        cross_entropy(cfg.trainer.label_smoothing),
+        build_loss(cfg) if loss_fn is None else loss_fn,
         cfg.trainer.clip_grad_norm,
     )
     return Loop(
@@ -212,7 +266,8 @@ def build_loop(
 
 
 def train(
-    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, *, hparams_experiment: bool = True
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, *, hparams_experiment: bool = True,
+    model: nn.Module | None = None, dataset: Dataset | None = None,
 ) -> dict[str, float]:
     """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
 
@@ -222,6 +277,8 @@ def train(
     the LR of every update, from the schedule (:mod:`trainer.lr_curve`), TensorBoard events,
     checkpoints and ``metrics.json``.
     ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
+    ``model`` and ``dataset``: objects to train instead of building ``cfg.model`` and ``cfg.data``
+    (``trainer.fit``).
     """
     started = time.perf_counter()
     validate(cfg)
@@ -230,12 +287,14 @@ def train(
     precision = resolve_precision(cfg.trainer.precision, device)
     checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
-    dataset = build_dataset(cfg.data, cfg.seed)
+    if dataset is None:
+        dataset = build_dataset(cfg.data, cfg.seed, pin_memory=device.type == "cuda")
     if cfg.data.loader == "device":
         dataset = dataset.to(device)
+    loss_fn = build_loss(cfg)
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-        device=device,
+        device=device, model=model, fit_check=(loss_fn, first_batch(dataset)),
     )
     fingerprint = schedule_fingerprint(cfg, plan)
     warning = warmup_warning(cfg, schedule)
@@ -263,6 +322,7 @@ def train(
     loop = build_loop(
         cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset, precision=precision,
         run_dir=run_dir, config=OmegaConf.to_container(config), fingerprint=fingerprint, start_update=start_update,
+        loss_fn=loss_fn,
     )
     logger = loop.logger
     status, metrics = "failed", None

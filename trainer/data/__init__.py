@@ -1,6 +1,7 @@
-"""Data sources held whole in memory as tensors: ``data.name`` -> loader.
+"""Data sources: the built-in ones held whole in memory as tensors (``data.name`` -> loader), and
+map-style datasets named by ``_target_`` (``data.train``, see ``trainer.data.map_style``).
 
-The datasets here are small (Fashion-MNIST's 60k images are 188 MB as float32, the Shakespeare
+The built-in datasets are small (Fashion-MNIST's 60k images are 188 MB as float32, the Shakespeare
 corpus 40 MB as int64), so each split is one tensor and batches are gathered from it (see
 ``trainer.data.batches`` and ``trainer.data.text``). Where the batches are gathered is
 ``data.loader`` (see ``trainer.data.loading``).
@@ -24,6 +25,7 @@ from trainer.data.batches import (
     eval_batches,
     example_epoch,
 )
+from trainer.data.map_style import MapDataset, build_map_dataset
 from trainer.data.shakespeare_char import load_shakespeare_char
 from trainer.data.synthetic import check_synthetic, load_synthetic
 from trainer.errors import ConfigError
@@ -99,6 +101,12 @@ _IMAGES = {
 }
 
 
+def is_map_style(cfg: DictConfig) -> bool:
+    """Whether ``cfg`` names its splits by ``_target_`` (``data.train``), as ``data=torch_dataset``
+    and ``data=image_folder`` do, instead of being one of the built-in in-memory sources."""
+    return "train" in cfg
+
+
 def _check(cfg: DictConfig) -> None:
     if cfg.name not in KNOWN:
         raise ConfigError("data.name", f"unknown data source {cfg.name!r}; use data={' or data='.join(KNOWN)}")
@@ -116,7 +124,10 @@ class DataSpec(NamedTuple):
 
 def data_spec(cfg: DictConfig) -> DataSpec:
     """Shape, classes and epoch size of ``data=cfg.name``; only text is read (its vocabulary and
-    length are known only from the text), once."""
+    length are known only from the text), once; map-style splits are built to be measured."""
+    if is_map_style(cfg):
+        data = build_map_dataset(cfg, pin_memory=False)
+        return DataSpec(data.input_shape, data.num_classes, data.num_train)
     _check(cfg)
     if cfg.name == "synthetic":
         return DataSpec((cfg.num_features,), cfg.num_classes, cfg.train_size)
@@ -127,12 +138,15 @@ def data_spec(cfg: DictConfig) -> DataSpec:
     return DataSpec(module.IMAGE_SHAPE, module.NUM_CLASSES, module.TRAIN_SIZE)
 
 
-def build_dataset(cfg: DictConfig, seed: int) -> Dataset:
+def build_dataset(cfg: DictConfig, seed: int, *, pin_memory: bool = False) -> Dataset:
     """Load ``cfg.name``; synthetic data is generated from ``seed``, the others ignore it.
 
     Image datasets with ``data.augment=true`` get random crops (4-pixel shifts) and flips on
-    every training batch, on the batch's device.
+    every training batch, on the batch's device. Map-style data (``data.train``) is built from
+    its ``_target_``; ``pin_memory``: its DataLoaders pin batches (for a CUDA device).
     """
+    if is_map_style(cfg):
+        return build_map_dataset(cfg, pin_memory=pin_memory)
     _check(cfg)
     if cfg.name in SEQUENCE_DATA:
         return load_shakespeare_char(cfg)
@@ -142,3 +156,10 @@ def build_dataset(cfg: DictConfig, seed: int) -> Dataset:
     _, load = _IMAGES[cfg.name]
     augment = crop_and_flip if cfg.get("augment", False) else None
     return ExampleDataset(*load(cfg), num_classes=num_classes, input_shape=input_shape, augment=augment)
+
+
+def first_batch(dataset: Dataset, size: int = 2) -> Batch:
+    """A batch of ``size`` (or fewer) examples of ``dataset``, for checking that a model fits its data."""
+    if isinstance(dataset, MapDataset):
+        return dataset.first_batch(size)
+    return next(iter(dataset.val_batches(size)))

@@ -30,9 +30,14 @@ def epoch_order(num_examples: int, *, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=generator)
 
 
+def stream_seed(*, seed: int, epoch: int, index: int) -> int:
+    """The seed of random stream ``index`` (a batch, or an example) of ``epoch``."""
+    return (seed * 1_000_003 + epoch) * 1_000_033 + index
+
+
 def batch_generator(device: torch.device, *, seed: int, epoch: int, batch: int) -> torch.Generator:
     """A generator on ``device`` for the random choices of batch ``batch`` of ``epoch``."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 1_000_033 + batch)
+    return torch.Generator(device=device).manual_seed(stream_seed(seed=seed, epoch=epoch, index=batch))
 
 
 @dataclass(frozen=True)

@@ -21,20 +21,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer.data.batches import Batch
+from trainer.data.map_style import MapEpoch
 
 LOADERS = ("device", "dataloader")
 
 
 def train_batches(
-    epoch: Sequence[Batch], *, start_batch: int, device: torch.device, num_workers: int | None
+    epoch: Sequence[Batch] | MapEpoch, *, start_batch: int, device: torch.device, num_workers: int | None
 ) -> Iterator[Batch]:
     """Batches ``start_batch..len(epoch)-1`` of ``epoch`` on ``device``.
 
     ``num_workers=None`` indexes ``epoch`` in this process (its tensors already on ``device``);
-    a number runs a DataLoader with that many workers (0 = in this process, still pinned).
+    a number runs a DataLoader with that many workers (0 = in this process, still pinned). A
+    map-style epoch (:class:`~trainer.data.map_style.MapEpoch`) brings its own loader and workers.
     """
     if start_batch < 0:
         raise ValueError(f"need start_batch >= 0, got {start_batch}")
+    if isinstance(epoch, MapEpoch):  # map-style data: its own run-long DataLoader and workers
+        yield from epoch.batches(start_batch, device)
+        return
     indices = range(start_batch, len(epoch))
     if num_workers is None:
         for i in indices:

@@ -1,0 +1,84 @@
+"""Map-style datasets: the epoch order and each rank's slice, per-example seeding, ImageFolder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.userpkg.data import Blobs
+from trainer.data.batches import epoch_order
+from trainer.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder
+from trainer.data.map_style import EpochSampler, map_dataset, read_examples
+from trainer.errors import ConfigError
+
+
+def write_image_folder(root: Path, *, per_class: int = 4, size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:
+    """``root/{cat,dog}/K.png``: ``per_class`` random RGB images of ``size`` (width, height) per class."""
+    generator = torch.Generator().manual_seed(seed)
+    for label, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            pixels = torch.randint(0, 128, (size[1], size[0], 3), generator=generator, dtype=torch.uint8) + 100 * label
+            Image.fromarray(pixels.numpy()).save(root / name / f"{k}.png")
+    return root
+
+
+def test_sampler_order_is_epoch_order_and_ranks_split_each_global_batch():
+    order = epoch_order(23, seed=5, epoch=2).tolist()
+    ranks = [EpochSampler(23, 3, seed=5, rank=r, world_size=2) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(2)
+    assert [len(s) for s in ranks] == [23 // 6] * 2
+    per_rank = [list(s) for s in ranks]
+    for i in range(23 // 6):  # global batch i = order[6i:6i+6]; rank 0 the first 3, rank 1 the next
+        assert per_rank[0][i] == (2, order[6 * i : 6 * i + 3])
+        assert per_rank[1][i] == (2, order[6 * i + 3 : 6 * i + 6])
+    single = EpochSampler(23, 3, seed=5)
+    single.set_epoch(2, start_batch=4)
+    assert [indices for _, indices in single] == [order[3 * i : 3 * i + 3] for i in range(4, 23 // 3)]
+
+
+def test_each_example_draws_from_its_own_seed_whatever_was_read_before():
+    data = Blobs(10, jitter=1.0)
+    alone = read_examples(data, [7], seed=3, epoch=1)[0][0]
+    after_others = read_examples(data, [2, 5, 7], seed=3, epoch=1)[2][0]
+    assert torch.equal(alone, after_others)
+    assert not torch.equal(alone, read_examples(data, [7], seed=3, epoch=2)[0][0])  # a new draw each epoch
+    assert not torch.equal(alone, read_examples(data, [7], seed=4, epoch=1)[0][0])
+    state = torch.get_rng_state()
+    read_examples(data, range(10), seed=0, epoch=0)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's generator did not move
+
+
+def test_image_folder_standard_transforms(tmp_path):
+    root = write_image_folder(tmp_path / "train")
+    train = image_folder(str(root), image_size=8)
+    assert train.classes == ["cat", "dog"] and len(train) == 8 and train.targets == [0] * 4 + [1] * 4
+    crops = [read_examples(train, [5], seed=0, epoch=e)[0][0] for e in range(3)]
+    assert crops[0].shape == (3, 8, 8) and not torch.equal(crops[0], crops[1])  # random-resized crop + flip
+    assert torch.equal(read_examples(train, [5], seed=0, epoch=1)[0][0], crops[1])
+    # validation is deterministic: a one-colour image stays that colour through resize + center
+    # crop, so each channel is exactly (value / 255 - mean) / std
+    solid = tmp_path / "solid" / "only"
+    solid.mkdir(parents=True)
+    Image.new("RGB", (30, 20), (255, 0, 128)).save(solid / "a.png")
+    image, label = image_folder(str(solid.parent), split="val", image_size=8, augment=False)[0]
+    expected = (torch.tensor([255, 0, 128]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert image.shape == (3, 8, 8) and label == 0
+    assert torch.allclose(image, expected.view(3, 1, 1).expand(3, 8, 8), atol=1e-6)
+    with pytest.raises(ConfigError, match="^data.val_dir: no directory at"):
+        image_folder(str(tmp_path / "missing"), split="val")
+
+
+def test_map_dataset_checks_pairs_and_classes():
+    with pytest.raises(ConfigError, match=r"^data.train: item 0 is a Tensor, not an \(input, target\) pair"):
+        map_dataset(Blobs(4, pairs=False), None, num_classes=3, num_workers=0, pin_memory=False)
+    with pytest.raises(ConfigError, match="^data.num_classes: the Blobs has no classes attribute"):
+        map_dataset(Blobs(4), None, num_classes=None, num_workers=0, pin_memory=False)
+    data = map_dataset(Blobs(6), Blobs(2), num_classes=3, num_workers=0, pin_memory=False)
+    assert (data.input_shape, data.num_classes, data.num_train) == ((8,), 3, 6)
+    inputs, targets = next(data.val_batches(5))
+    assert inputs.shape == (2, 8) and targets.dtype == torch.int64

@@ -1,0 +1,27 @@
+"""A user's map-style dataset: Gaussian blobs, one per class, with a random jitter drawn from
+torch's global generator on every read (the kind of augmentation the trainer seeds per example)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+class Blobs(Dataset):
+    """``size`` examples of ``num_features`` features around class centres; item k is
+    (features float32, class int). No ``classes`` attribute: the config gives data.num_classes."""
+
+    def __init__(self, size: int, num_features: int = 8, num_classes: int = 3, jitter: float = 0.1,
+                 split_seed: int = 0, pairs: bool = True) -> None:
+        generator = torch.Generator().manual_seed(split_seed)
+        centres = torch.randn(num_classes, num_features, generator=torch.Generator().manual_seed(1234)) * 2
+        self.labels = torch.randint(0, num_classes, (size,), generator=generator)
+        self.points = centres[self.labels] + torch.randn(size, num_features, generator=generator)
+        self.jitter, self.pairs = jitter, pairs
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, k: int):
+        x = self.points[k] + self.jitter * torch.randn(self.points.shape[1])
+        return (x, int(self.labels[k])) if self.pairs else x

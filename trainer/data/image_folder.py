@@ -1,0 +1,54 @@
+"""``data=image_folder``: torchvision's ``ImageFolder`` (``ROOT/CLASS/IMAGE``) with the standard
+ImageNet transforms, or ``_target_`` transform lists in their place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+
+from trainer.errors import ConfigError, one_line
+
+#: The ImageNet training set's per-channel mean and std (RGB, in [0, 1]), as torchvision's models expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Validation resizes the short side to image_size / 0.875 (256 px for 224) before the center crop.
+CROP_FRACTION = 0.875
+
+
+def standard_transforms(image_size: int, *, augment: bool) -> list[Any]:
+    """The usual ImageNet pipeline: with ``augment``, a random-resized crop (scale 0.08-1, aspect
+    3/4-4/3) and a horizontal flip; without, resize + center crop; then to a tensor, normalized."""
+    if augment:
+        steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(round(image_size / CROP_FRACTION)), transforms.CenterCrop(image_size)]
+    return [*steps, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def image_folder(
+    root: str | None, *, split: str = "train", image_size: int = 224, augment: bool = True,
+    transform: Sequence[Any] | None = None,
+) -> ImageFolder:
+    """The images under ``root`` (one folder per class, classes in sorted order), as the ``split``
+    (``train`` or ``val``, which names the config key ``data.SPLIT_dir`` in errors) of a run.
+
+    ``transform``: the steps to apply instead of :func:`standard_transforms` (``augment`` applies
+    to those only).
+    """
+    key = f"data.{split}_dir"
+    if root is None:
+        raise ConfigError(key, "missing: set it to a folder with one folder of images per class")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ConfigError(key, f"no directory at {path}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError("data.image_size", f"got {image_size!r}; expected a whole number of pixels >= 1")
+    steps = standard_transforms(image_size, augment=augment) if transform is None else list(transform)
+    try:
+        return ImageFolder(str(path), transform=transforms.Compose(steps))
+    except (FileNotFoundError, OSError) as error:  # no class folders, or no images in them
+        raise ConfigError(key, one_line(error)) from None

@@ -1,0 +1,239 @@
+"""Map-style datasets: any ``torch.utils.data.Dataset`` of ``(input, target)`` pairs, resumed exactly.
+
+``data=torch_dataset`` builds ``data.train`` and ``data.val`` from their ``_target_``;
+``data=image_folder`` is such a config for torchvision's ``ImageFolder``. Batches come from one
+``DataLoader`` per split that lives for the whole run (``data.num_workers`` persistent workers,
+pinned memory on CUDA), and three things make a resumed run draw exactly the batches of the run
+that never stopped:
+
+- the order of an epoch is a pure function of (seed, epoch): :class:`EpochSampler` permutes with
+  the same :func:`~trainer.data.batches.epoch_order` as the in-memory data;
+- a resumed epoch starts at the batch it stopped at (the sampler starts at ``start_batch``);
+- example k of epoch e is read with torch's and Python's generators seeded from (seed, e, k), so a
+  random crop does not depend on which worker reads it, nor on what that worker read before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import Dataset as TorchDataset
+
+from trainer.data.batches import Batch, batches_per_epoch, epoch_order, stream_seed
+from trainer.errors import ConfigError, one_line
+
+#: What the sampler hands a worker: (epoch, the example indices of one batch).
+BatchKey = tuple[int, list[int]]
+
+
+class EpochSampler(Sampler[BatchKey]):
+    """This rank's batches of one epoch, as (epoch, example indices), from ``start_batch`` on.
+
+    Global batch i of an epoch holds examples ``order[i * G : (i + 1) * G]`` with
+    ``G = batch_size * world_size`` and ``order = epoch_order(num_examples, seed, epoch)``; rank r
+    takes ``[r * batch_size : (r + 1) * batch_size]`` of it. Every rank computes the same order and
+    no rank needs another's; the last partial global batch is dropped.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def __len__(self) -> int:
+        """Batches per epoch (each rank's count is the same)."""
+        return batches_per_epoch(self.num_examples, self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """What the next ``iter(sampler)`` yields: batches ``start_batch..len-1`` of ``epoch``."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"need 0 <= start_batch <= {len(self)}, got {start_batch}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batch(self, order: torch.Tensor, i: int) -> list[int]:
+        """This rank's example indices of global batch ``i`` of an epoch in ``order``."""
+        start = i * self.batch_size * self.world_size + self.rank * self.batch_size
+        return order[start : start + self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[BatchKey]:
+        epoch = self.epoch
+        order = epoch_order(self.num_examples, seed=self.seed, epoch=epoch)
+        return ((epoch, self.batch(order, i)) for i in range(self.start_batch, len(self)))
+
+
+class _RestoredRNG:
+    """Saves torch's CPU and Python's generator states and puts them back on exit: reading
+    examples in the training process must not move the generators dropout and init draw from."""
+
+    def __enter__(self) -> None:
+        self._torch, self._python = torch.get_rng_state(), random.getstate()
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self._torch)
+        random.setstate(self._python)
+
+
+def read_examples(examples: TorchDataset, indices: Sequence[int], *, seed: int, epoch: int) -> list[Any]:
+    """``examples[k]`` for each k, each read with torch's and Python's generators seeded from
+    (seed, epoch, k); the caller's generator states are left as they were."""
+    items = []
+    with _RestoredRNG():
+        for k in indices:
+            example_seed = stream_seed(seed=seed, epoch=epoch, index=k)
+            torch.manual_seed(example_seed)
+            random.seed(example_seed)
+            items.append(examples[k])
+    return items
+
+
+@dataclass(frozen=True)
+class SeededBatches(TorchDataset):
+    """The training split indexed by :data:`BatchKey`: one collated batch per key (what a
+    ``DataLoader`` worker computes)."""
+
+    examples: TorchDataset
+    seed: int
+
+    def __getitem__(self, key: BatchKey) -> Batch:
+        epoch, indices = key
+        return default_collate(read_examples(self.examples, indices, seed=self.seed, epoch=epoch))
+
+
+def check_pair(item: Any, key: str) -> tuple[torch.Tensor, Any]:
+    """``item`` as (input tensor, target); a ConfigError at ``key`` when it is not such a pair."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ConfigError(key, f"item 0 is a {type(item).__name__}, not an (input, target) pair")
+    inputs, target = item
+    if not torch.is_tensor(inputs):
+        raise ConfigError(
+            key, f"item 0's input is a {type(inputs).__name__}, not a tensor (an image needs a ToTensor transform)"
+        )
+    return inputs, target
+
+
+@dataclass
+class MapDataset:
+    """Train and (optional) validation splits of a map-style dataset, read by DataLoaders.
+
+    ``input_shape`` is one example's input shape; ``num_classes`` the classes (or vocabulary).
+    ``val=None`` trains without validation.
+    """
+
+    train: TorchDataset
+    val: TorchDataset | None
+    num_classes: int
+    input_shape: tuple[int, ...]
+    num_workers: int
+    pin_memory: bool = False
+    _loaders: dict[tuple, tuple[DataLoader, EpochSampler | None]] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    def to(self, device: torch.device) -> MapDataset:
+        """Itself: the examples stay in host memory (batches are pinned when ``pin_memory``)."""
+        return self
+
+    def _loader(self, dataset: TorchDataset, batch_size: int | None, sampler: Sampler | None, seed: int) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+            # Our own generator: each new iterator draws a base seed from it, which would
+            # otherwise move the global generator dropout draws from.
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def train_epoch(self, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> MapEpoch:
+        """``epoch`` of this rank's batches (see :class:`EpochSampler`)."""
+        key = ("train", batch_size, seed, rank, world_size)
+        if key not in self._loaders:
+            sampler = EpochSampler(len(self.train), batch_size, seed=seed, rank=rank, world_size=world_size)
+            self._loaders[key] = self._loader(SeededBatches(self.train, seed), None, sampler, seed), sampler
+        loader, sampler = self._loaders[key]
+        return MapEpoch(loader, sampler, epoch)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The whole validation split in order, the last partial batch included (nothing without one)."""
+        if self.val is None:
+            return iter(())
+        key = ("val", batch_size)
+        if key not in self._loaders:
+            self._loaders[key] = self._loader(self.val, batch_size, None, 0), None
+        return iter(self._loaders[key][0])
+
+    def first_batch(self, size: int = 2) -> Batch:
+        """The first ``size`` training examples as a batch, read in this process (the pre-training check)."""
+        count = min(size, len(self.train))
+        return default_collate(read_examples(self.train, range(count), seed=0, epoch=0))
+
+
+@dataclass(frozen=True)
+class MapEpoch:
+    """One epoch of a :class:`MapDataset`: ``len`` batches, read by the split's DataLoader."""
+
+    loader: DataLoader
+    sampler: EpochSampler
+    epoch: int
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def batches(self, start_batch: int, device: torch.device) -> Iterator[Batch]:
+        """Batches ``start_batch..len-1`` on ``device`` (copied without blocking from pinned memory)."""
+        self.sampler.set_epoch(self.epoch, start_batch)
+        for inputs, targets in self.loader:
+            yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def build_map_dataset(cfg: Any, *, pin_memory: bool) -> MapDataset:
+    """``data.train`` / ``data.val`` from their ``_target_`` (``data.val: null``: no validation).
+
+    ``num_classes``: the training split's ``classes`` attribute, else ``data.num_classes``.
+    Item 0 of each split must be an (input tensor, target) pair: checked here, before training.
+    """
+    from trainer.components import build
+
+    if cfg.loader != "dataloader":
+        raise ConfigError("data.loader", f"data={cfg.name} is read by DataLoader workers: use data.loader=dataloader")
+    if cfg.get("train") is None:
+        raise ConfigError("data.train", "missing: name the training split, e.g. data.train._target_=mypkg.MyDataset")
+    train = build(cfg.train, "data.train")
+    val = None if cfg.get("val") is None else build(cfg.val, "data.val")
+    return map_dataset(train, val, num_classes=cfg.get("num_classes"), num_workers=cfg.num_workers, pin_memory=pin_memory)
+
+
+def map_dataset(
+    train: TorchDataset, val: TorchDataset | None, *, num_classes: int | None, num_workers: int, pin_memory: bool
+) -> MapDataset:
+    """A :class:`MapDataset` of datasets already built (``trainer.fit`` passes the caller's)."""
+    first_inputs = []
+    for split, key in ((train, "data.train"), (val, "data.val")):
+        if split is None:
+            continue
+        if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
+            raise ConfigError(key, f"a {type(split).__name__} is not a map-style dataset (it needs __len__ and __getitem__)")
+        if len(split) == 0:
+            raise ConfigError(key, f"the {type(split).__name__} holds no examples")
+        try:
+            item = read_examples(split, [0], seed=0, epoch=0)[0]
+        except Exception as error:  # a user's __getitem__ (or transform) that fails on its first item
+            raise ConfigError(key, f"reading item 0 failed: {one_line(error)}") from None
+        first_inputs.append(check_pair(item, key)[0])
+    classes = getattr(train, "classes", None)
+    if classes is not None:
+        num_classes = len(classes)
+    if num_classes is None:
+        raise ConfigError(
+            "data.num_classes", f"the {type(train).__name__} has no classes attribute: set data.num_classes"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError("data.num_classes", f"got {num_classes!r}; expected a whole number >= 1")
+    return MapDataset(train, val, num_classes, tuple(first_inputs[0].shape), num_workers, pin_memory)
