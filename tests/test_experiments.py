@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tests.conftest import QUIET, REPO, compose_config, run_cli
 from tests.data.test_cifar10 import write_cifar
 from tests.data.test_fashion_mnist import make_fashion
+from tests.data.test_map_style import write_image_folder
 from trainer.events import read_scalars
 from trainer.run import build_for_preview
 
@@ -37,6 +38,14 @@ RECIPES = {
         "schedule.name": "multistep", "schedule.interval": "step", "schedule.milestones": [32000, 48000],
         "schedule.gamma": 0.1, "trainer.max_steps": 64000,
     },
+    "resnet50_imagenet": {
+        "model._target_": "torchvision.models.resnet50", "model.num_classes": 1000, "data.name": "image_folder",
+        "data.batch_size": 256, "data.image_size": 224, "data.augment": True, "optimizer.name": "sgd",
+        "optimizer.lr": 0.1, "optimizer.lr_scaling": "linear", "optimizer.reference_batch_size": 256,
+        "optimizer.momentum": 0.9, "optimizer.nesterov": False, "optimizer.weight_decay": 1e-4,
+        "schedule.name": "multistep", "schedule.interval": "epoch", "schedule.milestones": [30, 60],
+        "schedule.gamma": 0.1, "trainer.max_epochs": 90,
+    },
     "gpt_shakespeare_char": {
         "model.name": "gpt", "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256,
         "model.dropout": 0.2, "data.name": "shakespeare_char", "data.batch_size": 64, "data.block_size": 256,
@@ -53,6 +62,8 @@ SCHEDULE_POINTS = {
     # 50000 // 512 = 97 x 30 = 2910 updates, warmup round(0.0667 x 2910) = 194
     "resnet18_cifar10": {97: 0.2 * 97 / 194, 194: 0.2, 194 + 1358: 0.1},
     "resnet20_cifar10_step": {0: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01, 48000: 0.001, 63999: 0.001},
+    # 512 images / 256 = 2 updates per epoch: seed 000's 0.1 / 0.01 / 0.001 over epochs 1-30 / 31-60 / 61-90
+    "resnet50_imagenet": {0: 0.1, 59: 0.1, 60: 0.01, 119: 0.01, 120: 0.001, 179: 0.001},
     # warmup 100 to 1e-3, cosine to 1e-4 at 5000: halfway (update 2550) is the mean of the two
     "gpt_shakespeare_char": {50: 5e-4, 100: 1e-3, 2550: 5.5e-4, 5000: 1e-4},
 }
@@ -74,6 +85,9 @@ def test_every_experiment_is_covered():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_to_its_recipe_and_instantiates(name, tmp_path):
     extra = [f"data.path={text_file(tmp_path)}"] if name.startswith("gpt") else []
+    if name == "resnet50_imagenet":  # the ImageNet batch of 256 needs 512 images for 2 updates per epoch
+        images = write_image_folder(tmp_path / "images", per_class=256, size=(4, 4))
+        extra = [f"data.train_dir={images}", f"data.val_dir={images}"]
     cfg = compose_config(f"experiment={name}", *extra, base=[])
     for key, expected in RECIPES[name].items():
         value = OmegaConf.select(cfg, key)
@@ -95,6 +109,10 @@ def shrunk(name, tmp_path):
         size = ["trainer.max_epochs=1"] if name == "resnet18_cifar10" else [
             "trainer.max_steps=5", "schedule.milestones=[2,4]", "trainer.val_every_n_epochs=1"]
         return [f"data.root={tmp_path / 'cifar'}", "data.batch_size=4", "data.download=false", *size]
+    if name == "resnet50_imagenet":  # 8 train / 4 val PNGs, 2 classes: 2 updates per epoch, LR ÷ 10 after epoch 1
+        train, val = write_image_folder(tmp_path / "train"), write_image_folder(tmp_path / "val", per_class=2, seed=1)
+        return [f"data.train_dir={train}", f"data.val_dir={val}", "data.image_size=32", "data.batch_size=4",
+                "data.num_workers=1", "model.num_classes=2", "trainer.max_epochs=2", "schedule.milestones=[1]"]
     return [f"data.path={text_file(tmp_path, 4000)}", "data.batch_size=4", "model.block_size=32",
             "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6",
             "schedule.warmup_steps=2", "schedule.min_lr=1e-4"]
@@ -107,6 +125,8 @@ EXPECTED_LRS = {
     "resnet18_cifar10": [0.2 * (1 + math.cos(math.pi * t / 5)) / 2 for t in range(5)],
     # LR ÷ 10 at updates 2 and 4
     "resnet20_cifar10_step": [0.1, 0.1, 0.01, 0.01, 0.001],
+    # η = 0.1 × 4 / 256 (the linear rule) for epoch 0, ÷ 10 for epoch 1
+    "resnet50_imagenet": [0.1 * 4 / 256] * 2 + [0.01 * 4 / 256] * 2,
     # 2 warmup updates from 0 to 1e-3, then cosine to 1e-4 at update 6
     "gpt_shakespeare_char": [0.0, 5e-4] + [1e-4 + 0.45e-3 * (1 + math.cos(math.pi * (t - 2) / 4)) for t in range(2, 6)],
 }
