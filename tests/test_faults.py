@@ -32,8 +32,8 @@ def poisoned_data(monkeypatch):
     """Synthetic data with a few NaN examples: exactly the updates whose batch holds one go bad."""
     build = run_module.build_dataset
 
-    def poisoned(cfg, seed):
-        dataset = build(cfg, seed)
+    def poisoned(cfg, seed, **options):
+        dataset = build(cfg, seed, **options)
         x = dataset.train_x.clone()
         x[list(POISONED)] = float("nan")
         return dataclasses.replace(dataset, train_x=x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -82,3 +83,20 @@ def test_map_dataset_checks_pairs_and_classes():
     assert (data.input_shape, data.num_classes, data.num_train) == ((8,), 3, 6)
     inputs, targets = next(data.val_batches(5))
     assert inputs.shape == (2, 8) and targets.dtype == torch.int64
+
+
+def test_image_folder_transforms_are_overridable_as_target_lists(tmp_path):
+    from tests.conftest import QUIET, compose_config
+    from trainer.data import build_dataset
+
+    root = write_image_folder(tmp_path / "imgs", size=(12, 10))
+    cfg = compose_config(
+        "data=image_folder", f"data.train_dir={root}", f"data.val_dir={root}", "data.num_workers=0",
+        "data.train_transform=[{_target_:torchvision.transforms.CenterCrop,size:6},{_target_:torchvision.transforms.PILToTensor}]",
+        base=QUIET,
+    )
+    data = build_dataset(cfg.data, seed=0)
+    assert data.input_shape == (3, 6, 6) and data.num_classes == 2
+    image = torch.from_numpy(numpy.asarray(Image.open(root / "cat" / "0.png").convert("RGB")))
+    assert torch.equal(data.train[0][0], image[2:8, 3:9].permute(2, 0, 1))  # the 6x6 center of 12x10, uint8
+    assert data.val[0][0].shape == (3, 224, 224)  # validation keeps the standard transforms

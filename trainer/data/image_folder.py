@@ -47,6 +47,10 @@ def image_folder(
         raise ConfigError(key, f"no directory at {path}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ConfigError("data.image_size", f"got {image_size!r}; expected a whole number of pixels >= 1")
+    if transform is not None and not isinstance(transform, (list, tuple)):
+        raise ConfigError(
+            f"data.{split}_transform", f"got {transform!r}; expected null or a list of _target_ transforms"
+        )
     steps = standard_transforms(image_size, augment=augment) if transform is None else list(transform)
     try:
         return ImageFolder(str(path), transform=transforms.Compose(steps))
