@@ -97,8 +97,14 @@ def test_plan_derives_total_steps_from_epochs_batches_and_accumulation():
         (["schedule=plateau", "schedule.mode=triangular"], "schedule.mode"),
         (["schedule=plateau", "schedule.monitor=train/loss"], "schedule.monitor"),
         (["schedule=onecycle", "schedule.pct_start=1.5"], "schedule.pct_start"),
-        (["schedule=inverse_sqrt", "schedule.warmup_steps=0"], "schedule.warmup_steps"),
-        (["schedule=lr_range_test", "schedule.min_lr=1", "schedule.max_lr=0.1"], "schedule.max_lr"),
+        (["schedule=onecycle", "schedule.pct_start=1.0"], "schedule.pct_start"),
+        (["schedule=onecycle", "schedule.base_momentum=1.5"], "schedule.base_momentum"),
+        (["schedule=onecycle", "schedule.three_phase=off"], "schedule.three_phase"),
+        (["schedule=onecycle", "schedule.cycle_momentum=off"], "schedule.cycle_momentum"),
+        (["schedule=multistep", "schedule.milestones=5"], "schedule.milestones"),
+        (["schedule=inverse_time", "schedule.decay_steps=0"], "schedule.decay_steps"),
+        (["schedule=exponential", "schedule.gamma=10"], "schedule.gamma"),  # seed 000: 0 < γ < 1
+        (["schedule=cosine", "+schedule.min_Lr=0.1"], "schedule.min_Lr"),  # did you mean min_lr?
         (["schedule=lr_range_test", "schedule.num_steps=2"], "schedule.num_steps"),
         (["schedule=lr_range_test", "schedule.warmup_steps=10"], "schedule.warmup_steps"),
         (["schedule=lr_range_test", "schedule.interval=epoch"], "schedule.interval"),
@@ -151,8 +157,6 @@ def test_data_and_model_errors_name_their_key(overrides, key):
     ("overrides", "key"),
     [
         (["schedule=cosine", "schedule.warmup_steps=31", "trainer.max_steps=30"], "schedule.warmup_steps"),
-        (["schedule=wsd", "schedule.warmup_steps=10", "schedule.decay_steps=25", "trainer.max_steps=30"],
-         "schedule.decay_steps"),
         (["data.batch_size=600"], "data.batch_size"),
         (["schedule=cosine", "schedule.temperature=1e308", "optimizer.lr_scaling=linear",
           "optimizer.reference_batch_size=1"], "schedule.temperature"),  # 32e308 overflows to inf
@@ -161,6 +165,25 @@ def test_data_and_model_errors_name_their_key(overrides, key):
 def test_derived_errors_name_their_key(overrides, key):
     with pytest.raises(ConfigError) as error:
         plan_run(compose_config(*overrides), num_train_examples=512)
+    assert error.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["schedule=inverse_sqrt", "schedule.warmup_steps=0"], "schedule.warmup_steps"),
+        (["schedule=lr_range_test", "schedule.min_lr=1", "schedule.max_lr=0.1"], "schedule.max_lr"),
+        (["schedule=wsd", "schedule.warmup_steps=10", "schedule.decay_steps=25", "trainer.max_steps=30"],
+         "schedule.decay_steps"),
+        # The rise must span more than one update (pct_start·T > 1), or its interpolation divides by 0.
+        (["schedule=onecycle", "schedule.pct_start=0.01", "trainer.max_steps=100"], "schedule.pct_start"),
+        (["schedule=onecycle", "schedule.pct_start=0.6", "schedule.three_phase=true", "trainer.max_steps=100"],
+         "schedule.pct_start"),
+    ],
+)
+def test_schedule_parameters_that_do_not_fit_the_run_name_their_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        build_for_preview(compose_config(*overrides))
     assert error.value.key == key
 
 

@@ -429,8 +429,8 @@ def test_inverse_time():
     s = make("inverse_time", peak_lr=0.1, total_steps=100, decay_rate=0.5, decay_steps=10)
     assert_seq_close([s.lr(t) for t in (0, 1, 10, 20, 40, 180)],
                      [0.1, 0.1 / 1.05, 0.1 / 1.5, 0.05, 0.1 / 3, 0.01])
-    d = make("inverse_time", peak_lr=0.2, total_steps=100)  # defaults decay_rate=1, decay_steps=1
-    assert_seq_close([d.lr(t) for t in (0, 1, 3, 9)], [0.2, 0.1, 0.05, 0.02])
+    d = make("inverse_time", peak_lr=0.2, total_steps=1000)  # defaults decay_rate=1, decay_steps=100
+    assert_seq_close([d.lr(t) for t in (0, 100, 300, 900)], [0.2, 0.1, 0.05, 0.02])
 
 
 def test_linear_with_floor():

@@ -18,9 +18,9 @@ from trainer.data import SEQUENCE_DATA
 from trainer.data.loading import LOADERS
 from trainer.errors import ConfigError
 from trainer.models import SEQUENCE_MODELS
-from trainer.schedules import Schedule, schedule_names
+from trainer.params import check_params
+from trainer.schedules import COMMON, COMMON_KEYS, Schedule, check_schedule_params, schedule_names
 
-INTERVALS = ("step", "epoch")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -185,37 +185,15 @@ def _validate_schedule(s: DictConfig) -> None:
         "schedule.name",
         f"unknown schedule {s.name!r}; known: {', '.join(schedule_names())}",
     )
-    _choice(s.interval, "schedule.interval", INTERVALS)
-    _positive_int(s.warmup_steps, "schedule.warmup_steps", minimum=0)
-    _number(s.warmup_start_lr, "schedule.warmup_start_lr", low=0.0)
-    _number(s.temperature, "schedule.temperature", low=0.0, low_open=True)
+    check_params(COMMON, {k: s[k] for k in COMMON}, "schedule", owner="every schedule")
     if s.warmup_ratio is not None:
-        _number(s.warmup_ratio, "schedule.warmup_ratio", low=0.0, high=1.0)
         _require(
             s.warmup_steps == 0,
             "schedule.warmup_ratio",
             "set either schedule.warmup_steps or schedule.warmup_ratio, not both "
             "(e.g. schedule.warmup_steps=0 schedule.warmup_ratio=0.1)",
         )
-    _positive_int(s.total_steps, "schedule.total_steps", allow_none=True)
-    for key, check in _PARAM_CHECKS.items():
-        if key in s:
-            check(s[key], f"schedule.{key}")
-    if "mode" in s:
-        _choice(s.mode, "schedule.mode", ("min", "max") if s.name == "plateau" else ("triangular", "triangular2", "exp_range"))
-    if "milestones" in s:
-        ms = list(s.milestones)
-        _require(
-            all(isinstance(m, int) and m > 0 for m in ms) and all(a < b for a, b in zip(ms, ms[1:])),
-            "schedule.milestones",
-            f"got {ms!r}; expected strictly increasing positive integers, e.g. [30,60,90]",
-        )
-    if s.name == "inverse_sqrt":
-        _require(
-            s.warmup_steps >= 1,
-            "schedule.warmup_steps",
-            "inverse_sqrt uses the warmup length as its time scale: set schedule.warmup_steps >= 1",
-        )
+    check_schedule_params(s.name, {k: v for k, v in s.items() if k not in COMMON_KEYS})
     if s.name in PER_UPDATE_ONLY:
         # Seed 003: OneCycleLR steps after every update; stepped per epoch it would hold each LR
         # for a whole epoch and reach its phases only at epoch ends.
@@ -225,11 +203,6 @@ def _validate_schedule(s: DictConfig) -> None:
             f"{s.name} is defined per optimizer update; use schedule.interval=step",
         )
     if s.name == "lr_range_test":
-        _require(
-            s.max_lr > s.min_lr > 0,
-            "schedule.max_lr",
-            f"the range test needs 0 < min_lr < max_lr; got min_lr={s.min_lr}, max_lr={s.max_lr}",
-        )
         _require(
             s.temperature == 1,
             "schedule.temperature",
@@ -241,32 +214,6 @@ def _validate_schedule(s: DictConfig) -> None:
             "the range test sweeps from min_lr to max_lr itself; a warmup would keep it from reaching "
             "max_lr: set schedule.warmup_steps=0 (and leave schedule.warmup_ratio unset)",
         )
-
-
-_PARAM_CHECKS: dict[str, Any] = {
-    "gamma": lambda v, k: _number(v, k, low=0.0, low_open=True),
-    "step_size": _positive_int,
-    "decay_rate": lambda v, k: _number(v, k, low=0.0),
-    "decay_steps": lambda v, k: _positive_int(v, k, minimum=0),
-    "power": lambda v, k: _number(v, k, low=0.0, low_open=True),
-    "min_lr": lambda v, k: _number(v, k, low=0.0),
-    "max_lr": lambda v, k: _number(v, k, low=0.0, low_open=True),
-    "T_0": _positive_int,
-    "T_mult": _positive_int,
-    "step_size_up": _positive_int,
-    "step_size_down": lambda v, k: _positive_int(v, k, allow_none=True),
-    "pct_start": lambda v, k: _number(v, k, low=0.0, high=1.0, low_open=True),
-    "div_factor": lambda v, k: _number(v, k, low=0.0, low_open=True),
-    "final_div_factor": lambda v, k: _number(v, k, low=0.0, low_open=True),
-    "anneal_strategy": lambda v, k: _choice(v, k, ("cos", "linear")),
-    "decay_shape": lambda v, k: _choice(v, k, ("linear", "cosine", "sqrt")),
-    "factor": lambda v, k: _number(v, k, low=0.0, high=1.0, low_open=True),
-    "patience": lambda v, k: _positive_int(v, k, minimum=0),
-    "cooldown": lambda v, k: _positive_int(v, k, minimum=0),
-    "threshold": lambda v, k: _number(v, k, low=0.0),
-    "monitor": lambda v, k: _choice(v, k, ("val/loss", "val/acc")),
-    "num_steps": lambda v, k: _positive_int(v, k, minimum=3),  # the suggestion needs a slope
-}
 
 
 @dataclass(frozen=True)
@@ -319,12 +266,6 @@ def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
         f"warmup of {warmup_steps} {s.interval}s exceeds schedule.total_steps={total_steps}: "
         "shorten the warmup or train longer",
     )
-    if s.name == "wsd":
-        _require(
-            s.decay_steps <= total_steps - warmup_steps,
-            "schedule.decay_steps",
-            f"decay of {s.decay_steps} does not fit after {warmup_steps} warmup in total_steps={total_steps}",
-        )
     lr_scale = s.temperature * batch_lr_factor(cfg)
     _require(
         math.isfinite(lr_scale) and lr_scale > 0,

@@ -17,6 +17,9 @@ Conventions, shared by every schedule:
   derived by :func:`trainer.config.plan_run`) multiplies every LR the schedule gives: peak, floor
   and warmup alike, so a scaled schedule keeps its shape (seed 002's "temperature").
 - Past the end (``t >= T``) decays hold their final value rather than wrapping around.
+- Each schedule declares its parameters once, where it is registered (:class:`~trainer.params.Param`:
+  default, type, range, doc). The functions themselves take every parameter explicitly; the
+  defaults, the config checks and ``conf/schedule/*.yaml`` all follow the declaration.
 
 The only schedule with state is ``plateau``: it depends on validation metrics, so it is a small
 class whose state (reductions so far) is saved with checkpoints.
@@ -27,29 +30,59 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.params import Param, check_params, defaults
 
 LRFunction = Callable[..., float]
+#: ``fit(params, total_steps=T, warmup_steps=W)``: raises ConfigError when the parameters do not
+#: fit the run's length (checked when the schedule is bound, before anything is written).
+FitCheck = Callable[..., None]
 
-#: Keys every schedule config has; everything else is a parameter of the named function.
-COMMON_KEYS = (
-    "name", "interval", "warmup_steps", "warmup_ratio", "warmup_from_zero", "warmup_start_lr", "total_steps",
-    "temperature",
-)
+#: Keys every schedule config has (conf/schedule_common.yaml), besides ``name``.
+COMMON: dict[str, Param] = {
+    "interval": Param("step", "what t, warmup_steps and total_steps count", str, choices=("step", "epoch")),
+    "warmup_steps": Param(0, "W: linear warmup from warmup_start_lr, in t units", int, low=0),
+    "warmup_ratio": Param(None, "W = round(warmup_ratio * total_steps) instead", float, low=0, high=1, extra=(None,)),
+    "warmup_from_zero": Param(True, "ramp fraction t/W (seed 000); false: (t+1)/W (seed 003)", bool),
+    "warmup_start_lr": Param(0.0, "LR the warmup starts from (seeds 001/004)", float, low=0),
+    "total_steps": Param(None, "T in t units; null = derived from the run's length", int, low=1, extra=(None,)),
+    "temperature": Param(1.0, "multiplies every LR of the schedule (seed 002)", float, low=0, low_open=True),
+}
+COMMON_KEYS = ("name", *COMMON)
 
-_REGISTRY: dict[str, LRFunction] = {}
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A registered schedule: its pure function, its declared parameters, its fit check."""
+
+    fn: LRFunction
+    params: Mapping[str, Param]
+    fit: FitCheck | None = None
+
+
+_REGISTRY: dict[str, ScheduleSpec] = {}
 _MOMENTUM: dict[str, LRFunction] = {}
 
 
-def register(name: str) -> Callable[[LRFunction], LRFunction]:
-    """Add ``fn(t, *, peak_lr, total_steps, **params) -> lr`` to the registry under ``name``."""
+def register(name: str, *, fit: FitCheck | None = None, **params: Param) -> Callable[[LRFunction], LRFunction]:
+    """Add ``fn(t, *, peak_lr, total_steps, **params) -> lr`` under ``name`` with its parameters.
+
+    The function's keyword-only parameters must be exactly the declared ones (plus the common
+    keys it reads, e.g. ``warmup_steps``), so a declaration cannot drift from the code.
+    """
 
     def add(fn: LRFunction) -> LRFunction:
-        _REGISTRY[name] = fn
+        taken = {
+            p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("peak_lr", "total_steps", *COMMON)
+        }
+        if taken != set(params):
+            raise TypeError(f"schedule {name!r}: {fn.__name__} takes {sorted(taken)}, declared {sorted(params)}")
+        _REGISTRY[name] = ScheduleSpec(fn, dict(params), fit)
         return fn
 
     return add
@@ -74,60 +107,85 @@ def _linear_interp(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * fraction
 
 
+def _min_lr(default: float = 0.0) -> Param:
+    return Param(default, "the LR the decay ends at (the floor)", float, low=0)
+
+
+def _decay_factor(default: float, doc: str) -> Param:
+    return Param(default, doc, float, low=0, low_open=True, high=1)
+
+
 @register("constant")
 def constant(t: int, *, peak_lr: float, total_steps: int) -> float:
     """η at every t."""
     return peak_lr
 
 
-@register("step")
-def step(t: int, *, peak_lr: float, total_steps: int, step_size: int = 30, gamma: float = 0.1) -> float:
+@register(
+    "step",
+    step_size=Param(30, "t units between drops", int, low=1),
+    gamma=_decay_factor(0.1, "factor per drop"),
+)
+def step(t: int, *, peak_lr: float, total_steps: int, step_size: int, gamma: float) -> float:
     """η·gamma^floor(t / step_size), as ``StepLR``."""
     return peak_lr * gamma ** (t // step_size)
 
 
-@register("multistep")
-def multistep(
-    t: int, *, peak_lr: float, total_steps: int, milestones: tuple[int, ...] = (30, 60, 90), gamma: float = 0.1
-) -> float:
+@register(
+    "multistep",
+    milestones=Param((30, 60, 90), "t values where the LR drops", list, item=int, low=1, increasing=True),
+    gamma=_decay_factor(0.1, "factor per milestone passed"),
+)
+def multistep(t: int, *, peak_lr: float, total_steps: int, milestones: tuple[int, ...], gamma: float) -> float:
     """η·gamma^(number of milestones <= t), as ``MultiStepLR``."""
     return peak_lr * gamma ** sum(1 for m in milestones if m <= t)
 
 
-@register("exponential")
-def exponential(t: int, *, peak_lr: float, total_steps: int, gamma: float = 0.95) -> float:
+@register(
+    "exponential",
+    # Seed 000: 0 < γ < 1; a γ above 1 grows the LR without bound (it overflowed at update 309).
+    gamma=Param(0.95, "factor per t unit", float, low=0, low_open=True, high=1, high_open=True),
+)
+def exponential(t: int, *, peak_lr: float, total_steps: int, gamma: float) -> float:
     """η·gamma^t, as ``ExponentialLR``."""
     return peak_lr * gamma**t
 
 
-@register("inverse_time")
-def inverse_time(
-    t: int, *, peak_lr: float, total_steps: int, decay_rate: float = 1.0, decay_steps: int = 1
-) -> float:
+@register(
+    "inverse_time",
+    decay_rate=Param(1.0, "how many halvings' worth of decay per decay_steps", float, low=0),
+    decay_steps=Param(100, "t units for the LR to halve when decay_rate=1", int, low=1),
+)
+def inverse_time(t: int, *, peak_lr: float, total_steps: int, decay_rate: float, decay_steps: int) -> float:
     """η / (1 + decay_rate·t / decay_steps) (Keras ``InverseTimeDecay``, not staircase)."""
     return peak_lr / (1.0 + decay_rate * t / decay_steps)
 
 
-@register("polynomial")
-def polynomial(t: int, *, peak_lr: float, total_steps: int, power: float = 1.0, min_lr: float = 0.0) -> float:
+@register(
+    "polynomial",
+    # 2, not torch's 1: power 1 is the `linear` schedule already.
+    power=Param(2.0, "exponent of (1 - t/T)", float, low=0, low_open=True),
+    min_lr=_min_lr(),
+)
+def polynomial(t: int, *, peak_lr: float, total_steps: int, power: float, min_lr: float) -> float:
     """(η − min_lr)·(1 − t/T)^power + min_lr, as ``PolynomialLR`` with a floor."""
     return (peak_lr - min_lr) * (1.0 - _progress(t, total_steps)) ** power + min_lr
 
 
-@register("linear")
-def linear(t: int, *, peak_lr: float, total_steps: int, min_lr: float = 0.0) -> float:
+@register("linear", min_lr=_min_lr())
+def linear(t: int, *, peak_lr: float, total_steps: int, min_lr: float) -> float:
     """Straight line from η at t=0 to min_lr at t=T (polynomial with power 1)."""
     return polynomial(t, peak_lr=peak_lr, total_steps=total_steps, power=1.0, min_lr=min_lr)
 
 
-@register("cosine")
-def cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float = 0.0) -> float:
+@register("cosine", min_lr=_min_lr())
+def cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float) -> float:
     """min_lr + ½(η − min_lr)(1 + cos(πt/T)), as ``CosineAnnealingLR`` over one half period."""
     return _cosine_interp(peak_lr, min_lr, _progress(t, total_steps))
 
 
-@register("quarter_cosine")
-def quarter_cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float = 0.0) -> float:
+@register("quarter_cosine", min_lr=_min_lr())
+def quarter_cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float) -> float:
     """min_lr + (η − min_lr)·cos(πt / 2T): a quarter cosine period, so the LR stays near η longer
     than the half-period ``cosine`` and falls fastest at the end (seed 002's ``lr_lambda`` after
     its warmup, with an optional floor)."""
@@ -135,14 +193,17 @@ def quarter_cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float = 
 
 
 # warmup_cosine is cosine whose config defaults to a warmup (the generic warmup does the ramp):
-# together they are seed 000's get_lr exactly.
-register("warmup_cosine")(cosine)
+# together they are seed 000's get_lr exactly, with its table's η_min = 1e-5.
+register("warmup_cosine", min_lr=_min_lr(1e-5))(cosine)
 
 
-@register("cosine_restarts")
-def cosine_restarts(
-    t: int, *, peak_lr: float, total_steps: int, T_0: int = 10, T_mult: int = 1, min_lr: float = 0.0
-) -> float:
+@register(
+    "cosine_restarts",
+    T_0=Param(100, "first cycle length, t units", int, low=1),
+    T_mult=Param(2, "each cycle this many times longer than the last", int, low=1),
+    min_lr=_min_lr(),
+)
+def cosine_restarts(t: int, *, peak_lr: float, total_steps: int, T_0: int, T_mult: int, min_lr: float) -> float:
     """SGDR (Loshchilov & Hutter), closed form of ``CosineAnnealingWarmRestarts``.
 
     Cycle i lasts ``T_0 · T_mult^i`` units; within a cycle the LR is a cosine from η to min_lr.
@@ -158,17 +219,25 @@ def cosine_restarts(
     return _cosine_interp(peak_lr, min_lr, t_cur / t_i)
 
 
-@register("cyclic")
+@register(
+    "cyclic",
+    min_lr=Param(1e-5, "the LR at the bottom of each cycle (CyclicLR's base_lr)", float, low=0),
+    step_size_up=Param(200, "t units from min_lr up to η", int, low=1),
+    step_size_down=Param(None, "t units back down; null = step_size_up", int, low=1, extra=(None,)),
+    mode=Param("triangular", "amplitude: constant, halving per cycle, or × gamma^t", str,
+               choices=("triangular", "triangular2", "exp_range")),
+    gamma=_decay_factor(1.0, "exp_range: amplitude × gamma^t"),
+)
 def cyclic(
     t: int,
     *,
     peak_lr: float,
     total_steps: int,
-    min_lr: float = 0.0,
-    step_size_up: int = 2000,
-    step_size_down: int | None = None,
-    mode: str = "triangular",
-    gamma: float = 1.0,
+    min_lr: float,
+    step_size_up: int,
+    step_size_down: int | None,
+    mode: str,
+    gamma: float,
 ) -> float:
     """Smith's cyclical LR between min_lr and η, as ``CyclicLR(base_lr=min_lr, max_lr=η)``.
 
@@ -205,20 +274,49 @@ def _onecycle_value(t: int, ends: list[float], values: list[float], anneal_strat
     return interp(values[phase], values[phase + 1], fraction)
 
 
-@register("onecycle")
+def _onecycle_fit(params: Mapping[str, Any], *, total_steps: int, warmup_steps: int) -> None:
+    """Every phase needs at least one update of its own: its interpolation divides by its length."""
+    length = max(total_steps - warmup_steps, 1)
+    rise = params["pct_start"] * length
+    phases = 3 if params["three_phase"] else 2
+    if rise <= 1 or (phases == 3 and 2 * rise - 2 >= length - 1) or (phases == 2 and rise >= length):
+        raise ConfigError(
+            "schedule.pct_start",
+            f"pct_start={params['pct_start']} of {length} updates leaves a phase of the {phases}-phase cycle "
+            f"without updates: the rise must last more than 1 update and end before the last one"
+            + (" (three_phase: pct_start < 0.5)" if phases == 3 else ""),
+        )
+
+
+def _momentum(default: float, doc: str) -> Param:
+    return Param(default, doc, float, low=0, high=1, high_open=True)
+
+
+@register(
+    "onecycle",
+    fit=_onecycle_fit,
+    pct_start=Param(0.3, "fraction of T spent rising", float, low=0, low_open=True, high=1, high_open=True),
+    div_factor=Param(25.0, "start LR = η / div_factor", float, low=0, low_open=True),
+    final_div_factor=Param(1e4, "final LR = start LR / final_div_factor", float, low=0, low_open=True),
+    anneal_strategy=Param("cos", "shape of every phase", str, choices=("cos", "linear")),
+    three_phase=Param(False, "fall back to the start LR before the final anneal (fast.ai)", bool),
+    cycle_momentum=Param(True, "momentum (SGD) or beta1 (AdamW) moves opposite to the LR", bool),
+    base_momentum=_momentum(0.85, "momentum at the LR's peak"),
+    max_momentum=_momentum(0.95, "momentum at the LR's start and end"),
+)
 def onecycle(
     t: int,
     *,
     peak_lr: float,
     total_steps: int,
-    pct_start: float = 0.3,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    anneal_strategy: str = "cos",
-    three_phase: bool = False,
-    cycle_momentum: bool = True,
-    base_momentum: float = 0.85,
-    max_momentum: float = 0.95,
+    pct_start: float,
+    div_factor: float,
+    final_div_factor: float,
+    anneal_strategy: str,
+    three_phase: bool,
+    cycle_momentum: bool,
+    base_momentum: float,
+    max_momentum: float,
 ) -> float:
     """Smith & Topin's 1cycle LR, as ``OneCycleLR(max_lr=η, total_steps=T)``.
 
@@ -236,11 +334,11 @@ def onecycle_momentum(
     t: int,
     *,
     total_steps: int,
-    pct_start: float = 0.3,
-    anneal_strategy: str = "cos",
-    three_phase: bool = False,
-    base_momentum: float = 0.85,
-    max_momentum: float = 0.95,
+    pct_start: float,
+    anneal_strategy: str,
+    three_phase: bool,
+    base_momentum: float,
+    max_momentum: float,
     **_: Any,
 ) -> float:
     """The momentum (or beta1) that ``OneCycleLR`` pairs with the LR at update t."""
@@ -254,16 +352,22 @@ def onecycle_momentum(
 _MOMENTUM["onecycle"] = onecycle_momentum
 
 
-@register("wsd")
-def wsd(
-    t: int,
-    *,
-    peak_lr: float,
-    total_steps: int,
-    decay_steps: int = 0,
-    decay_shape: str = "linear",
-    min_lr: float = 0.0,
-) -> float:
+def _wsd_fit(params: Mapping[str, Any], *, total_steps: int, warmup_steps: int) -> None:
+    if params["decay_steps"] > total_steps - warmup_steps:
+        raise ConfigError(
+            "schedule.decay_steps",
+            f"decay of {params['decay_steps']} does not fit after {warmup_steps} warmup in total_steps={total_steps}",
+        )
+
+
+@register(
+    "wsd",
+    fit=_wsd_fit,
+    decay_steps=Param(200, "t units of the final decay (0 = none)", int, low=0),
+    decay_shape=Param("linear", "shape of the final decay (sqrt: MiniCPM)", str, choices=("linear", "cosine", "sqrt")),
+    min_lr=_min_lr(),
+)
+def wsd(t: int, *, peak_lr: float, total_steps: int, decay_steps: int, decay_shape: str, min_lr: float) -> float:
     """Warmup-stable-decay: η until the last ``decay_steps`` units of T, then decay to min_lr.
 
     ``decay_shape``: ``linear``, ``cosine`` or ``sqrt`` (1 − sqrt(fraction), as in MiniCPM).
@@ -279,7 +383,15 @@ def wsd(
     return _linear_interp(peak_lr, min_lr, fraction)
 
 
-@register("inverse_sqrt")
+def _inverse_sqrt_fit(params: Mapping[str, Any], *, total_steps: int, warmup_steps: int) -> None:
+    if warmup_steps < 1:
+        raise ConfigError(
+            "schedule.warmup_steps",
+            "inverse_sqrt uses the warmup length as its time scale: set schedule.warmup_steps >= 1",
+        )
+
+
+@register("inverse_sqrt", fit=_inverse_sqrt_fit)
 def inverse_sqrt(t: int, *, peak_lr: float, total_steps: int, warmup_steps: int) -> float:
     """η·sqrt(W / (t + W)) for t counted after warmup, i.e. η·sqrt(W / max(t, W)) in absolute t.
 
@@ -288,27 +400,48 @@ def inverse_sqrt(t: int, *, peak_lr: float, total_steps: int, warmup_steps: int)
     return peak_lr * math.sqrt(warmup_steps / (t + warmup_steps))
 
 
-@register("lr_range_test")
-def lr_range_test(
-    t: int, *, peak_lr: float, total_steps: int, min_lr: float = 1e-6, max_lr: float = 1.0, num_steps: int = 200
-) -> float:
+def _range_test_fit(params: Mapping[str, Any], *, total_steps: int, warmup_steps: int) -> None:
+    if not params["max_lr"] > params["min_lr"]:
+        raise ConfigError(
+            "schedule.max_lr",
+            f"the range test needs 0 < min_lr < max_lr; got min_lr={params['min_lr']}, max_lr={params['max_lr']}",
+        )
+
+
+@register(
+    "lr_range_test",
+    fit=_range_test_fit,
+    min_lr=Param(1e-6, "the sweep's first LR", float, low=0, low_open=True),
+    max_lr=Param(1.0, "the sweep's last LR", float, low=0, low_open=True),
+    num_steps=Param(200, "updates in the sweep (the run's length); 3 or more for a slope", int, low=3),
+)
+def lr_range_test(t: int, *, peak_lr: float, total_steps: int, min_lr: float, max_lr: float, num_steps: int) -> float:
     """Exponential sweep min_lr·(max_lr/min_lr)^(t/(num_steps−1)) (seed 003); ignores η."""
     return min_lr * (max_lr / min_lr) ** (t / (num_steps - 1))
 
 
-@register("plateau")
+@register(
+    "plateau",
+    monitor=Param("val/loss", "the validation metric watched", str, choices=("val/loss", "val/acc")),
+    mode=Param("min", "min: lower is better; max: higher is better", str, choices=("min", "max")),
+    factor=Param(0.1, "LR × factor at each cut", float, low=0, low_open=True, high=1, high_open=True),
+    patience=Param(5, "validations without improvement before a cut (seed 003)", int, low=0),
+    threshold=Param(1e-4, "relative improvement that counts", float, low=0),
+    cooldown=Param(0, "validations to wait after a cut", int, low=0),
+    min_lr=Param(0.0, "no cut goes below this LR", float, low=0),
+)
 def plateau(
     t: int,
     *,
     peak_lr: float,
     total_steps: int,
-    monitor: str = "val/loss",
-    mode: str = "min",
-    factor: float = 0.1,
-    patience: int = 5,
-    threshold: float = 1e-4,
-    cooldown: int = 0,
-    min_lr: float = 0.0,
+    monitor: str,
+    mode: str,
+    factor: float,
+    patience: int,
+    threshold: float,
+    cooldown: int,
+    min_lr: float,
 ) -> float:
     """η before any reduction; :class:`ReduceOnPlateau` (built from the same parameters)
     multiplies in the reductions made after each validation on ``monitor``."""
@@ -346,14 +479,16 @@ def _decay_fn(fn: LRFunction, peak_lr: float, params: dict[str, Any]) -> Callabl
     return lambda t, total: fn(t, peak_lr=peak_lr, total_steps=total, **params)
 
 
-def schedule_parameters(name: str) -> dict[str, Any]:
-    """The parameters (and defaults) the schedule ``name`` accepts beyond the common keys."""
-    fn = _REGISTRY[name]
-    return {
-        p.name: p.default
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("peak_lr", "total_steps")
-    }
+def schedule_params(name: str) -> Mapping[str, Param]:
+    """The declared parameters of schedule ``name`` beyond the common keys (unknown: ConfigError)."""
+    if name not in _REGISTRY:
+        raise ConfigError("schedule", f"unknown schedule {name!r}; known: {', '.join(schedule_names())}")
+    return _REGISTRY[name].params
+
+
+def check_schedule_params(name: str, values: Mapping[str, Any], prefix: str = "schedule") -> None:
+    """Check the parameters of schedule ``name`` given in ``values`` (common keys excluded)."""
+    check_params(schedule_params(name), values, prefix, owner=f"schedule {name!r}")
 
 
 #: ``ReduceLROnPlateau``'s ``eps``: a cut that changes the LR by less than this is skipped.
@@ -371,12 +506,12 @@ class ReduceOnPlateau:
     """
 
     peak_lr: float
-    mode: str = "min"
-    factor: float = 0.1
-    patience: int = 5
-    threshold: float = 1e-4
-    cooldown: int = 0
-    min_lr: float = 0.0
+    mode: str
+    factor: float
+    patience: int
+    threshold: float
+    cooldown: int
+    min_lr: float
     lr: float = field(init=False)
     best: float = field(init=False)
     num_bad_epochs: int = field(default=0, init=False)
@@ -464,22 +599,19 @@ def build_schedule(
 
     ``total_steps`` and ``warmup_steps`` are in ``cfg.interval`` units; the caller derives them
     and ``lr_scale`` (:func:`trainer.config.plan_run`) when the config leaves them to be derived;
-    ``warmup_steps`` defaults to ``cfg.warmup_steps``. Raises :class:`ConfigError` for unknown
-    names or parameters.
+    ``warmup_steps`` defaults to ``cfg.warmup_steps``; parameters the config leaves out take their
+    declared defaults. Raises :class:`ConfigError` for unknown names, parameters or values, and
+    for parameters that do not fit ``total_steps``.
     """
     name = cfg["name"]
-    if name not in _REGISTRY:
-        raise ConfigError("schedule", f"unknown schedule {name!r}; known: {', '.join(schedule_names())}")
-    accepted = schedule_parameters(name)
-    params = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"schedule.{unknown[0]}",
-            f"not a parameter of schedule {name!r}; it takes {', '.join(sorted(accepted)) or 'none'}",
-        )
+    given = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
+    check_schedule_params(name, given)
+    spec = _REGISTRY[name]
+    params = {**defaults(spec.params), **given}
     if warmup_steps is None:
         warmup_steps = int(cfg.get("warmup_steps") or 0)
+    if spec.fit is not None:
+        spec.fit(params, total_steps=total_steps, warmup_steps=warmup_steps)
     if name == "inverse_sqrt":
         params["warmup_steps"] = warmup_steps
     if "milestones" in params:
@@ -487,17 +619,17 @@ def build_schedule(
     plateau_state = None
     monitor = None
     if name == "plateau":
-        plateau_params = {**accepted, **params}
+        plateau_params = dict(params)
         monitor = plateau_params.pop("monitor")
         plateau_state = ReduceOnPlateau(peak_lr=peak_lr, **plateau_params)
-    decay = _decay_fn(_REGISTRY[name], peak_lr, params)
+    decay = _decay_fn(spec.fn, peak_lr, params)
     bound = functools.partial(warmup_then, warmup_steps=warmup_steps, total_steps=total_steps)
     lr_fn = functools.partial(
         bound, decay=decay, warmup_from_zero=bool(cfg.get("warmup_from_zero", True)),
         start_lr=float(cfg.get("warmup_start_lr") or 0.0),
     )
     momentum_fn = None
-    if name in _MOMENTUM and params.get("cycle_momentum", True):
+    if name in _MOMENTUM and params["cycle_momentum"]:
         mom = _MOMENTUM[name]
         momentum_fn = functools.partial(bound, decay=lambda t, total: mom(t, total_steps=total, **params), ramp=False)
     return Schedule(

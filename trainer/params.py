@@ -1,0 +1,179 @@
+"""One declaration per parameter: default, type, range or choices, and a one-line doc.
+
+A component (a schedule, a model builder, the optimizer, the trainer's own keys) declares each of
+its keys once as a :class:`Param`, next to the code that reads it. The config checks
+(:func:`check_params`), the defaults a Python caller gets, and the test that compares them with
+``conf/`` all read that one declaration, so they cannot disagree.
+
+Values arrive as Hydra parses the command line: ``off`` and ``maybe`` are strings, ``5`` is an
+int, ``[5]`` a list. Nothing is coerced: a string where a boolean is declared is an error, not
+true.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.errors import ConfigError
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A key's default, its type and bounds, and a one-line doc with its units.
+
+    ``kind``: ``bool``, ``int``, ``float`` (ints are accepted), ``str``, ``list`` (of ``item``) or
+    ``dict`` (names to ``item``). ``low``/``high`` bound a number, or every item of a list or
+    dict; ``choices`` lists the only values allowed (a ``str``'s, say); ``extra`` holds values
+    accepted besides the typed ones (``None`` for "null = off", ``"auto"``).
+    """
+
+    default: Any
+    doc: str
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] = ()
+    extra: tuple[Any, ...] = ()
+    item: type = int
+    length: int | None = None  # a list's exact length
+    increasing: bool = False  # a list's items strictly increase
+    min_items: int = 0
+
+    def check(self, value: Any, key: str) -> None:
+        """Raise :class:`ConfigError` naming ``key`` unless ``value`` is allowed."""
+        if any(_same(value, v) for v in self.extra):
+            return
+        if self.kind is list:
+            ok = _is_list(value) and self._list_ok(list(value))
+        elif self.kind is dict:
+            ok = isinstance(value, Mapping)
+            if ok:
+                for name, item in value.items():
+                    self._item_param().check(item, f"{key}.{name}")
+        else:
+            ok = self._scalar_ok(value, self.kind)
+        if not ok:
+            raise ConfigError(key, f"got {_show(value)}; expected {self.expected()}")
+
+    def expected(self) -> str:
+        """What the value must be, in words: the second half of every error message."""
+        if self.kind is list:
+            what = f"a list of {self.length or ''} {_plural(self._item_words())}".replace("  ", " ")
+            if self.increasing:
+                what += ", strictly increasing"
+            if self.min_items:
+                what += f", at least {self.min_items}"
+            if self.default:
+                what += f", e.g. {_show(self.default)}"
+        elif self.kind is dict:
+            what = f"names mapped to {_plural(self._item_words())}, e.g. {{layer1: 0.1}}"
+        elif self.choices:
+            what = "one of " + ", ".join(c if isinstance(c, str) else _show(c) for c in self.choices)
+        else:
+            what = self._item_words(self.kind)
+        for value in self.extra:
+            what += f" or {_show(value)}"
+        return what
+
+    def _item_words(self, kind: type | None = None) -> str:
+        kind = kind or self.item
+        words = _TYPE_WORDS[kind]
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {_num(self.low)}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {_num(self.high)}")
+        return words + (" " + " and ".join(bounds) if bounds else "")
+
+    def _item_param(self) -> Param:
+        return Param(None, self.doc, self.item, self.low, self.high, self.low_open, self.high_open)
+
+    def _scalar_ok(self, value: Any, kind: type) -> bool:
+        if self.choices:
+            return any(_same(value, c) for c in self.choices)
+        if kind is bool or kind is str:
+            return type(value) is kind
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def _list_ok(self, items: list[Any]) -> bool:
+        if self.length is not None and len(items) != self.length:
+            return False
+        if len(items) < self.min_items or not all(self._scalar_ok(i, self.item) for i in items):
+            return False
+        return not self.increasing or all(a < b for a, b in zip(items, items[1:]))
+
+
+def _same(value: Any, allowed: Any) -> bool:
+    """Equal and of the same type: YAML's 1 is not true, and true is not 1."""
+    return type(value) is type(allowed) and value == allowed
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _show(value: Any) -> str:
+    """A value as the user would type it in YAML."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if _is_list(value):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _plural(words: str) -> str:
+    for one, many in (("an integer", "integers"), ("a finite number", "finite numbers"), ("a string", "strings")):
+        if words.startswith(one):
+            return many + words[len(one):]
+    return words
+
+
+def defaults(params: Mapping[str, Param]) -> dict[str, Any]:
+    """Every declared key with its default."""
+    return {name: p.default for name, p in params.items()}
+
+
+def check_params(params: Mapping[str, Param], values: Mapping[str, Any], prefix: str, *, owner: str) -> None:
+    """Check every key of ``values`` against its declaration; a key nothing declares is an error
+    that names the close match, e.g. ``schedule.min_Lr`` -> ``min_lr``.
+
+    ``prefix`` is the config path (``schedule``), ``owner`` says who takes the keys in the
+    message (``schedule 'cosine'``).
+    """
+    for key, value in values.items():
+        key = str(key)
+        if key not in params:
+            raise ConfigError(f"{prefix}.{key}", unknown_key_message(key, list(params), owner))
+        params[key].check(value, f"{prefix}.{key}")
+
+
+def unknown_key_message(key: str, known: Sequence[str], owner: str) -> str:
+    """``not a parameter of OWNER; did you mean X?`` (or the list of what it takes)."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f"not a parameter of {owner}; did you mean {close[0]}?"
+    return f"not a parameter of {owner}; it takes {', '.join(sorted(known)) or 'none'}"
