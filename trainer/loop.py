@@ -27,7 +27,7 @@ from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
 from trainer.optim import optimizer_state, trainable_parameters
 from trainer.precision import Precision
-from trainer.schedules import Schedule
+from trainer.schedules import Schedule, set_momentum
 from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
 
 #: ``loss``: (outputs, targets) -> a scalar tensor to minimise.
@@ -41,10 +41,7 @@ def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
         if momentum is not None:
-            if "betas" in group:
-                group["betas"] = (momentum, group["betas"][1])
-            else:
-                group["momentum"] = momentum
+            set_momentum(group, momentum)
 
 
 def applied_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
