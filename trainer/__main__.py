@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import traceback
@@ -12,8 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trainer.errors import ConfigError, one_line
+from trainer.errors import EXIT_NO_SPACE, ConfigError, NoSpace, one_line
 from trainer.hydra_app import CONFIG_DIR, remove_if_empty
+from trainer.rundir import RunDirInUse
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 from trainer.summary import write_summary
 
@@ -32,6 +34,11 @@ def main(cfg: DictConfig) -> float:
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task), hparams_experiment=not in_sweep)
+    except RunDirInUse as error:  # the directory is another run's: write nothing there
+        print(f"error: {error}", file=sys.stderr)
+        if in_sweep:
+            return FAILED_OBJECTIVE
+        sys.exit(2)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         if in_sweep:
@@ -51,6 +58,14 @@ def main(cfg: DictConfig) -> float:
             return FAILED_OBJECTIVE
         sys.exit(EXIT_NONFINITE)
     except Exception as error:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            # NoSpace (a checkpoint's) names the space needed; a failed log write only knows the disk is full.
+            why = error if isinstance(error, NoSpace) else f"no space left in {run_dir}: {one_line(error)}"
+            print(f"error: {why}", file=sys.stderr)
+            if in_sweep:  # train() recorded the error in metrics.json, if the disk took it
+                return FAILED_OBJECTIVE
+            remove_if_empty(run_dir)  # refused at the start: nothing was written
+            sys.exit(EXIT_NO_SPACE)
         if not in_sweep:
             raise
         # A crash (or trainer.nonfinite=raise) fails its job only: Hydra would re-raise it after

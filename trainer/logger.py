@@ -116,6 +116,10 @@ class RunLogger:
         # validation took counts as one slow update, and the ETA jumps after every validation.
         self.bar.unpause()
 
+    def flush(self) -> None:
+        """Put every record written so far on the disk (before a checkpoint is)."""
+        self.writer.flush()
+
     def log_hparams(self, hparams: dict[str, HParamValue], *, experiment: bool) -> None:
         """Fill TensorBoard's HParams tab: this run's session (its hyper-parameters, beside its last
         ``val/*`` scalars in this same run) and, with ``experiment``, the table's columns too (a

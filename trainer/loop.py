@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,16 +284,13 @@ class Loop:
 
     def save(self, update: int, *, improved: bool = False) -> None:
         self._read_logs(update)  # the records of the updates a resume will not replay go to disk first
+        self.logger.flush()
         ckpt = self.checkpointing
-        state = self.state_dict(update)
-        last = ckpt.run_dir / "last.pt"
-        save_atomic(state, last)
-        if improved:
-            save_atomic(state, ckpt.run_dir / "best.pt")
+        also = [ckpt.run_dir / "best.pt"] if improved else []
         if ckpt.keep_last_n > 0:
-            numbered = ckpt.run_dir / f"step-{update:08d}.pt"
-            numbered.unlink(missing_ok=True)
-            os.link(last, numbered)  # same bytes, no second write
+            also.append(ckpt.run_dir / f"step-{update:08d}.pt")
+        save_atomic(self.state_dict(update), ckpt.run_dir / "last.pt", also=also)
+        if ckpt.keep_last_n > 0:
             prune_numbered(ckpt.run_dir, ckpt.keep_last_n)
 
     def _bad_count(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
@@ -12,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import check_free_space, expected_checkpoint_bytes, load_checkpoint
 from trainer.components import build
 from trainer.config import RunPlan, plan_run, validate, warmup_warning
 from trainer.data import Dataset, build_dataset, data_spec, first_batch
@@ -27,6 +28,7 @@ from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
 from trainer.optim import build_optimizer, group_names, load_optimizer_state
 from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
+from trainer.rundir import hold_run_dir
 from trainer.schedules import Schedule, build_schedule
 from trainer.stopping import NonFiniteStop, Preempted
 from trainer.summary import describe_run, write_summary
@@ -173,7 +175,7 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
         return None
     if resume == "auto":
         last = run_dir / "last.pt"
-        return last if last.is_file() else None
+        return last if last.exists() else None  # a last.pt that is a directory fails to load, loudly
     return Path(resume).expanduser()
 
 
@@ -275,13 +277,21 @@ def train(
     directory gets ``config.yaml`` (resolved), ``overrides.yaml`` (the command line's overrides,
     which name sweep jobs in reports), ``lr.csv`` (at the start) and ``lr.png`` (once completed):
     the LR of every update, from the schedule (:mod:`trainer.lr_curve`), TensorBoard events,
-    checkpoints and ``metrics.json``.
+    checkpoints and ``metrics.json``; this run holds it (:mod:`trainer.rundir`) from before it
+    reads a checkpoint there until it ends.
     ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
     ``model`` and ``dataset``: objects to train instead of building ``cfg.model`` and ``cfg.data``
     (``trainer.fit``).
     """
     started = time.perf_counter()
     validate(cfg)
+    with hold_run_dir(run_dir):
+        return _train(cfg, run_dir, overrides, started=started, hparams_experiment=hparams_experiment)
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, started: float, hparams_experiment: bool
+) -> dict[str, float]:
     torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
@@ -309,7 +319,9 @@ def train(
             load_optimizer_state(optimizer, checkpoint["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError("trainer.resume", f"{checkpoint_path} does not fit this run: {one_line(error)}") from None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_free_space(
+        run_dir, expected_checkpoint_bytes(model, optimizer, checkpoint), keep_last_n=cfg.trainer.keep_last_n
+    )
     config = resolved_config(cfg, plan)
     OmegaConf.save(config, run_dir / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
@@ -325,7 +337,7 @@ def train(
         loss_fn=loss_fn,
     )
     logger = loop.logger
-    status, metrics = "failed", None
+    status, metrics, error_text = "failed", None, None
     try:
         if checkpoint is not None:
             loop.load_state_dict(checkpoint, restore_plateau=cfg.trainer.resume_schedule == "strict")
@@ -351,9 +363,17 @@ def train(
     except NonFiniteStop:
         status = "stopped_nonfinite"
         raise
+    except Exception as error:
+        error_text = f"{type(error).__name__}: {one_line(error)}"
+        raise
     finally:
-        logger.close()
+        # On a failure (a full disk above all) closing the logs or writing metrics.json may fail
+        # too: that must not hide the error that ended the run.
+        quiet = contextlib.suppress(OSError) if status == "failed" else contextlib.nullcontext()
         wall_time_s = round(time.perf_counter() - started, 3)
-        write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s)
+        with quiet:
+            logger.close()
+        with quiet:
+            write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
         if status == "completed":
             print(describe_run(run_dir, metrics, wall_time_s))

@@ -1,7 +1,9 @@
 """Ending a run early on purpose: preemption signals and non-finite losses.
 
-Exit codes of ``python -m trainer``: 0 done, 1 crash, 2 config error, 3 stopped by a signal
-(``last.pt`` written: resume with ``trainer.resume=auto``), 4 stopped on a non-finite loss.
+Exit codes of ``python -m trainer``: 0 done, 1 crash, 2 config error (or a run directory that is
+unusable or another run's), 3 stopped by a signal (``last.pt`` written: resume with
+``trainer.resume=auto``), 4 stopped on a non-finite loss, 5 out of disk space (the checkpoints
+already written are intact; :data:`trainer.errors.EXIT_NO_SPACE`).
 """
 
 from __future__ import annotations
