@@ -25,7 +25,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from trainer.checkpoint import remove_stale_temps
 from trainer.errors import ConfigError
 from trainer.hydra_app import remove_if_empty
 
@@ -91,6 +90,8 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
             remove_if_empty(run_dir)
         raise
     try:
+        from trainer.checkpoint import remove_stale_temps  # here: the Hydra callback below must not import torch
+
         remove_stale_temps(run_dir)
         yield
     finally:
