@@ -47,7 +47,9 @@ def _child(request: dict, write_fd: int) -> None:
 
 
 def serve() -> None:
-    import trainer.__main__  # noqa: F401  (imported before any fork; it starts no thread)
+    # Imported before any fork (they start no thread): the CLI, and the run it imports when a job starts.
+    import trainer.__main__  # noqa: F401
+    import trainer.run  # noqa: F401
 
     for request_line in sys.stdin:
         request = json.loads(request_line)
