@@ -27,18 +27,22 @@ from trainer.stopping import EXIT_PREEMPTED, NonFiniteError, NonFiniteStop, Stop
 POISONED = (5, 77, 140)  # training examples set to NaN
 
 
-@pytest.fixture
-def poisoned_data(monkeypatch):
-    """Synthetic data with a few NaN examples: exactly the updates whose batch holds one go bad."""
+def poison(monkeypatch, examples) -> None:
+    """Synthetic data with NaN ``examples``: exactly the updates whose batch holds one go bad."""
     build = run_module.build_dataset
 
     def poisoned(cfg, seed, **options):
         dataset = build(cfg, seed, **options)
         x = dataset.train_x.clone()
-        x[list(POISONED)] = float("nan")
+        x[list(examples)] = float("nan")
         return dataclasses.replace(dataset, train_x=x)
 
     monkeypatch.setattr(run_module, "build_dataset", poisoned)
+
+
+@pytest.fixture
+def poisoned_data(monkeypatch):
+    poison(monkeypatch, POISONED)
 
 
 def bad_updates(epochs: int, batch_size: int = 32, per_epoch: int = 8) -> list[int]:
@@ -70,6 +74,23 @@ def test_stop_policy_saves_finite_parameters_and_stops(tmp_path, poisoned_data):
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["update"] == first_bad + 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_stop_policy_keeps_the_last_checkpoint_before_the_first_bad_update_and_says_so(tmp_path, monkeypatch):
+    # 512 examples, 16 updates an epoch; the first example of batch 10 is NaN: update 10 is the first
+    # bad one. Checkpoints every 3 updates; logged every 4, so the bad update is not logged: the save
+    # at 12 must see it.
+    poison(monkeypatch, [int(epoch_order(512, seed=0, epoch=0)[10 * 32])])
+    run = ["schedule=cosine", "data.train_size=512", "trainer.nonfinite=stop", "trainer.max_epochs=1",
+           "trainer.checkpoint_every_n_steps=3", "logger.log_every_n_steps=4"]
+    with pytest.raises(NonFiniteStop) as stop:
+        train(compose_config(*run), tmp_path)
+    good = tmp_path / "last_good.pt"
+    assert f"by update 12; the bad updates were skipped, so the parameters are still finite; saved them in " \
+           f"{tmp_path / 'last.pt'}; the last checkpoint before it is {good} (update 9): resume from it with " \
+           f"trainer.resume={good}" in str(stop.value)
+    assert load_checkpoint(good)["update"] == 9 and load_checkpoint(tmp_path / "last.pt")["update"] == 12
+    assert load_checkpoint(good)["counters"]["skipped_updates"] == 0
 
 
 def test_raise_policy_raises(tmp_path, poisoned_data):

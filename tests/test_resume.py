@@ -13,7 +13,7 @@ from tests.conftest import QUIET, TINY, compose_config
 from trainer.checkpoint import load_checkpoint, save_atomic
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
-from trainer.loop import TrainStep
+from trainer.loop import Loop, TrainStep
 from trainer.optim import load_optimizer_state
 from trainer.run import train
 from trainer.stopping import Preempted
@@ -221,13 +221,23 @@ def test_truncated_foreign_and_wrong_model_checkpoints_are_clear_errors(tmp_path
     assert not (tmp_path / "new").exists()
 
 
-def test_resuming_a_finished_run_trains_nothing_and_reports_its_metrics(tmp_path):
-    overrides = ["schedule=cosine", "trainer.max_epochs=2"]
+@pytest.mark.parametrize("end", ["trainer.max_epochs=2", "trainer.max_steps=20"])  # at an epoch's end, or within one
+def test_resuming_a_finished_run_trains_and_validates_nothing_and_reports_its_metrics(tmp_path, monkeypatch, end):
+    overrides = ["schedule=cosine", end]
     first = train(compose_config(*overrides), tmp_path)
+    written = (tmp_path / "last.pt").stat().st_mtime_ns
+
+    def no_more(*args, **kwargs):
+        raise AssertionError("a finished run was evaluated again")
+
+    monkeypatch.setattr(Loop, "evaluate", no_more)
     again = train(compose_config(*overrides, "trainer.resume=auto"), tmp_path)
-    assert again["updates"] == first["updates"] == 16
+    assert again["updates"] == first["updates"] == (16 if "epochs" in end else 20)
     assert again["val/loss"] == first["val/loss"]
-    assert [s for s, _ in read_scalars(tmp_path)["train/lr"]] == list(range(16))
+    logs = read_scalars(tmp_path)
+    assert [s for s, _ in logs["train/lr"]] == list(range(first["updates"]))
+    assert [s for s, _ in logs["val/loss"]] == [8, 16] + ([20] if first["updates"] == 20 else [])
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == written  # not written again
 
 
 def test_checkpoint_every_n_epochs(tmp_path):

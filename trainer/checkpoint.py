@@ -124,6 +124,15 @@ def _temp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
 
 
+def link_atomic(source: Path, target: Path) -> Path:
+    """Make ``target`` another name of ``source``'s file (same bytes, no second write), replacing
+    any old ``target`` in one step; returns the temp name used, gone once this returns."""
+    link = _temp_path(target)
+    os.link(source, link)
+    os.replace(link, target)
+    return link
+
+
 def save_atomic(state: dict[str, Any], path: Path, *, also: Sequence[Path] = ()) -> None:
     """Write ``state`` (with its checksum) to ``path``, so that ``path`` is always either the old
     or the new file; each of ``also`` (e.g. ``best.pt``) gets the same bytes (a hard link), and all
@@ -145,10 +154,7 @@ def save_atomic(state: dict[str, Any], path: Path, *, also: Sequence[Path] = ())
             f.flush()
             os.fsync(f.fileno())
         for other in also:
-            link = _temp_path(other)
-            written.append(link)
-            os.link(tmp, link)  # same bytes, no second write
-            os.replace(link, other)
+            written.append(link_atomic(tmp, other))
         if kill_at is not None:
             os.kill(os.getpid(), signal.SIGKILL)
         os.replace(tmp, path)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from trainer.checkpoint import prune_numbered, rng_state, save_atomic, set_rng_state
+from trainer.checkpoint import link_atomic, prune_numbered, rng_state, save_atomic, set_rng_state
 from trainer.config import RunPlan
 from trainer.data import Dataset
 from trainer.data.batches import Batch
@@ -226,6 +226,7 @@ class Loop:
     _bad_seen: int = 0
     _train_loss: float | None = None  # the last training loss read from the device
     _last_val: tuple[int, dict[str, float]] = (-1, {})
+    _last_saved: int | None = None  # the update of the run dir's last.pt, once there is one
 
     def state_dict(self, update: int) -> dict:
         """Everything a resumed run needs to continue as if it had never stopped."""
@@ -277,6 +278,8 @@ class Loop:
         self.best = counters["best"]
         self._bad_seen = self._bad_count()
         self.logger.rewrite(state["update"], state["val_metrics"])
+        self._last_val = (state["update"], state["val_metrics"])
+        self._last_saved = state["update"]
         if self.range_test is not None and state.get("range_test") is not None:
             self.range_test = RangeTestMonitor(**state["range_test"])
         set_rng_state(state["rng"])
@@ -284,12 +287,15 @@ class Loop:
 
     def save(self, update: int, *, improved: bool = False) -> None:
         self._read_logs(update)  # the records of the updates a resume will not replay go to disk first
+        if self.nonfinite != "skip":  # and the unlogged updates since the last read: last.pt stays good
+            self._enforce_nonfinite_policy(update)
         self.logger.flush()
         ckpt = self.checkpointing
         also = [ckpt.run_dir / "best.pt"] if improved else []
         if ckpt.keep_last_n > 0:
             also.append(ckpt.run_dir / f"step-{update:08d}.pt")
         save_atomic(self.state_dict(update), ckpt.run_dir / "last.pt", also=also)
+        self._last_saved = update
         if ckpt.keep_last_n > 0:
             prune_numbered(ckpt.run_dir, ckpt.keep_last_n)
 
@@ -312,8 +318,17 @@ class Loop:
         )
         if self.nonfinite == "raise":
             raise NonFiniteError(message)
+        self._bad_seen = bad
+        run_dir = self.checkpointing.run_dir
+        if self._last_saved is None:
+            before = "no checkpoint was written before it"
+        else:  # written before the first bad update (save checks first): keep it from the save below
+            link_atomic(run_dir / "last.pt", run_dir / "last_good.pt")
+            before = (f"the last checkpoint before it is {run_dir / 'last_good.pt'} (update {self._last_saved}): "
+                      f"resume from it with trainer.resume={run_dir / 'last_good.pt'}, e.g. with a lower "
+                      "optimizer.lr and trainer.resume_schedule=override")
         self.save(update)
-        raise NonFiniteStop(message + f"; saved {self.checkpointing.run_dir / 'last.pt'}")
+        raise NonFiniteStop(f"{message}; saved them in {run_dir / 'last.pt'}; {before}")
 
     def evaluate(self) -> dict[str, float]:
         # With data.loader=dataloader the validation split stays in host memory: copy each batch over
@@ -354,8 +369,10 @@ class Loop:
         read_each_log = self.range_test is not None or self.nonfinite != "skip"
         self.model.train()
         update, metrics, diverged = start_update, {}, False
-        # A range test that diverged before its checkpoint is finished, short of max_updates.
-        finished = self.range_test is not None and self.range_test.stopped_early_at is not None
+        # A resumed finished run (a requeued job) trains and validates nothing; a range test that
+        # diverged before its checkpoint is finished, short of max_updates.
+        finished = update >= plan.max_updates or (self.range_test is not None
+                                                  and self.range_test.stopped_early_at is not None)
         with StopOnSignal() as stop:
             for epoch in range(update // upe, plan.num_epochs if not finished else 0):
                 batches = train_batches(
@@ -407,8 +424,8 @@ class Loop:
                 if diverged:
                     logger.bar.write(f"range test: loss diverged at update {update}; stopping")
                     break
-        if self.objective not in metrics:  # resumed a finished run (e.g. a requeued job): report, train nothing
-            metrics.update(self.evaluate())
+        if self.objective not in metrics:  # resumed a finished run: report its checkpoint's last validation
+            metrics.update(self._last_val[1] if self._last_val[0] == update and self._last_val[1] else self.evaluate())
         if self._train_loss is not None:  # None when a finished run was resumed: nothing trained
             metrics["train/loss"] = self._train_loss
         metrics["updates"] = update
