@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from tests.conftest import REPO, TINY, compose_config
+from tests.conftest import REPO, TINY, compose_config, run_cli
 from tests.forked_cli import ForkedCLI
 from trainer.checkpoint import KILL_HOOK, load_checkpoint
 from trainer.events import read_scalars
@@ -62,3 +62,15 @@ def test_twenty_two_kills_then_a_resume_end_as_if_nothing_happened(tmp_path):
     assert [step for step, _ in resumed["train/loss"]] == list(range(8 * EPOCHS))
     assert [step for step, _ in resumed["val/loss"]] == list(range(8, 8 * EPOCHS + 1, 8))
     assert leftovers > 0 and not list(run_dir.glob(".*")), "temp or lock files left"
+
+
+def test_a_kill_between_best_and_last_leaves_best_pt_in_place_and_the_resume_writes_it_again(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "schedule=cosine", "trainer.max_epochs=3", f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    # The second write (update 16, an improvement) dies once best.pt is in place, before last.pt is.
+    killed = run_cli("trainer", args, env={KILL_HOOK: f"2:{10**9}"}, check=False)
+    assert killed.returncode == -9
+    assert load_checkpoint(run_dir / "best.pt")["update"] == 16 and load_checkpoint(run_dir / "last.pt")["update"] == 8
+    run_cli("trainer", args)
+    best, last = load_checkpoint(run_dir / "best.pt"), load_checkpoint(run_dir / "last.pt")
+    assert last["update"] == 24 and best["update"] in (16, 24) and best["counters"]["best"] == last["counters"]["best"]
