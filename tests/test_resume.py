@@ -209,7 +209,7 @@ def test_truncated_foreign_and_wrong_model_checkpoints_are_clear_errors(tmp_path
     truncated.write_bytes(good[: len(good) // 2])
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
-    for path, words in [(truncated, "not a readable checkpoint"), (foreign, "not a trainer checkpoint"),
+    for path, words in [(truncated, "not a checkpoint of ours: it is damaged, truncated"), (foreign, "not a trainer checkpoint"),
                         (tmp_path / "missing.pt", "no checkpoint at")]:
         with pytest.raises(ConfigError) as error:
             train(compose_config("schedule=cosine", f"trainer.resume={path}"), tmp_path / "new")
