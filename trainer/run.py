@@ -286,11 +286,13 @@ def train(
     started = time.perf_counter()
     validate(cfg)
     with hold_run_dir(run_dir):
-        return _train(cfg, run_dir, overrides, started=started, hparams_experiment=hparams_experiment)
+        return _train(cfg, run_dir, overrides, started=started, hparams_experiment=hparams_experiment, model=model,
+                      dataset=dataset)
 
 
 def _train(
-    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, started: float, hparams_experiment: bool
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, started: float, hparams_experiment: bool,
+    model: nn.Module | None, dataset: Dataset | None,
 ) -> dict[str, float]:
     torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
