@@ -95,7 +95,9 @@ def _images(path: Path) -> torch.Tensor:
         raise ConfigError(
             "data.root", f"{path} holds images of {list(pixels.shape[1:])} pixels, not 28x28: not Fashion-MNIST"
         )
-    return ((pixels.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+    # In place: the same operations (so the same bits) without two more 188 MB temporaries, a
+    # third of the decode time.
+    return pixels.float().div_(255.0).sub_(MEAN).div_(STD).unsqueeze(1)
 
 
 def _labels(path: Path, num_images: int) -> torch.Tensor:
