@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 
 import pytest
 from omegaconf import OmegaConf
@@ -279,11 +280,19 @@ def test_optuna_takes_a_run_that_diverged_while_skipping_as_the_worst_value(tmp_
 
 
 @needs_sweep_extra
-def test_parallel_local_launcher(tmp_path):
-    _, sweep_dir = sweep(tmp_path, "hydra/launcher=local_parallel", "schedule=constant,cosine",
-                         "trainer.max_epochs=1")
+def test_parallel_local_jobs_share_the_cores(tmp_path):
+    from joblib import cpu_count  # the CPUs joblib divides among its jobs (this process's affinity)
+
+    sweep_dir = tmp_path / "sweep"
+    run_cli("trainer", ["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "schedule=constant,cosine",
+                        "trainer.max_epochs=1", *TINY, "trainer.num_threads=auto", f"hydra.sweep.dir={sweep_dir}"])
     summaries = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
     assert [s["status"] for s in summaries] == ["completed", "completed"]
+    # Each job ran with its share of the cores (joblib's rule, unless OMP_NUM_THREADS is set
+    # already), so the two together use them all and no more.
+    share = int(os.environ.get("OMP_NUM_THREADS") or max(cpu_count() // 2, 1))
+    threads = [OmegaConf.load(p).trainer.num_threads for p in sorted(sweep_dir.glob("*/config.yaml"))]
+    assert threads == [share, share]
 
 
 def test_range_test_that_diverges_at_once_reports_no_suggestion(tmp_path):

@@ -52,9 +52,11 @@ def seed_everything(seed: int) -> None:
 
 
 def resolved_config(cfg: DictConfig, plan: RunPlan) -> DictConfig:
-    """The config as run: interpolations resolved, derived schedule lengths filled in."""
+    """The config as run: interpolations resolved, derived schedule lengths filled in, and the
+    intra-op threads this process was given (``auto``: a parallel launcher's share of the cores)."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(out):
+        out.trainer.num_threads = torch.get_num_threads()
         out.schedule.total_steps = plan.total_steps
         out.schedule.warmup_steps = plan.warmup_steps
         out.schedule.warmup_ratio = None
