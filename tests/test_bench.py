@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO
+from trainer.data.fashion_mnist import DEBIAN_DIR
 
 
 def test_bench_runs_the_cpu_case(tmp_path):
@@ -54,3 +56,22 @@ def test_bench_adds_a_lightning_column_when_lightning_is_installed(tmp_path):
     lightning = case["lightning"]
     assert lightning["updates_per_s"] > 0
     assert case["lightning_ratio"] == pytest.approx(lightning["updates_per_s"] / case["raw"]["updates_per_s"])
+
+
+@pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="needs dataset-fashion-mnist")
+def test_bench_job_runs_the_default_job_shortened_on_every_side(tmp_path):
+    out = tmp_path / "job.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_job.py", "--pairs", "1", "--max-steps", "10", "--json", str(out)],
+        cwd=REPO, check=True, capture_output=True, text=True, timeout=600,
+    )
+    report = json.loads(out.read_text())
+    sides = report["sides"]
+    assert {"trainer", "handwritten"} <= set(sides) and report["max_steps"] == 10
+    for side in sides.values():
+        (run,) = side["runs"]
+        assert run["wall_s"] == side["median_wall_s"] > 0
+        assert 0 <= run["val/acc"] <= 1 and 0 < run["val/loss"] < 2 * math.log(10)  # about chance after 10 updates
+    trainer_ratio = report["ratio_to_handwritten"]["trainer"]
+    assert trainer_ratio["median"] == pytest.approx(sides["trainer"]["median_wall_s"] / sides["handwritten"]["median_wall_s"])
+    assert "| trainer |" in proc.stdout and "| handwritten |" in proc.stdout
