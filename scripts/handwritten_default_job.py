@@ -50,6 +50,15 @@ def make_model() -> nn.Module:
     )
 
 
+def make_optimizer(model: nn.Module) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weights, none on biases and norm weights."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=PEAK_LR, foreach=True
+    )
+
+
 def lr_at(t: int, total: int, warmup: int = WARMUP) -> float:
     """Linear warmup from 0 over ``warmup`` updates, then a cosine from PEAK_LR to MIN_LR at ``total``."""
     if t < warmup:
@@ -70,22 +79,23 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     return {"val/loss": loss / len(x), "val/acc": correct / len(x)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="run directory (events, last.pt)")
+def parse_args(doc: str) -> argparse.Namespace:
+    """The command line of this script and of ``lightning_default_job.py``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="run directory (events, checkpoints)")
     parser.add_argument("--root", type=Path, default=DATA, help="directory with the four gzipped IDX files")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N updates (a shortened run)")
     parser.add_argument("--warmup-steps", type=int, default=WARMUP, help=f"warmup updates (default {WARMUP})")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     torch.manual_seed(0)
     train_x, train_y = load(args.root, "train")
     val_x, val_y = load(args.root, "t10k")
     model = make_model()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=PEAK_LR, foreach=True
-    )
+    optimizer = make_optimizer(model)
     per_epoch = len(train_x) // BATCH
     total = args.max_steps or EPOCHS * per_epoch
     writer = SummaryWriter(args.out)

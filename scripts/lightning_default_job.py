@@ -14,14 +14,23 @@ as JSON on its last line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
 import lightning
 import torch
-from handwritten_default_job import BATCH, CLIP, DATA, EPOCHS, LOG_EVERY, PEAK_LR, WARMUP, load, lr_at, make_model
+from handwritten_default_job import (
+    BATCH,
+    CLIP,
+    EPOCHS,
+    LOG_EVERY,
+    PEAK_LR,
+    load,
+    lr_at,
+    make_model,
+    make_optimizer,
+    parse_args,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
@@ -46,12 +55,7 @@ class DefaultJob(lightning.LightningModule):
         self.log("val/acc", (logits.argmax(1) == targets).float().mean(), batch_size=len(targets))
 
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=PEAK_LR,
-            foreach=True,
-        )
+        optimizer = make_optimizer(self.model)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_at(t, self.total_steps, self.warmup_steps) / PEAK_LR)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -62,12 +66,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, *, shuffle: bool) -> DataLoader:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="run directory (logs, checkpoints)")
-    parser.add_argument("--root", type=Path, default=DATA, help="directory with the four gzipped IDX files")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after N updates (a shortened run)")
-    parser.add_argument("--warmup-steps", type=int, default=WARMUP, help=f"warmup updates (default {WARMUP})")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     torch.manual_seed(0)
     train_x, train_y = load(args.root, "train")
     val_x, val_y = load(args.root, "t10k")
