@@ -4,6 +4,7 @@
     python scripts/bench.py --cases mlp_cpu --updates 300 --repeats 5 --json bench.json
     python scripts/bench.py --cases gpt --device cpu --updates 3 --warmup 1 --repeats 1 \
         --set model.n_layer=1 model.n_head=2 model.n_embd=32 model.block_size=16   # a shrunk smoke run anywhere
+    python scripts/bench.py --cases mlp_cpu --worlds 1 2 --updates 1000 --repeats 3   # 1 vs 2 processes (DDP)
 
 Cases: ``mlp_cpu`` / ``mlp_cuda`` (a tiny MLP, where per-update overhead dominates),
 ``resnet18`` (CIFAR-shape ResNet-18, batch 512, bf16, channels_last, SGD Nesterov) and ``gpt``
@@ -19,6 +20,11 @@ raw and harness (and Lightning, when installed) alternating, after one untimed r
 table gives the median and the spread (min-max) of updates/s, examples/s (tokens/s for the GPT),
 the ratio harness/raw (median over pairs of neighbouring repeats, so that drift in a shared
 machine's speed cancels), peak memory on CUDA, and Lightning/raw.
+
+``--worlds 1 2`` instead runs the real CLI at each world size (``torchrun`` above one process,
+DDP, the case's batch as the global batch split over the ranks, the CPU's cores or the GPUs shared
+out) and times updates ``warmup..`` from the wall times of their event records, read every 10
+updates.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ import json
 import math
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,6 +50,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.nn import functional as F
 
@@ -295,6 +305,58 @@ def bench_case(
     return results
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+READ_EVERY = 10  # updates between the world runs' log reads, whose event records carry the wall times
+
+
+def world_run(case: Case, world_size: int, updates: int, warmup: int, extra: list[str], run_dir: Path) -> float:
+    """Seconds for updates ``warmup..`` of ``python -m trainer`` in ``world_size`` processes
+    (torchrun above one), from the wall times of the event records written when updates
+    ``warmup - 1`` and the last were read."""
+    cfg = compose_case(case, updates, case.device, extra)
+    batch = cfg.data.batch_size
+    if batch % world_size:
+        raise SystemExit(f"--worlds: {world_size} does not divide the case's batch of {batch}")
+    threads = max(len(os.sched_getaffinity(0)) // world_size, 1) if case.device == "cpu" else 1
+    overrides = [
+        *case.overrides, f"trainer.device={case.device}", f"trainer.max_steps={updates}", "schedule=warmup_cosine",
+        f"schedule.warmup_steps={max(updates // 10, 1)}", "trainer.clip_grad_norm=1.0", "logger.log_every_n_steps=1",
+        f"logger.read_every_n_steps={READ_EVERY}", "logger.progress_bar=false", "trainer.val_every_n_epochs=1000",
+        f"trainer.global_batch_size={batch}", f"data.batch_size={batch // world_size}", f"trainer.num_threads={threads}",
+        *extra, f"hydra.run.dir={run_dir}",
+    ]
+    launcher = [sys.executable] if world_size == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+    ]
+    subprocess.run([*launcher, "-m", "trainer", *overrides], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parent.parent)
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    wall = {event.step: event.wall_time for event in accumulator.Scalars("train/lr")}
+    return wall[updates - 1] - wall[warmup - 1]
+
+
+def bench_worlds(case: Case, worlds: list[int], updates: int, repeats: int, *, warmup: int, extra: list[str]) -> dict:
+    """Updates/s of the real CLI at each world size, repeats alternating between them."""
+    if warmup < 1 or warmup % READ_EVERY or updates % READ_EVERY:
+        raise SystemExit(f"--worlds needs --warmup and --updates that are multiples of {READ_EVERY}")
+    seconds: dict[int, list[float]] = {w: [] for w in worlds}
+    for _ in range(repeats):
+        for world_size in worlds:
+            seconds[world_size].append(world_run(case, world_size, updates, warmup, extra, Path(tempfile.mkdtemp())))
+    results = {}
+    for world_size, times in seconds.items():
+        rates = sorted((updates - warmup) / s for s in times)
+        results[world_size] = {"updates_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1]}
+    return results
+
+
 def throughput(side: dict) -> str:
     """Examples/s, or tokens/s (``tok``) for a language model."""
     if side["tokens_per_s"] is not None:
@@ -329,9 +391,26 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="run every case on this device")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning column even if installed")
+    parser.add_argument("--worlds", nargs="*", type=int, default=None,
+                        help="time the real CLI at these numbers of processes instead (e.g. 1 2)")
     args = parser.parse_args()
     if not 0 <= args.warmup < args.updates:
         parser.error(f"--warmup must be in [0, --updates), got {args.warmup} of {args.updates}")
+    if args.worlds:
+        report = {"machine": cpu_name(), "cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+                  "date": time.strftime("%Y-%m-%d"), "updates": args.updates, "warmup": args.warmup,
+                  "repeats": args.repeats, "overrides": args.set, "worlds": {}}
+        for name in args.cases or ["mlp_cpu"]:
+            results = bench_worlds(CASES[name], args.worlds, args.updates, args.repeats, warmup=args.warmup,
+                                   extra=args.set)
+            report["worlds"][name] = results
+            base = results[args.worlds[0]]["updates_per_s"]
+            for world_size, r in results.items():
+                print(f"{name:<10} {world_size} processes: {r['updates_per_s']:.0f} updates/s "
+                      f"({r['min']:.0f}-{r['max']:.0f}), {r['updates_per_s'] / base:.3f} of {args.worlds[0]}")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return
     with_lightning = not args.no_lightning and importlib.util.find_spec("lightning") is not None
     names = args.cases or [n for n, c in CASES.items() if c.device == "cpu" or torch.cuda.is_available()]
     report = {

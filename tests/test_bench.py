@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,17 @@ def test_bench_runs_the_cpu_case(tmp_path):
     # one repeat: the paired ratio is exactly harness rate / raw rate
     assert case["ratio"] == pytest.approx(case["harness"]["updates_per_s"] / case["raw"]["updates_per_s"])
     assert case["harness"]["examples_per_s"] == case["harness"]["updates_per_s"] * 64
+
+
+def test_bench_times_one_and_two_processes(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, "scripts/bench.py", "--cases", "mlp_cpu", "--worlds", "1", "2", "--updates", "20", "--warmup",
+         "10", "--repeats", "1", "--json", str(out), "--set", "trainer.num_threads=1"],
+        cwd=REPO, check=True, capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    worlds = json.loads(out.read_text())["worlds"]["mlp_cpu"]
+    assert set(worlds) == {"1", "2"} and all(w["updates_per_s"] > 0 for w in worlds.values())
 
 
 SHRUNK_GPT = ["--cases", "gpt", "--device", "cpu", "--updates", "3", "--warmup", "1", "--repeats", "1", "--set", "model.n_layer=1",

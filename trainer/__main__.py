@@ -28,6 +28,7 @@ FAILED_OBJECTIVE = math.inf
 def main(cfg: DictConfig) -> float:
     """Train one job; returns ``trainer.objective`` so Hydra sweepers can optimise it."""
     # Only here: --help and --cfg never call this, and need not wait for torch to import.
+    from trainer.distributed import launch_rank
     from trainer.run import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -40,7 +41,8 @@ def main(cfg: DictConfig) -> float:
             return FAILED_OBJECTIVE
         sys.exit(2)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if launch_rank() == 0:  # every rank finds the same error: one line, from rank 0
+            print(f"error: {error}", file=sys.stderr)
         if in_sweep:
             # Fail this job only: the sweep goes on, its report lists the job as failed, and the
             # sweep exits 2 at its end (trainer.compare.SweepReport).
@@ -49,11 +51,13 @@ def main(cfg: DictConfig) -> float:
         remove_if_empty(run_dir)
         sys.exit(2)
     except Preempted as stop:
-        print(f"{stop}; wrote {run_dir / 'last.pt'}. Continue with: "
-              f"python -m trainer <same overrides> hydra.run.dir={run_dir} trainer.resume=auto", file=sys.stderr)
+        if launch_rank() == 0:
+            print(f"{stop}; wrote {run_dir / 'last.pt'}. Continue with: "
+                  f"python -m trainer <same overrides> hydra.run.dir={run_dir} trainer.resume=auto", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
     except NonFiniteStop as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
+        if launch_rank() == 0:
+            print(f"stopped: {stop}", file=sys.stderr)
         if in_sweep:  # a diverging LR is one result of an LR sweep, not the end of it
             return FAILED_OBJECTIVE
         sys.exit(EXIT_NONFINITE)

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainer.data import SEQUENCE_DATA
 from trainer.data.loading import LOADERS
+from trainer.distributed import BACKENDS, STRATEGIES
 from trainer.errors import ConfigError
 from trainer.models import SEQUENCE_MODELS
 from trainer.params import check_params
@@ -93,6 +94,21 @@ def _validate_trainer(t: DictConfig) -> None:
         "set trainer.max_epochs or trainer.max_steps (both are null)",
     )
     _positive_int(t.accumulate_grad_batches, "trainer.accumulate_grad_batches")
+    _positive_int(t.global_batch_size, "trainer.global_batch_size", allow_none=True)
+    _require(
+        t.global_batch_size is None or t.accumulate_grad_batches == 1,
+        "trainer.global_batch_size",
+        "it derives trainer.accumulate_grad_batches from the number of ranks: leave that at 1, or set the "
+        "global batch to null",
+    )
+    _choice(t.strategy, "trainer.strategy", STRATEGIES)
+    _choice(t.dist_backend, "trainer.dist_backend", BACKENDS)
+    shard = t.fsdp.shard_modules
+    _require(
+        OmegaConf.is_list(shard) and all(isinstance(name, str) for name in shard),
+        "trainer.fsdp.shard_modules",
+        f"got {shard!r}; expected a list of module class names, e.g. [TransformerBlock]",
+    )
     if t.clip_grad_norm is not None:
         _require(t.clip_grad_norm != math.inf, "trainer.clip_grad_norm", "got inf; use null to turn clipping off")
         _number(t.clip_grad_norm, "trainer.clip_grad_norm", low=0.0, low_open=True)
@@ -230,22 +246,51 @@ class RunPlan:
     total_steps: int
     warmup_steps: int
     lr_scale: float = 1.0  # multiplies every LR of the schedule: schedule.temperature × the batch-size rule
+    accumulate_grad_batches: int = 1  # micro-batches of data.batch_size per update on each rank
+    global_batch_size: int = 1  # examples per update over all ranks
 
 
-def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
+def accumulation(cfg: DictConfig, world_size: int = 1) -> int:
+    """Micro-batches per update and rank: ``trainer.accumulate_grad_batches``, or what
+    ``trainer.global_batch_size`` = data.batch_size × ``world_size`` × accumulation gives."""
+    t, batch_size = cfg.trainer, cfg.data.batch_size
+    if t.global_batch_size is None:
+        return t.accumulate_grad_batches
+    _require(
+        t.global_batch_size >= world_size,
+        "trainer.global_batch_size",
+        f"{t.global_batch_size} examples per update cannot give each of {world_size} ranks one: "
+        "raise it or launch fewer processes",
+    )
+    per_rank, rest = divmod(t.global_batch_size, batch_size * world_size)
+    _require(
+        rest == 0 and per_rank >= 1,
+        "trainer.global_batch_size",
+        f"{t.global_batch_size} is not a multiple of data.batch_size={batch_size} × {world_size} ranks "
+        f"= {batch_size * world_size}: use a multiple of it (e.g. {batch_size * world_size * max(per_rank, 1)}) "
+        "or another data.batch_size",
+    )
+    return per_rank
+
+
+def plan_run(cfg: DictConfig, num_train_examples: int, world_size: int = 1) -> RunPlan:
     """Derive updates per epoch, the update budget and the schedule length; check they fit.
 
     The train loader drops the last partial batch and an epoch ends on the last whole update,
-    so updates per epoch = floor(floor(N / batch_size) / accumulate_grad_batches).
+    so updates per epoch = floor(floor(N / batch_size) / (accumulation × world_size)) = floor(N /
+    global batch): the same at any world size for the same global batch.
     """
     t, s = cfg.trainer, cfg.schedule
+    accumulate = accumulation(cfg, world_size)
+    global_batch = cfg.data.batch_size * accumulate * world_size
     batches = num_train_examples // cfg.data.batch_size
-    updates_per_epoch = batches // t.accumulate_grad_batches
+    updates_per_epoch = batches // (accumulate * world_size)
     _require(
         updates_per_epoch >= 1,
         "data.batch_size",
         f"{num_train_examples} training examples give {batches} batches of {cfg.data.batch_size}, "
-        f"fewer than trainer.accumulate_grad_batches={t.accumulate_grad_batches}: lower either",
+        f"fewer than the {accumulate * world_size} of one update ({accumulate} accumulated × {world_size} ranks): "
+        "lower the batch or the accumulation",
     )
     if s.name == "lr_range_test":
         max_updates = s.num_steps
@@ -266,23 +311,25 @@ def plan_run(cfg: DictConfig, num_train_examples: int) -> RunPlan:
         f"warmup of {warmup_steps} {s.interval}s exceeds schedule.total_steps={total_steps}: "
         "shorten the warmup or train longer",
     )
-    lr_scale = s.temperature * batch_lr_factor(cfg)
+    lr_scale = s.temperature * batch_lr_factor(cfg, global_batch)
     _require(
         math.isfinite(lr_scale) and lr_scale > 0,
         "schedule.temperature",
         f"schedule.temperature × the optimizer.lr_scaling factor is {lr_scale}, not a usable LR multiplier",
     )
-    return RunPlan(updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale)
+    return RunPlan(
+        updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale,
+        accumulate_grad_batches=accumulate, global_batch_size=global_batch,
+    )
 
 
-def batch_lr_factor(cfg: DictConfig) -> float:
-    """``optimizer.lr_scaling``: (B / reference_batch_size)^p with B the examples per update
-    (data.batch_size × trainer.accumulate_grad_batches); p = 1 (linear, Goyal et al.), ½ (sqrt,
-    seed 002: batch 1024 against 256 runs at 2η), or 0 (none)."""
+def batch_lr_factor(cfg: DictConfig, global_batch_size: int) -> float:
+    """``optimizer.lr_scaling``: (B / reference_batch_size)^p with B the examples per update over
+    all ranks (the global batch); p = 1 (linear, Goyal et al.), ½ (sqrt, seed 002: batch 1024
+    against 256 runs at 2η), or 0 (none)."""
     o = cfg.optimizer
     power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[o.lr_scaling]
-    examples = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches
-    return (examples / o.reference_batch_size) ** power
+    return (global_batch_size / o.reference_batch_size) ** power
 
 
 def warmup_warning(cfg: DictConfig, schedule: Schedule) -> str | None:

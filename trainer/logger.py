@@ -14,8 +14,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from trainer.distributed import World
 from trainer.events import EventWriter
 from trainer.hparams import HParamValue, experiment_summary, session_summaries
+
+
+class _NoEvents:
+    """The event writer of ranks other than 0, which write nothing."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def summary(self, summary: object, step: int = 0) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class RunLogger:
@@ -34,11 +51,13 @@ class RunLogger:
         group_names: list[str],
         progress_bar: bool = True,
         start_update: int = 0,
+        world: World | None = None,
     ) -> None:
+        self.world = world or World()
         # On resume, purge_step makes TensorBoard drop what the interrupted run logged after its
         # checkpoint, so the updates it replays are not shown twice; a fresh run (update 0) hides
-        # whatever an earlier run left in the same directory.
-        self.writer = EventWriter(run_dir, purge_step=start_update)
+        # whatever an earlier run left in the same directory. Only rank 0 writes.
+        self.writer = EventWriter(run_dir, purge_step=start_update) if self.world.is_main else _NoEvents()
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
@@ -48,7 +67,8 @@ class RunLogger:
         self.updates_per_epoch = updates_per_epoch
         self.num_epochs = -(-max_updates // updates_per_epoch)
         self.bar = tqdm(
-            total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True, disable=not progress_bar
+            total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True,
+            disable=not (progress_bar and self.world.is_main),
         )
         self._show_epoch()
 
@@ -86,8 +106,11 @@ class RunLogger:
         records; returns the last of their losses, or None when nothing was pending."""
         if not self._pending:
             return None
-        columns = zip(*(p[-1] for p in self._pending))  # losses, grad norms, skip counts
-        flat = torch.cat([torch.stack(column).float() for column in columns]).tolist()
+        # losses, grad norms, skip counts; the gradient's norm and skips are the same on every rank,
+        # the loss is each rank's own: train/loss is their mean (one collective per read).
+        columns = [torch.stack(column).float() for column in zip(*(p[-1] for p in self._pending))]
+        columns[0] = self.world.mean(columns[0])
+        flat = torch.cat(columns).tolist()
         n = len(self._pending)
         values = zip(flat[:n], flat[n : 2 * n], flat[2 * n :])
         for (update, lrs, momentum, epoch, _), (loss, grad_norm, skipped) in zip(self._pending, values):
@@ -111,7 +134,7 @@ class RunLogger:
     def log_val(self, updates_done: int, metrics: dict[str, float]) -> None:
         self.writer.scalars(updates_done, metrics)
         self.writer.flush()  # once an epoch: what is on disk keeps up with the checkpoints
-        self.bar.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
+        self.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
         # The bar's rate (and so its ETA) is of training updates only: without this, the time the
         # validation took counts as one slow update, and the ETA jumps after every validation.
         self.bar.unpause()
@@ -119,6 +142,11 @@ class RunLogger:
     def flush(self) -> None:
         """Put every record written so far on the disk (before a checkpoint is)."""
         self.writer.flush()
+
+    def write(self, message: str) -> None:
+        """A line on the console, beside the bar; rank 0's only."""
+        if self.world.is_main:
+            self.bar.write(message)
 
     def log_hparams(self, hparams: dict[str, HParamValue], *, experiment: bool) -> None:
         """Fill TensorBoard's HParams tab: this run's session (its hyper-parameters, beside its last

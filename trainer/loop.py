@@ -6,10 +6,9 @@ autocast forward -> (scaled) backward -> unscale -> clip -> optimizer step -> sc
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from trainer.config import RunPlan
 from trainer.data import Dataset
 from trainer.data.batches import Batch
 from trainer.data.loading import train_batches
+from trainer.distributed import World
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
 from trainer.optim import optimizer_state, trainable_parameters
@@ -58,7 +58,12 @@ def applied_momentum(optimizer: torch.optim.Optimizer) -> float:
 
 
 class TrainStep:
-    """One optimizer update over ``accumulate_grad_batches`` micro-batches."""
+    """One optimizer update over ``accumulate_grad_batches`` micro-batches (on each rank).
+
+    ``model`` is the module to call: under DDP its wrapper, which averages the gradients over the
+    ranks in the backward of the last micro-batch (the others skip the all-reduce), so clipping
+    and the finiteness check see the same global gradient on every rank.
+    """
 
     def __init__(
         self,
@@ -68,12 +73,17 @@ class TrainStep:
         precision: Precision,
         loss_fn: Loss,
         clip_grad_norm: float | None,
+        world: World | None = None,
     ) -> None:
+        self.world = world or World()
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.precision, self.loss_fn, self.clip_grad_norm = precision, loss_fn, clip_grad_norm
-        self.scaler = precision.grad_scaler()
         self.params = list(trainable_parameters(optimizer))
         device = self.params[0].device
+        # Under FSDP2 a rank's scaler sees only its own gradient shard, so ranks could skip
+        # different updates: there the global norm decides, on the host (one sync per update).
+        self.sharded = self.world.strategy == "fsdp"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False) if self.sharded else precision.grad_scaler()
         # Counted on the device and read only on logging updates: no per-update host sync.
         self.skipped_updates = torch.zeros((), dtype=torch.long, device=device)
         self.nonfinite_losses = torch.zeros((), dtype=torch.long, device=device)
@@ -89,12 +99,13 @@ class TrainStep:
         # the whole update, so the LR means the same thing at any accumulation.
         count = len(micro_batches)
         total_loss = None
-        for inputs, targets in micro_batches:
-            with self.precision.autocast():
-                loss = self.loss_fn(self.model(inputs), targets)
-            if count > 1:
-                loss = loss / count
-            self.scaler.scale(loss).backward()
+        for index, (inputs, targets) in enumerate(micro_batches):
+            with self.world.gradient_sync(self.model, enabled=index == count - 1):
+                with self.precision.autocast():
+                    loss = self.loss_fn(self.model(inputs), targets)
+                if count > 1:
+                    loss = loss / count
+                self.scaler.scale(loss).backward()
             total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
         # Unscale before clipping: under fp16 the gradients are multiplied by the loss scale, and
         # clipping (or logging) scaled gradients would compare the wrong norm with max_norm.
@@ -103,6 +114,8 @@ class TrainStep:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
+        if self.sharded:  # a DTensor: the norm over every rank's shards
+            grad_norm = grad_norm.full_tensor()
         if self.precision.uses_grad_scaler:  # only fp16 needs the loss apart from the gradients
             self.nonfinite_losses += ~torch.isfinite(total_loss)
         if self.scaler.is_enabled():
@@ -120,6 +133,26 @@ class TrainStep:
         apply_schedule(self.optimizer, self.schedule, update + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, grad_norm
+
+    def state_dict(self) -> dict:
+        """The loss scale and the non-finite counters, in the checkpoint's layout."""
+        return {
+            "precision": self.precision.name,
+            "scaler": self.scaler.state_dict(),
+            "counters": {
+                "skipped_updates": int(self.skipped_updates),
+                "nonfinite_losses": int(self.nonfinite_losses),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
+        # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
+        # (Checkpoints from before the precision was saved are taken to be this run's.)
+        if state.get("precision", self.precision.name) == self.precision.name and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_updates.fill_(state["counters"]["skipped_updates"])
+        self.nonfinite_losses.fill_(state["counters"]["nonfinite_losses"])
 
 
 @dataclass(frozen=True)
@@ -144,10 +177,13 @@ def class_scores(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
 
 @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False, loss_fn: Loss | None = None
+    model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False,
+    loss_fn: Loss | None = None, world: World | None = None,
 ) -> dict[str, float]:
     """``val/loss`` and, when the outputs are class scores and the targets class indices,
     ``val/acc`` (top-1) over every batch; one device sync at the end. An empty split gives {}.
+    Under ``world``, each rank passes its own shard of the split and the sums (loss, correct
+    answers, counts) are added over the ranks, so every rank gets the same numbers.
 
     ``val/loss`` with the built-in cross-entropy (``loss_fn`` None or a :class:`CrossEntropy`) is
     the unsmoothed cross-entropy in nats per target (per example, or per character for text);
@@ -181,31 +217,62 @@ def evaluate(
             correct += (outputs.argmax(dim=-1) == targets).sum()
             scored += targets.numel()
     model.train(was_training)
+    sums = torch.tensor([count, scored], dtype=torch.float64, device=device)
+    sums = (world or World()).sum(torch.cat([torch.stack([loss_sum.double(), correct.double()]), sums]))
+    loss_total, correct_total, count, scored = sums.tolist()
     if count == 0:
         return {}
-    metrics = {"val/loss": loss_sum.item() / count}
+    metrics = {"val/loss": loss_total / count}
     if scored:
-        metrics["val/acc"] = correct.item() / scored
+        metrics["val/acc"] = correct_total / scored
     return metrics
 
 
-@dataclass
-class Checkpointing:
-    """Where and how often the loop writes checkpoints (``last.pt``, ``best.pt``, ``step-*.pt``):
-    every ``every_n_epochs`` epoch ends, every ``every_n_steps`` updates, on improvement, on a
-    stop signal and at the end."""
+class Checkpointer:
+    """Knows when a checkpoint is due and writes it: ``last.pt`` every ``every_n_epochs`` epoch
+    ends, every ``every_n_steps`` updates, on a stop signal and at the end; ``best.pt`` whenever
+    the objective improves (it keeps the best value seen); ``keep_last_n`` numbered copies."""
 
-    run_dir: Path
-    every_n_steps: int | None
-    every_n_epochs: int
-    keep_last_n: int
-    config: dict
-    fingerprint: dict
+    def __init__(
+        self, run_dir: Path, *, every_n_steps: int | None, every_n_epochs: int, keep_last_n: int, config: dict,
+        fingerprint: dict,
+    ) -> None:
+        self.run_dir, self.every_n_steps, self.every_n_epochs = run_dir, every_n_steps, every_n_epochs
+        self.keep_last_n, self.config, self.fingerprint = keep_last_n, config, fingerprint
+        self.best = math.inf
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def due_after_update(self, updates_done: int) -> bool:
+        return bool(self.every_n_steps) and updates_done % self.every_n_steps == 0
+
+    def due_at_epoch_end(self, epoch: int, updates_done: int) -> bool:
+        return (epoch + 1) % self.every_n_epochs == 0 or self.due_after_update(updates_done)
+
+    def improves(self, objective: float) -> bool:
+        """Take a validation's objective (minimised); True when it beats every earlier one."""
+        improved = objective < self.best
+        self.best = min(self.best, objective)
+        return improved
+
+    def write(self, state: dict, update: int, *, improved: bool = False) -> None:
+        """``last.pt`` and, as hard links to the same bytes, ``best.pt`` and the numbered copy:
+        all in place before ``last.pt`` is replaced (:func:`~trainer.checkpoint.save_atomic`)."""
+        also = [self.run_dir / "best.pt"] if improved else []
+        if self.keep_last_n > 0:
+            also.append(self.run_dir / f"step-{update:08d}.pt")
+        save_atomic(state, self.last, also=also)
+        if self.keep_last_n > 0:
+            prune_numbered(self.run_dir, self.keep_last_n)
 
 
 @dataclass
 class Loop:
-    """Everything the loop needs, built by :mod:`trainer.run`."""
+    """Everything the loop needs, built by :mod:`trainer.run`. Each part keeps its own state
+    and cadence (the step its counters, the schedule its plateau, the checkpointer its best value
+    and when it is due, the range test its losses); the loop only orders them."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -215,7 +282,7 @@ class Loop:
     plan: RunPlan
     logger: RunLogger
     precision: Precision
-    checkpointing: Checkpointing
+    checkpointer: Checkpointer
     batch_size: int
     accumulate_grad_batches: int
     val_every_n_epochs: int
@@ -225,8 +292,8 @@ class Loop:
     flip_test: bool = False
     objective: str = "val/loss"
     nonfinite: str = "skip"
-    range_test: RangeTestMonitor | None = None
-    best: float = math.inf
+    range_test: RangeTestMonitor | None = None  # an observer of every update's LR and loss
+    world: World = field(default_factory=World)  # the ranks (one outside a launch)
     _bad_seen: int = 0
     _train_loss: float | None = None  # the last training loss read from the device
     _last_val: tuple[int, dict[str, float]] = (-1, {})
@@ -234,33 +301,24 @@ class Loop:
 
     def state_dict(self, update: int) -> dict:
         """Everything a resumed run needs to continue as if it had never stopped."""
-        plateau = self.schedule.plateau
+        step = self.step.state_dict()
         return {
             "format": CHECKPOINT_FORMAT,
             "update": update,
-            "model": self.model.state_dict(),
-            "optimizer": optimizer_state(self.optimizer),
-            "precision": self.step.precision.name,
-            "scaler": self.step.scaler.state_dict(),
-            "schedule": {
-                "fingerprint": self.checkpointing.fingerprint,
-                "plateau": None if plateau is None else plateau.state_dict(),
-            },
-            "counters": {
-                "skipped_updates": int(self.step.skipped_updates),
-                "nonfinite_losses": int(self.step.nonfinite_losses),
-                "best": self.best,
-            },
+            "model": self.world.model_state(self.model),
+            "optimizer": self.world.full_optimizer_state(optimizer_state(self.optimizer)),
+            **step,
+            "schedule": {"fingerprint": self.checkpointer.fingerprint, **self.schedule.state_dict()},
+            "counters": {**step["counters"], "best": self.checkpointer.best},
             "data": {"epoch": update // self.plan.updates_per_epoch,
                      "batch": (update % self.plan.updates_per_epoch) * self.accumulate_grad_batches,
                      "seed": self.seed},
             "rng": rng_state(),
-            "config": self.checkpointing.config,
+            "config": self.checkpointer.config,
             # val/* logged at this very step: a resumed run re-writes them after TensorBoard's
             # purge of everything at or after the checkpoint's step.
             "val_metrics": self._last_val[1] if self._last_val[0] == update else {},
-            # The range test's losses so far: its divergence check and suggestion use all of them.
-            "range_test": None if self.range_test is None else dataclasses.asdict(self.range_test),
+            "range_test": None if self.range_test is None else self.range_test.state_dict(),
         }
 
     def load_state_dict(self, state: dict, *, restore_plateau: bool = True) -> int:
@@ -269,46 +327,38 @@ class Loop:
         The model and optimizer are not loaded here: :func:`trainer.run.train` loads them before it
         writes anything, so a checkpoint that does not fit is a config error, not a half-made run.
         """
-        # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
-        # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
-        # (Checkpoints from before the precision was saved are taken to be this run's.)
-        if state.get("precision", self.step.precision.name) == self.step.precision.name and state["scaler"]:
-            self.step.scaler.load_state_dict(state["scaler"])
-        if restore_plateau and self.schedule.plateau is not None and state["schedule"]["plateau"] is not None:
-            self.schedule.plateau.load_state_dict(state["schedule"]["plateau"])
-        counters = state["counters"]
-        self.step.skipped_updates.fill_(counters["skipped_updates"])
-        self.step.nonfinite_losses.fill_(counters["nonfinite_losses"])
-        self.best = counters["best"]
+        self.step.load_state_dict(state)
+        if restore_plateau:
+            self.schedule.load_state_dict(state["schedule"])
+        self.checkpointer.best = state["counters"]["best"]
         self._bad_seen = self._bad_count()
         self.logger.rewrite(state["update"], state["val_metrics"])
         self._last_val = (state["update"], state["val_metrics"])
         self._last_saved = state["update"]
         if self.range_test is not None and state.get("range_test") is not None:
-            self.range_test = RangeTestMonitor(**state["range_test"])
+            self.range_test.load_state_dict(state["range_test"])
         set_rng_state(state["rng"])
         return state["update"]
 
     def save(self, update: int, *, improved: bool = False) -> None:
+        """Rank 0 writes the checkpoint; every rank gathers its state (FSDP2's shards) and waits
+        for the file, so no rank runs, or exits, ahead of it."""
         self._read_logs(update)  # the records of the updates a resume will not replay go to disk first
         if self.nonfinite != "skip":  # and the unlogged updates since the last read: last.pt stays good
             self._enforce_nonfinite_policy(update)
         self.logger.flush()
-        ckpt = self.checkpointing
-        also = [ckpt.run_dir / "best.pt"] if improved else []
-        if ckpt.keep_last_n > 0:
-            also.append(ckpt.run_dir / f"step-{update:08d}.pt")
-        save_atomic(self.state_dict(update), ckpt.run_dir / "last.pt", also=also)
+        state = self.state_dict(update)
+        if self.world.is_main:
+            self.checkpointer.write(state, update, improved=improved)
+        self.world.barrier()
         self._last_saved = update
-        if ckpt.keep_last_n > 0:
-            prune_numbered(ckpt.run_dir, ckpt.keep_last_n)
 
     def _bad_count(self) -> int:
         """Non-finite events the policy acts on. fp16 overflow skips are routine (the scaler
         is calibrating), so there only a non-finite loss counts."""
-        if self.precision.uses_grad_scaler:
-            return int(self.step.nonfinite_losses)
-        return int(self.step.skipped_updates)
+        if self.precision.uses_grad_scaler:  # each rank counts its own losses
+            return int(self.world.sum(self.step.nonfinite_losses))
+        return int(self.step.skipped_updates)  # the global gradient's: the same on every rank
 
     def _enforce_nonfinite_policy(self, update: int) -> None:
         """Called where logged values are read (the loop syncs there anyway)."""
@@ -323,23 +373,31 @@ class Loop:
         if self.nonfinite == "raise":
             raise NonFiniteError(message)
         self._bad_seen = bad
-        run_dir = self.checkpointing.run_dir
+        run_dir = self.checkpointer.run_dir
         if self._last_saved is None:
             before = "no checkpoint was written before it"
         else:  # written before the first bad update (save checks first): keep it from the save below
-            link_atomic(run_dir / "last.pt", run_dir / "last_good.pt")
+            if self.world.is_main:
+                link_atomic(run_dir / "last.pt", run_dir / "last_good.pt")
             before = (f"the last checkpoint before it is {run_dir / 'last_good.pt'} (update {self._last_saved}): "
                       f"resume from it with trainer.resume={run_dir / 'last_good.pt'}, e.g. with a lower "
                       "optimizer.lr and trainer.resume_schedule=override")
         self.save(update)
-        raise NonFiniteStop(f"{message}; saved them in {run_dir / 'last.pt'}; {before}")
+        raise NonFiniteStop(f"{message}; saved them in {self.checkpointer.last}; {before}")
 
     def evaluate(self) -> dict[str, float]:
+        """Validation over the whole split: each rank takes its slice of every batch of
+        ``VAL_BATCH_MULTIPLE × batch_size × world_size`` (all ranks run the same number of forwards, as FSDP2 needs;
+        a slice may be empty at the end)."""
+        size, rank = VAL_BATCH_MULTIPLE * self.batch_size, self.world.rank
         # With data.loader=dataloader the validation split stays in host memory: copy each batch over
         # (a no-op when it already is on the device).
-        batches = self.dataset.val_batches(VAL_BATCH_MULTIPLE * self.batch_size)
-        batches = ((x.to(self.device), y.to(self.device)) for x, y in batches)
-        return evaluate(self.model, batches, self.precision, flip=self.flip_test, loss_fn=self.step.loss_fn)
+        batches = (
+            (x[rank * size : (rank + 1) * size].to(self.device), y[rank * size : (rank + 1) * size].to(self.device))
+            for x, y in self.dataset.val_batches(size * self.world.world_size)
+        )
+        return evaluate(self.model, batches, self.precision, flip=self.flip_test, loss_fn=self.step.loss_fn,
+                        world=self.world)
 
     def _read_logs(self, updates_done: int) -> None:
         """Write the pending logged updates (one host-device sync), then apply the non-finite policy."""
@@ -367,67 +425,30 @@ class Loop:
         Resuming at update u continues epoch u // updates_per_epoch from the batch it stopped at:
         the epoch's order is re-created from (seed, epoch), so no example is repeated or skipped.
         """
-        plan, logger, ckpt = self.plan, self.logger, self.checkpointing
-        upe = plan.updates_per_epoch
+        plan, ckpt = self.plan, self.checkpointer
         apply_schedule(self.optimizer, self.schedule, start_update)
-        momentum_scheduled = self.schedule.momentum_fn is not None
-        read_each_log = self.range_test is not None or self.nonfinite != "skip"
         self.model.train()
-        update, metrics, diverged = start_update, {}, False
+        update, metrics = start_update, {}
         # A resumed finished run (a requeued job) trains and validates nothing; a range test that
         # diverged before its checkpoint is finished, short of max_updates.
         finished = update >= plan.max_updates or (self.range_test is not None
                                                   and self.range_test.stopped_early_at is not None)
         with StopOnSignal() as stop:
-            for epoch in range(update // upe, plan.num_epochs if not finished else 0):
-                batches = train_batches(
-                    self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch),
-                    start_batch=(update - epoch * upe) * self.accumulate_grad_batches,
-                    device=self.device, num_workers=self.loader_workers,
-                )
-                epoch_end = min((epoch + 1) * upe, plan.max_updates)
-                while update < epoch_end:
-                    micro = [next(batches) for _ in range(self.accumulate_grad_batches)]
-                    log_now = logger.due(update)
-                    lrs = applied_lrs(self.optimizer) if log_now else None
-                    momentum = applied_momentum(self.optimizer) if log_now and momentum_scheduled else None
-                    loss, grad_norm = self.step(micro, update)
-                    if log_now:
-                        logger.record(
-                            update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch,
-                            skipped_updates=self.step.skipped_updates,
-                        )
-                    # The range test and a stop/raise policy act on each logged update's values;
-                    # otherwise they are read in batches, with one sync per read.
-                    if logger.read_due(update) or (log_now and read_each_log):
-                        self._read_logs(update + 1)
-                    if self.range_test is not None:  # it logs (and so reads) every update
-                        diverged = self.range_test.record(lrs[0], self._train_loss)
-                    update += 1
-                    logger.advance()
-                    if diverged:
-                        break
-                    if update == epoch_end:
-                        break  # the epoch end below checkpoints this update when due
-                    if ckpt.every_n_steps and update % ckpt.every_n_steps == 0:
-                        self.save(update)
-                    if stop.requested:
-                        self.save(update)
-                        raise Preempted(stop.requested, update)
-                improved = False
+            for epoch in range(update // plan.updates_per_epoch, plan.num_epochs if not finished else 0):
+                update, diverged = self._train_epoch(epoch, update, stop)
                 last = update >= plan.max_updates or diverged
+                improved = False
                 if (epoch + 1) % self.val_every_n_epochs == 0 or last:
                     metrics.update(self.validate(update))
                     if self.objective in metrics:
-                        improved = metrics[self.objective] < self.best
-                        self.best = min(self.best, metrics[self.objective])
-                step_due = ckpt.every_n_steps and update % ckpt.every_n_steps == 0
-                if (epoch + 1) % ckpt.every_n_epochs == 0 or step_due or last or improved or stop.requested:
+                        improved = ckpt.improves(metrics[self.objective])
+                stopping = self._stopping(stop)
+                if ckpt.due_at_epoch_end(epoch, update) or last or improved or stopping:
                     self.save(update, improved=improved)
-                if stop.requested:
-                    raise Preempted(stop.requested, update)
+                if stopping:
+                    raise Preempted(stopping, update)
                 if diverged:
-                    logger.bar.write(f"range test: loss diverged at update {update}; stopping")
+                    self.logger.write(f"range test: loss diverged at update {update}; stopping")
                     break
         if self.objective not in metrics:  # resumed a finished run: report its checkpoint's last validation
             metrics.update(self._last_val[1] if self._last_val[0] == update and self._last_val[1] else self.evaluate())
@@ -436,3 +457,54 @@ class Loop:
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
         return metrics
+
+    def _train_epoch(self, epoch: int, update: int, stop: StopOnSignal) -> tuple[int, bool]:
+        """Updates ``update..`` of ``epoch``, up to its end or ``max_updates``; checkpoints when due
+        within the epoch (its end is the caller's). Returns the updates done and whether the range
+        test saw the loss diverge."""
+        upe = self.plan.updates_per_epoch
+        batches = train_batches(
+            self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch),
+            start_batch=(update - epoch * upe) * self.accumulate_grad_batches,
+            device=self.device, num_workers=self.loader_workers,
+            rank=self.world.rank, world_size=self.world.world_size, accumulate=self.accumulate_grad_batches,
+        )
+        epoch_end = min((epoch + 1) * upe, self.plan.max_updates)
+        while update < epoch_end:
+            diverged = self._update(update, epoch, [next(batches) for _ in range(self.accumulate_grad_batches)])
+            update += 1
+            self.logger.advance()
+            if diverged or update == epoch_end:
+                return update, diverged  # the epoch end checkpoints this update when due
+            if self.checkpointer.due_after_update(update):
+                self.save(update)
+            stopping = self._stopping(stop)
+            if stopping:
+                self.save(update)
+                raise Preempted(stopping, update)
+        return update, False
+
+    def _stopping(self, stop: StopOnSignal) -> str | None:
+        """The stop signal's name once any rank has one, on every rank at the same update."""
+        if self.world.any(stop.requested is not None):
+            return stop.requested or "a signal to another rank"
+        return None
+
+    def _update(self, update: int, epoch: int, micro_batches: list[Batch]) -> bool:
+        """One optimizer update with its logging; True when the range test says stop."""
+        logger = self.logger
+        log_now = logger.due(update)
+        lrs = applied_lrs(self.optimizer) if log_now else None
+        momentum = applied_momentum(self.optimizer) if log_now and self.schedule.momentum_fn is not None else None
+        loss, grad_norm = self.step(micro_batches, update)
+        if log_now:
+            logger.record(
+                update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch,
+                skipped_updates=self.step.skipped_updates,
+            )
+        # The range test and a stop/raise policy act on each logged update's values; otherwise
+        # they are read in batches, with one sync per read.
+        if logger.read_due(update) or (log_now and (self.range_test is not None or self.nonfinite != "skip")):
+            self._read_logs(update + 1)
+        # The range test logs (and so reads) every update.
+        return self.range_test is not None and self.range_test.record(lrs[0], self._train_loss)

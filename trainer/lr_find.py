@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SMOOTHING = 0.9  # EMA factor; fast.ai's 0.98 lags ~50 updates, too many for a 100-update sweep
@@ -44,6 +44,13 @@ class RangeTestMonitor:
         if diverged:
             self.stopped_early_at = len(self.losses)
         return diverged
+
+    def state_dict(self) -> dict:
+        """The losses so far: the divergence check and the suggestion use all of them."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lrs, self.losses, self.stopped_early_at = state["lrs"], state["losses"], state["stopped_early_at"]
 
 
 def suggest(lrs: list[float], losses: list[float]) -> dict[str, float | str] | None:

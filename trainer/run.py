@@ -19,14 +19,16 @@ from trainer.config import RunPlan, plan_run, validate, warmup_warning
 from trainer.data import Dataset, build_dataset, data_spec, first_batch
 from trainer.data.batches import Batch
 from trainer.data.text import TokenDataset
+from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
 from trainer.errors import ConfigError, one_line
 from trainer.hparams import hyperparameters
+from trainer.hydra_app import remove_if_empty
 from trainer.logger import RunLogger
-from trainer.loop import Checkpointing, Loop, Loss, TrainStep
+from trainer.loop import Checkpointer, Loop, Loss, TrainStep
 from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
-from trainer.optim import build_optimizer, group_names, load_optimizer_state
+from trainer.optim import build_optimizer, group_names, load_optimizer_state, trainable_parameters
 from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
 from trainer.rundir import hold_run_dir
 from trainer.schedules import Schedule, build_schedule
@@ -103,14 +105,16 @@ def check_model_fits(model: nn.Module, loss_fn: Loss, batch: Batch, device: torc
 
 def build_optimization(
     cfg: DictConfig, *, num_train: int, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
-    model: nn.Module | None = None, fit_check: tuple[Loss, Batch] | None = None,
+    model: nn.Module | None = None, fit_check: tuple[Loss, Batch] | None = None, world: World | None = None,
 ) -> tuple[nn.Module, torch.optim.Optimizer, Schedule, RunPlan]:
     """Model, optimizer, schedule and the derived plan: shared by training and the preview.
 
     ``model``: a module to train instead of building ``cfg.model`` (``trainer.fit``).
     ``fit_check``: (loss, a batch) for :func:`check_model_fits`, run before the model is compiled.
+    Under FSDP2 the model is sharded over ``world`` before the optimizer sees its parameters.
     """
-    plan = plan_run(cfg, num_train)
+    world = world or World()
+    plan = plan_run(cfg, num_train, world.world_size)
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
@@ -123,6 +127,7 @@ def build_optimization(
         if len(input_shape) == 3:
             # NHWC lets cuDNN pick its Tensor Core convolution kernels without transposing each layer.
             model = model.to(memory_format=torch.channels_last)
+    model = world.parallelize(model)
     if cfg.trainer.compile:
         # In place: the state_dict keys stay those of the eager model, so checkpoints load either way.
         model.compile(mode=None if cfg.trainer.compile is True else cfg.trainer.compile)
@@ -161,6 +166,9 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         updates_per_epoch=plan.updates_per_epoch,
         lr_scale=plan.lr_scale,
         group_lr_scales={str(k): v for k, v in (cfg.optimizer.lr_scales or {}).items()},
+        # The examples per update over all ranks: any world size with the same global batch
+        # continues the same run.
+        global_batch_size=plan.global_batch_size,
     )
     # The optimizer's own settings (η and the scales are above): a resume with another weight
     # decay, betas or momentum would quietly change the run as much as a schedule change.
@@ -218,9 +226,11 @@ def build_loop(
     fingerprint: dict,
     start_update: int = 0,
     loss_fn: Loss | None = None,
+    world: World | None = None,
 ) -> Loop:
     """The loop (with its step and logger) exactly as ``python -m trainer`` runs it; the overhead
     benchmark builds it here too, so it times what users run."""
+    world = world or World()
     logger = RunLogger(
         run_dir,
         log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
@@ -230,14 +240,16 @@ def build_loop(
         group_names=group_names(optimizer),
         progress_bar=cfg.logger.progress_bar,
         start_update=start_update,
+        world=world,
     )
     step = TrainStep(
-        model,
+        world.trainable(model),
         optimizer,
         schedule,
         precision,
         build_loss(cfg) if loss_fn is None else loss_fn,
         cfg.trainer.clip_grad_norm,
+        world,
     )
     return Loop(
         model=model,
@@ -248,8 +260,8 @@ def build_loop(
         plan=plan,
         logger=logger,
         precision=precision,
-        checkpointing=Checkpointing(
-            run_dir=run_dir,
+        checkpointer=Checkpointer(
+            run_dir,
             every_n_steps=cfg.trainer.checkpoint_every_n_steps,
             every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
             keep_last_n=cfg.trainer.keep_last_n,
@@ -257,7 +269,7 @@ def build_loop(
             fingerprint=fingerprint,
         ),
         batch_size=cfg.data.batch_size,
-        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
         val_every_n_epochs=cfg.trainer.val_every_n_epochs,
         seed=cfg.seed,
         device=next(model.parameters()).device,
@@ -266,6 +278,7 @@ def build_loop(
         objective=cfg.trainer.objective,
         nonfinite=cfg.trainer.nonfinite,
         range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
+        world=world,
     )
 
 
@@ -284,21 +297,51 @@ def train(
     ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
     ``model`` and ``dataset``: objects to train instead of building ``cfg.model`` and ``cfg.data``
     (``trainer.fit``).
+    Under torchrun or SLURM every rank runs this; rank 0 alone writes (see :mod:`trainer.distributed`).
     """
     started = time.perf_counter()
     validate(cfg)
-    with hold_run_dir(run_dir):
-        return _train(cfg, run_dir, overrides, started=started, hparams_experiment=hparams_experiment, model=model,
-                      dataset=dataset)
+    launch = launch_from_env(os.environ)
+    strategy = resolve_strategy(cfg.trainer.strategy, launch)
+    torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
+    device = device_of(launch if strategy != "single" else None, resolve_device(cfg.trainer.device))
+    backend = resolve_backend(cfg.trainer.dist_backend, device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    if strategy == "fsdp" and precision.uses_grad_scaler:
+        raise ConfigError(
+            "trainer.precision", "fp16 loss scaling is not supported with trainer.strategy=fsdp: use bf16"
+        )
+    world = World.start(
+        strategy, launch, backend=backend, shard_modules=tuple(cfg.trainer.fsdp.shard_modules),
+        bf16_params=precision.dtype is torch.bfloat16,
+    )
+    try:
+        own_dir, run_dir = run_dir, Path(world.broadcast(str(run_dir)))  # each rank's Hydra named it by its clock
+        if own_dir != run_dir:
+            remove_if_empty(own_dir)
+        # Every rank works in rank 0's directory and only rank 0 writes there, so only it holds the lock.
+        with hold_run_dir(run_dir) if world.is_main else contextlib.nullcontext():
+            return _train(
+                cfg, run_dir, overrides, world=world, device=device, precision=precision, started=started,
+                hparams_experiment=hparams_experiment, model=model, dataset=dataset,
+            )
+    finally:
+        world.close()
+
+
+def saved_fingerprint(checkpoint: dict) -> dict:
+    """A checkpoint's schedule fingerprint; one written before the global batch was recorded had
+    data.batch_size × accumulate_grad_batches examples per update (it ran in one process)."""
+    config = checkpoint["config"]
+    examples = config["data"]["batch_size"] * config["trainer"]["accumulate_grad_batches"]
+    return {"global_batch_size": examples, **checkpoint["schedule"]["fingerprint"]}
 
 
 def _train(
-    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, started: float, hparams_experiment: bool,
-    model: nn.Module | None, dataset: Dataset | None,
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, world: World, device: torch.device,
+    precision: Precision, started: float, hparams_experiment: bool, model: nn.Module | None,
+    dataset: Dataset | None,
 ) -> dict[str, float]:
-    torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
-    device = resolve_device(cfg.trainer.device)
-    precision = resolve_precision(cfg.trainer.precision, device)
     checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     if dataset is None:
@@ -308,37 +351,41 @@ def _train(
     loss_fn = build_loss(cfg)
     model, optimizer, schedule, plan = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-        device=device, model=model, fit_check=(loss_fn, first_batch(dataset)),
+        device=device, model=model, fit_check=(loss_fn, first_batch(dataset)), world=world,
     )
     fingerprint = schedule_fingerprint(cfg, plan)
     warning = warmup_warning(cfg, schedule)
-    if warning and checkpoint is None:
+    if warning and checkpoint is None and world.is_main:
         print(warning, file=sys.stderr)
     if checkpoint is not None:
-        check_schedule_unchanged(
-            checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path, cfg.trainer.resume_schedule
-        )
+        check_schedule_unchanged(saved_fingerprint(checkpoint), fingerprint, checkpoint_path, cfg.trainer.resume_schedule)
         try:  # before anything is written: a checkpoint of another model is a config error
-            model.load_state_dict(checkpoint["model"])
-            load_optimizer_state(optimizer, checkpoint["optimizer"])
+            world.load_model_state(model, checkpoint["model"])
+            load_optimizer_state(
+                optimizer, world.shard_optimizer_state(checkpoint["optimizer"], trainable_parameters(optimizer))
+            )
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError("trainer.resume", f"{checkpoint_path} does not fit this run: {one_line(error)}") from None
-    check_free_space(
-        run_dir, expected_checkpoint_bytes(model, optimizer, checkpoint), keep_last_n=cfg.trainer.keep_last_n
-    )
+    if world.is_main:  # the only rank that writes
+        check_free_space(
+            run_dir, expected_checkpoint_bytes(model, optimizer, checkpoint), keep_last_n=cfg.trainer.keep_last_n
+        )
     config = resolved_config(cfg, plan)
-    OmegaConf.save(config, run_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
-    if isinstance(dataset, TokenDataset):
-        dataset.save_vocab(run_dir)
-    # The exact LR of every update (the plateau schedule's before any cut), before a resume loads
-    # its state; lr.png is drawn from it once the run completes (matplotlib would delay the start).
-    write_lr_csv(lr_rows(optimizer, schedule, plan.max_updates), run_dir / "lr.csv")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, run_dir / "config.yaml")
+        OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
+        if isinstance(dataset, TokenDataset):
+            dataset.save_vocab(run_dir)
+        # The exact LR of every update (the plateau schedule's before any cut), before a resume loads
+        # its state; lr.png is drawn from it once the run completes (matplotlib would delay the start).
+        write_lr_csv(lr_rows(optimizer, schedule, plan.max_updates), run_dir / "lr.csv")
     start_update = checkpoint["update"] if checkpoint is not None else 0
     loop = build_loop(
         cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset, precision=precision,
         run_dir=run_dir, config=OmegaConf.to_container(config), fingerprint=fingerprint, start_update=start_update,
         loss_fn=loss_fn,
+        world=world,
     )
     logger = loop.logger
     status, metrics, error_text = "failed", None, None
@@ -347,15 +394,16 @@ def _train(
             loop.load_state_dict(checkpoint, restore_plateau=cfg.trainer.resume_schedule == "strict")
         metrics = loop.run(start_update)
         status = "completed"
-        draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, plan),
-                note=PLATEAU_NOTE if schedule.plateau is not None else None)
-        if loop.range_test is not None:
+        if world.is_main:
+            draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, plan),
+                    note=PLATEAU_NOTE if schedule.plateau is not None else None)
+        if loop.range_test is not None and world.is_main:
             found = write_lr_find(run_dir, loop.range_test)
             if found["suggested_lr"] is None:
-                logger.bar.write(f"range test: {found['rule']}")
+                logger.write(f"range test: {found['rule']}")
             else:
                 metrics["suggested_lr"] = found["suggested_lr"]
-                logger.bar.write(
+                logger.write(
                     f"range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['rule']}); "
                     f"see {run_dir / 'lr_find.png'}"
                 )
@@ -374,10 +422,11 @@ def _train(
         # On a failure (a full disk above all) closing the logs or writing metrics.json may fail
         # too: that must not hide the error that ended the run.
         quiet = contextlib.suppress(OSError) if status == "failed" else contextlib.nullcontext()
-        wall_time_s = round(time.perf_counter() - started, 3)
         with quiet:
             logger.close()
-        with quiet:
-            write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
-        if status == "completed":
-            print(describe_run(run_dir, metrics, wall_time_s))
+        if world.is_main:
+            wall_time_s = round(time.perf_counter() - started, 3)
+            with quiet:
+                write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
+            if status == "completed":
+                print(describe_run(run_dir, metrics, wall_time_s))

@@ -585,6 +585,14 @@ class Schedule:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""
         return None if self.momentum_fn is None else self.momentum_fn(self.position(update))
 
+    def state_dict(self) -> dict:
+        """The only state beyond the update count: the plateau's reductions so far (or None)."""
+        return {"plateau": None if self.plateau is None else self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.plateau is not None and state["plateau"] is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
 
 def set_momentum(group: dict[str, Any], momentum: float) -> None:
     """Give an optimizer parameter group the scheduled momentum: Adam's beta1, else SGD's momentum."""

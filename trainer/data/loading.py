@@ -22,25 +22,46 @@ from torch.utils.data import DataLoader
 
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapEpoch
+from trainer.errors import ConfigError
 
 LOADERS = ("device", "dataloader")
 
 
+def rank_batches(
+    num_batches: int, *, start_batch: int, rank: int = 0, world_size: int = 1, accumulate: int = 1
+) -> list[int]:
+    """Which of an epoch's ``num_batches`` batches one rank trains on, from its ``start_batch``-th.
+
+    Update u's global batch is batches ``u·W·A .. (u+1)·W·A - 1`` (W ranks, A accumulated
+    micro-batches each): the examples of an update do not depend on how it is split. Rank r takes
+    its A batches from ``(u·W + r)·A``. One rank (W = 1) takes every whole update's batches in order.
+    """
+    if start_batch < 0:
+        raise ValueError(f"need start_batch >= 0, got {start_batch}")
+    local = range(start_batch, num_batches // (world_size * accumulate) * accumulate)
+    return [(j // accumulate * world_size + rank) * accumulate + j % accumulate for j in local]
+
+
 def train_batches(
-    epoch: Sequence[Batch] | MapEpoch, *, start_batch: int, device: torch.device, num_workers: int | None
+    epoch: Sequence[Batch] | MapEpoch, *, start_batch: int, device: torch.device, num_workers: int | None,
+    rank: int = 0, world_size: int = 1, accumulate: int = 1,
 ) -> Iterator[Batch]:
-    """Batches ``start_batch..len(epoch)-1`` of ``epoch`` on ``device``.
+    """This rank's batches of ``epoch`` (see :func:`rank_batches`) from its ``start_batch``-th,
+    on ``device``.
 
     ``num_workers=None`` indexes ``epoch`` in this process (its tensors already on ``device``);
     a number runs a DataLoader with that many workers (0 = in this process, still pinned). A
     map-style epoch (:class:`~trainer.data.map_style.MapEpoch`) brings its own loader and workers.
     """
-    if start_batch < 0:
-        raise ValueError(f"need start_batch >= 0, got {start_batch}")
     if isinstance(epoch, MapEpoch):  # map-style data: its own run-long DataLoader and workers
+        if world_size > 1:
+            raise ConfigError("trainer.strategy", "map-style data (data=torch_dataset or image_folder) does not "
+                              "split over ranks yet: train it in one process")
+        if start_batch < 0:
+            raise ValueError(f"need start_batch >= 0, got {start_batch}")
         yield from epoch.batches(start_batch, device)
         return
-    indices = range(start_batch, len(epoch))
+    indices = rank_batches(len(epoch), start_batch=start_batch, rank=rank, world_size=world_size, accumulate=accumulate)
     if num_workers is None:
         for i in indices:
             yield epoch[i]
