@@ -11,12 +11,16 @@ import copy
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose_config
-from trainer.config import validate
+from trainer.components import locate, shipped_targets
+from trainer.config import FSDP, LOGGER, SEED, TRAINER, validate
 from trainer.errors import ConfigError
-from trainer.params import Param, check_params
+from trainer.optim import optimizer_params
+from trainer.params import Param, check_params, declared
 from trainer.schedules import COMMON, COMMON_KEYS, build_schedule, schedule_names, schedule_params
 
 
@@ -34,9 +38,11 @@ def wrong_values(param: Param) -> list:
     elif param.kind is bool:
         out += ["off", "maybe", 1, 0]
     elif param.kind is str:
-        out += [1, True, "no_such_choice"]
+        out += [1, True, [1]] + (["no_such_choice"] if param.choices else [])
+    elif param.kind is dict:
+        out += [5, [1], {"layer1": 0}, {"layer1": "a"}]
     elif param.kind is list:
-        out += [5, "[1]", [1.5], ["a"]]
+        out += [5, "[1]"] + ([[1], [True]] if param.item is str else [[1.5], ["a"]])
         if param.low is not None:
             out.append([param.low - 1])
         if param.increasing:
@@ -79,7 +85,7 @@ def test_every_schedule_parameter_refuses_what_its_declaration_excludes(name):
     for key, param in schedule_params(name).items():
         for value in wrong_values(param):
             cfg = copy.deepcopy(base)
-            OmegaConf.update(cfg, f"schedule.{key}", value)
+            OmegaConf.update(cfg, f"schedule.{key}", value, merge=False)
             with pytest.raises(ConfigError) as error:
                 validate(cfg)
             assert error.value.key == f"schedule.{key}", (key, value)
@@ -97,6 +103,56 @@ def test_python_defaults_give_the_yaml_schedule(name):
     from_yaml, from_defaults = build_schedule(cfg, **kwargs), build_schedule(bare, **kwargs)
     updates = range(0, 1000, 7)
     assert [from_defaults.lr(u) for u in updates] == [from_yaml.lr(u) for u in updates]
+
+
+def _model_overrides(name):
+    return [f"model={name}", "data=shakespeare_char"] if name == "gpt" else [f"model={name}", "data=fashion_mnist"]
+
+
+#: (node, overrides that select it, its declarations) for every component but the schedules.
+NODES = [
+    ("trainer", [], TRAINER),
+    ("trainer.fsdp", [], FSDP),
+    ("logger", [], LOGGER),
+    *[("optimizer", [f"optimizer={name}"], optimizer_params(name)) for name in ("adamw", "sgd")],
+    *[("model", _model_overrides(name), declared(locate(target, "model")))
+      for name, target in sorted(shipped_targets("model").items())],
+]
+NODE_IDS = [" ".join(overrides) or node for node, overrides, _ in NODES]
+
+
+@pytest.mark.parametrize(("node", "overrides", "params"), NODES, ids=NODE_IDS)
+def test_component_yaml_holds_exactly_the_declared_keys_at_their_defaults(node, overrides, params):
+    cfg = OmegaConf.to_container(OmegaConf.select(compose_config(*overrides, base=[]), node))
+    for inner in {n for n, _, _ in NODES if n.startswith(f"{node}.")}:  # declared as nodes of their own
+        cfg.pop(inner.rpartition(".")[2])
+    cfg.pop("name", None)
+    cfg.pop("_target_", None)  # what builds it, not one of its parameters
+    assert cfg == {key: as_plain(p.default) for key, p in params.items()}
+
+
+@pytest.mark.parametrize(("node", "overrides", "params"), NODES, ids=NODE_IDS)
+def test_every_component_key_refuses_what_its_declaration_excludes(node, overrides, params):
+    base = compose_config(*overrides, base=[])
+    validate(base)
+    for key, param in params.items():
+        for value in wrong_values(param):
+            cfg = copy.deepcopy(base)
+            OmegaConf.update(cfg, f"{node}.{key}", value, merge=False)
+            with pytest.raises(ConfigError) as error:
+                validate(cfg)
+            assert error.value.key.startswith(f"{node}.{key}"), (key, value, str(error.value))
+            assert "\n" not in str(error.value)
+
+
+def test_seed_is_declared_as_in_config_yaml():
+    base = compose_config(base=[])
+    assert base.seed == SEED.default
+    for value in wrong_values(SEED):
+        cfg = copy.deepcopy(base)
+        cfg.seed = value
+        with pytest.raises(ConfigError, match="^seed: got "):
+            validate(cfg)
 
 
 @pytest.mark.parametrize(
@@ -126,3 +182,50 @@ def test_param_messages_say_what_was_given_and_what_is_expected(values, key, mes
         check_params(params, values, "x", owner="thing")
     assert error.value.key == key
     assert message in str(error.value)
+
+
+# --- property: a value of another type than the declared one, for every declared key ----------
+
+_TEXT = st.text("abcdefghijklmnopqrstuvwxyz_ /.", min_size=1, max_size=12)
+_NUMBERS = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True))
+_OF_KIND = {
+    bool: st.booleans(),
+    int: st.integers(-10**6, 10**6),
+    float: st.floats(allow_nan=True, allow_infinity=True),  # 2.0 too: an int key refuses it
+    str: _TEXT,
+    list: st.lists(_NUMBERS, max_size=3),
+    dict: st.dictionaries(st.sampled_from(["layer1", "fc"]), _NUMBERS, max_size=2),
+}
+
+
+def other_types(param: Param):
+    """Values whose type is not the declared one (ints are numbers to a float key, so not "other")."""
+    kinds = [k for k in _OF_KIND if k is not param.kind and not (param.kind is float and k is int)]
+    values = st.one_of(*(_OF_KIND[k] for k in kinds))
+    return values.filter(lambda v: not any(type(v) is type(e) and v == e for e in param.extra))
+
+
+ALL_KEYS = [
+    *[(f"schedule={name}", "schedule", key, p) for name in schedule_names() for key, p in schedule_params(name).items()],
+    *[("", "schedule", key, p) for key, p in COMMON.items()],
+    *[(" ".join(overrides), node, key, p) for node, overrides, params in NODES for key, p in params.items()],
+]
+_BASES: dict[str, object] = {}
+
+
+def _base(overrides: str):
+    if overrides not in _BASES:
+        _BASES[overrides] = compose_config(*overrides.split(), "trainer.max_epochs=50", base=[])
+    return _BASES[overrides]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ALL_KEYS).flatmap(lambda entry: st.tuples(st.just(entry), other_types(entry[3]))))
+def test_a_value_of_another_type_for_any_declared_key_is_one_error_naming_it(entry_and_value):
+    (overrides, node, key, _), value = entry_and_value
+    cfg = copy.deepcopy(_base(overrides))
+    OmegaConf.update(cfg, f"{node}.{key}", value, merge=False)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert error.value.key.startswith(f"{node}.{key}"), str(error.value)
+    assert str(error.value).startswith(f"{error.value.key}: got ") and "\n" not in str(error.value)

@@ -11,10 +11,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from trainer.errors import EXIT_NO_SPACE, ConfigError, NoSpace, one_line
-from trainer.hydra_app import CONFIG_DIR, remove_if_empty
+from trainer.hydra_app import CONFIG_DIR, as_config_error, remove_created_run_dir, run_app
 from trainer.rundir import RunDirInUse
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 from trainer.summary import write_summary
@@ -34,13 +35,16 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg, run_dir, overrides=list(HydraConfig.get().overrides.task), hparams_experiment=not in_sweep)
+        # Unresolved: an override such as optimizer.lr=${nope} is the config's error, found by its checks.
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+        metrics = train(cfg, run_dir, overrides=overrides, hparams_experiment=not in_sweep)
     except RunDirInUse as error:  # the directory is another run's: write nothing there
         print(f"error: {error}", file=sys.stderr)
         if in_sweep:
             return FAILED_OBJECTIVE
         sys.exit(2)
-    except ConfigError as error:
+    except (ConfigError, OmegaConfBaseException) as error:  # e.g. an interpolation that does not resolve
+        error = as_config_error(error)
         if launch_rank() == 0:  # every rank finds the same error: one line, from rank 0
             print(f"error: {error}", file=sys.stderr)
         if in_sweep:
@@ -48,7 +52,7 @@ def main(cfg: DictConfig) -> float:
             # sweep exits 2 at its end (trainer.compare.SweepReport).
             write_summary(run_dir, "failed", error=str(error))
             return FAILED_OBJECTIVE
-        remove_if_empty(run_dir)
+        remove_created_run_dir()
         sys.exit(2)
     except Preempted as stop:
         if launch_rank() == 0:
@@ -68,7 +72,7 @@ def main(cfg: DictConfig) -> float:
             print(f"error: {why}", file=sys.stderr)
             if in_sweep:  # train() recorded the error in metrics.json, if the disk took it
                 return FAILED_OBJECTIVE
-            remove_if_empty(run_dir)  # refused at the start: nothing was written
+            remove_created_run_dir()  # refused at the start: nothing was written
             sys.exit(EXIT_NO_SPACE)
         if not in_sweep:
             raise
@@ -82,5 +86,11 @@ def main(cfg: DictConfig) -> float:
     return objective if math.isfinite(objective) else FAILED_OBJECTIVE
 
 
+def cli() -> None:
+    """The ``trainer`` command (pyproject's script) and ``python -m trainer``: every config error,
+    Hydra's too, is one line and exit code 2."""
+    run_app(main)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -8,28 +8,68 @@ a ratio) is computed here, once, into a :class:`RunPlan`. Every failure is a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.data import SEQUENCE_DATA
-from trainer.data.loading import LOADERS
+from trainer.data import SEQUENCE_DATA, check_data
 from trainer.distributed import BACKENDS, STRATEGIES
 from trainer.errors import ConfigError
-from trainer.models import SEQUENCE_MODELS
-from trainer.params import check_params
+from trainer.models import SEQUENCE_MODELS, check_model
+from trainer.optim import check_optimizer
+from trainer.params import Param, check_params, unknown_key_message
 from trainer.schedules import COMMON, COMMON_KEYS, Schedule, check_schedule_params, schedule_names
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LR_SCALINGS = ("none", "linear", "sqrt")
-COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The config's top-level keys: one group per component, and the seed.
+TOP_LEVEL = ("model", "data", "optimizer", "loss", "schedule", "trainer", "logger", "seed")
+SEED = Param(0, "seeds model init, data order and synthetic data", int, low=0)
 
+#: ``trainer.*`` (conf/trainer/default.yaml): read by trainer.run and trainer.loop.
+TRAINER: dict[str, Param] = {
+    "max_epochs": Param(3, "epochs to train; ignored when max_steps is set", int, low=1, extra=(None,)),
+    "max_steps": Param(None, "optimizer updates to train; wins over max_epochs when set", int, low=1, extra=(None,)),
+    "accumulate_grad_batches": Param(1, "micro-batches per optimizer update and rank (the schedule counts updates)",
+                                     int, low=1),
+    "global_batch_size": Param(None, "examples per update over all ranks; derives accumulate_grad_batches", int,
+                               low=1, extra=(None,)),
+    "strategy": Param("auto", "auto: ddp when launched with more than one process, else single", str,
+                      choices=STRATEGIES),
+    "dist_backend": Param("auto", "process-group backend; auto: nccl on CUDA, gloo on CPU", str, choices=BACKENDS),
+    "clip_grad_norm": Param(1.0, "max total gradient norm (L2); null = no clipping", float, low=0, low_open=True,
+                            extra=(None,)),
+    "device": Param("auto", "where to train", str, choices=("auto", "cpu", "cuda")),
+    "compile": Param(False, "torch.compile the model: true, false or a torch.compile mode", bool,
+                     extra=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+    "tf32": Param(True, "on CUDA, fp32 matmuls and convolutions use TensorFloat-32", bool),
+    "precision": Param("auto", "auto: bf16 on CUDA, fp32 on CPU; fp16 uses a GradScaler", str,
+                       choices=("auto", "fp32", "bf16", "fp16")),
+    "val_every_n_epochs": Param(1, "validate after every N epochs (and after the last update)", int, low=1),
+    "label_smoothing": Param(0.0, "cross-entropy label smoothing", float, low=0, high=1, high_open=True),
+    "objective": Param("val/loss", "metric returned to Hydra sweepers (minimised)", str, choices=("val/loss",)),
+    "checkpoint_every_n_epochs": Param(1, "write last.pt every N epoch ends", int, low=1),
+    "checkpoint_every_n_steps": Param(None, "also write last.pt every N updates", int, low=1, extra=(None,)),
+    "keep_last_n": Param(0, "keep the N newest step-XXXXXXXX.pt copies", int, low=0),
+    "resume": Param(None, "null, auto (this run dir's last.pt, if any) or a checkpoint path", str, extra=(None,)),
+    "resume_schedule": Param("strict", "strict: refuse a changed schedule; override: take the new one", str,
+                             choices=("strict", "override")),
+    "nonfinite": Param("skip", "NaN/inf loss or gradients: skip the update, stop (exit 4) or raise", str,
+                       choices=("skip", "stop", "raise")),
+    "num_threads": Param("auto", "CPU intra-op threads; auto = $OMP_NUM_THREADS, else the usable CPUs", int, low=1,
+                         extra=("auto",)),
+}
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+#: ``trainer.fsdp.*``: read by trainer.distributed.
+FSDP: dict[str, Param] = {
+    "shard_modules": Param([], "module class names FSDP2 shards one by one, besides the shipped blocks", list,
+                           item=str),
+}
+
+#: ``logger.*`` (conf/logger/tensorboard.yaml): read by trainer.logger.
+LOGGER: dict[str, Param] = {
+    "log_every_n_steps": Param(10, "write train/* scalars every N optimizer updates", int, low=1),
+    "read_every_n_steps": Param(50, "read logged device values (one host-device sync) every N updates", int, low=1),
+    "progress_bar": Param(True, "tqdm bar with loss and LR on the console", bool),
+}
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -37,38 +77,16 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
-def _positive_int(value: Any, key: str, *, allow_none: bool = False, minimum: int = 1) -> None:
-    if value is None and allow_none:
-        return
-    _require(
-        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-        key,
-        f"got {value!r}; expected an integer >= {minimum}" + (" or null" if allow_none else ""),
-    )
-
-
-def _number(value: Any, key: str, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    in_range = (
-        _is_number(value) and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    )
-    bound = f"> {low}" if low_open else f">= {low}"
-    _require(
-        in_range, key, f"got {value!r}; expected a finite number {bound}" + (f" and <= {high}" if high < math.inf else "")
-    )
-
-
-def _choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, key, f"got {value!r}; expected one of {', '.join(choices)}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Static checks of ``trainer``, ``optimizer``, ``schedule``, ``logger``, ``data``, ``model`` and ``seed``."""
-    _positive_int(cfg.seed, "seed", minimum=0)
+    for key in cfg:
+        if key not in TOP_LEVEL:  # e.g. +foo=1, which nothing reads
+            raise ConfigError(str(key), unknown_key_message(str(key), TOP_LEVEL, "the config"))
+    SEED.check(cfg.seed, "seed")
     _validate_trainer(cfg.trainer)
-    _positive_int(cfg.logger.log_every_n_steps, "logger.log_every_n_steps")
-    _positive_int(cfg.logger.read_every_n_steps, "logger.read_every_n_steps")
+    check_params(LOGGER, cfg.logger, "logger", owner="logger")
     _validate_data_and_model(cfg.data, cfg.model)
-    _validate_optimizer(cfg.optimizer)
+    check_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule)
     warms_up = cfg.schedule.warmup_steps > 0 or cfg.schedule.warmup_ratio is not None
     _require(
@@ -86,62 +104,23 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_trainer(t: DictConfig) -> None:
-    _positive_int(t.max_steps, "trainer.max_steps", allow_none=True)
-    _positive_int(t.max_epochs, "trainer.max_epochs", allow_none=True)
+    check_params(TRAINER, {k: v for k, v in t.items() if k != "fsdp"}, "trainer", owner="trainer")
+    _require(OmegaConf.is_dict(t.get("fsdp")), "trainer.fsdp", "expected a mapping, e.g. {shard_modules: [Block]}")
+    check_params(FSDP, t.fsdp, "trainer.fsdp", owner="trainer.fsdp")
     _require(
         t.max_steps is not None or t.max_epochs is not None,
         "trainer.max_epochs",
         "set trainer.max_epochs or trainer.max_steps (both are null)",
     )
-    _positive_int(t.accumulate_grad_batches, "trainer.accumulate_grad_batches")
-    _positive_int(t.global_batch_size, "trainer.global_batch_size", allow_none=True)
     _require(
         t.global_batch_size is None or t.accumulate_grad_batches == 1,
         "trainer.global_batch_size",
         "it derives trainer.accumulate_grad_batches from the number of ranks: leave that at 1, or set the "
         "global batch to null",
     )
-    _choice(t.strategy, "trainer.strategy", STRATEGIES)
-    _choice(t.dist_backend, "trainer.dist_backend", BACKENDS)
-    shard = t.fsdp.shard_modules
-    _require(
-        OmegaConf.is_list(shard) and all(isinstance(name, str) for name in shard),
-        "trainer.fsdp.shard_modules",
-        f"got {shard!r}; expected a list of module class names, e.g. [TransformerBlock]",
-    )
-    if t.clip_grad_norm is not None:
-        _require(t.clip_grad_norm != math.inf, "trainer.clip_grad_norm", "got inf; use null to turn clipping off")
-        _number(t.clip_grad_norm, "trainer.clip_grad_norm", low=0.0, low_open=True)
-    _choice(t.device, "trainer.device", DEVICES)
-    _choice(t.precision, "trainer.precision", PRECISIONS)
-    _require(
-        t.compile in COMPILE_MODES, "trainer.compile",
-        f"got {t.compile!r}; expected false, true or a torch.compile mode: {', '.join(map(str, COMPILE_MODES[2:]))}",
-    )
-    _require(isinstance(t.tf32, bool), "trainer.tf32", f"got {t.tf32!r}; expected true or false")
-    _positive_int(t.val_every_n_epochs, "trainer.val_every_n_epochs")
-    _choice(t.objective, "trainer.objective", ("val/loss",))
-    _positive_int(t.checkpoint_every_n_steps, "trainer.checkpoint_every_n_steps", allow_none=True)
-    _positive_int(t.checkpoint_every_n_epochs, "trainer.checkpoint_every_n_epochs")
-    _positive_int(t.keep_last_n, "trainer.keep_last_n", minimum=0)
-    _require(
-        t.resume is None or isinstance(t.resume, str),
-        "trainer.resume",
-        f"got {t.resume!r}; expected null, auto or a checkpoint path",
-    )
-    _choice(t.resume_schedule, "trainer.resume_schedule", ("strict", "override"))
-    _choice(t.nonfinite, "trainer.nonfinite", ("skip", "stop", "raise"))
-    if t.num_threads != "auto":
-        _positive_int(t.num_threads, "trainer.num_threads")
 
 
 def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
-    _positive_int(d.batch_size, "data.batch_size")
-    _choice(d.loader, "data.loader", LOADERS)
-    _positive_int(d.num_workers, "data.num_workers", minimum=0)
-    for key in ("augment", "flip_test"):
-        if key in d:
-            _require(isinstance(d[key], bool), f"data.{key}", f"got {d[key]!r}; expected true or false")
     # Checked before anything reads data.block_size, which interpolates model.block_size.
     model_name = m.get("name")  # a user's model file may leave it out
     if d.get("name") in SEQUENCE_DATA:
@@ -151,43 +130,12 @@ def _validate_data_and_model(d: DictConfig, m: DictConfig) -> None:
         )
     elif model_name in SEQUENCE_MODELS:
         raise ConfigError("data", f"model={model_name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
+    check_model(m)
+    check_data(d)  # after the model: data.block_size follows model.block_size
     if model_name == "gpt":
-        for key in ("n_layer", "n_head", "n_embd", "block_size"):
-            _positive_int(m[key], f"model.{key}")
         _require(
             m.n_embd % m.n_head == 0, "model.n_head",
             f"model.n_embd={m.n_embd} must be a multiple of model.n_head={m.n_head}, e.g. n_embd=384 n_head=6",
-        )
-    if "dropout" in m:
-        _number(m.dropout, "model.dropout", low=0.0, high=0.99)
-
-
-def _validate_optimizer(o: DictConfig) -> None:
-    _number(o.lr, "optimizer.lr", low=0.0, low_open=True)
-    _choice(o.lr_scaling, "optimizer.lr_scaling", LR_SCALINGS)
-    _positive_int(o.reference_batch_size, "optimizer.reference_batch_size")
-    _require(
-        o.lr_scales is None or isinstance(o.lr_scales, Mapping),
-        "optimizer.lr_scales",
-        f"got {o.lr_scales!r}; expected module names and multipliers, e.g. {{layer1:0.1,layer2:0.5}}",
-    )
-    for module, scale in (o.lr_scales or {}).items():
-        _number(scale, f"optimizer.lr_scales.{module}", low=0.0, low_open=True)
-    _number(o.weight_decay, "optimizer.weight_decay", low=0.0)
-    if "betas" in o:  # Adam's family
-        betas = o.betas
-        _require(
-            len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
-            "optimizer.betas",
-            f"got {list(betas)!r}; expected two numbers in [0, 1), e.g. [0.9, 0.999]",
-        )
-    if "momentum" in o:  # SGD's family
-        _number(o.momentum, "optimizer.momentum", low=0.0, high=1.0)
-    if "nesterov" in o:
-        _require(
-            not o.nesterov or o.momentum > 0,
-            "optimizer.nesterov",
-            "nesterov needs optimizer.momentum > 0; set optimizer.momentum=0.9 or optimizer.nesterov=false",
         )
 
 

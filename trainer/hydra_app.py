@@ -1,12 +1,22 @@
-"""Where the Hydra configs live, how sweep jobs are named, and tidying up after a config error."""
+"""Where the Hydra configs live, how sweep jobs are named, and what a config error leaves behind:
+one line on stderr, exit code 2, and no directory this run created."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
-from omegaconf import OmegaConf
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer.errors import ConfigError, one_line
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -14,12 +24,110 @@ _PACKAGE = Path(__file__).resolve().parent
 CONFIG_DIR = _PACKAGE.parent / "conf" if (_PACKAGE.parent / "conf" / "config.yaml").exists() else _PACKAGE / "conf"
 
 
-def remove_if_empty(run_dir: Path) -> None:
-    """Drop the run directory Hydra made before our checks failed, so a bad config writes nothing."""
+#: Longest file name when the file system does not say (ext4, xfs, btrfs, tmpfs: 255 bytes).
+NAME_MAX = 255
+
+
+class RunDirGuard(Callback):
+    """Before Hydra makes ``hydra.run.dir``, note which of its directories do not exist yet (so
+    a config error removes exactly those, e.g. ``outputs/DATE/TIME`` and ``outputs/DATE``, and
+    never one the user made) and whether a name in it is longer than the file system allows."""
+
+    created: ClassVar[list[Path]] = []  # innermost first
+    too_long: ClassVar[ConfigError | None] = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(os.path.abspath(str(config.hydra.run.dir)))
+        missing, existing = [], run_dir
+        while not _exists(existing):
+            missing.append(existing)
+            existing = existing.parent
+        RunDirGuard.created = missing
+        try:
+            name_max = os.pathconf(existing, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = NAME_MAX
+        long_names = [p.name for p in missing if len(p.name.encode()) > name_max]
+        RunDirGuard.too_long = ConfigError(
+            "hydra.run.dir",
+            f"the name {long_names[0][:40]}... is {len(long_names[0].encode())} bytes, longer than the {name_max} "
+            f"this file system allows in {existing}: choose a shorter hydra.run.dir",
+        ) if long_names else None
+
+
+def _exists(path: Path) -> bool:
     try:
-        run_dir.rmdir()
+        return path.exists()
+    except OSError:  # e.g. a name too long to look up
+        return False
+
+
+def remove_if_empty(directory: Path) -> bool:
+    """Remove ``directory`` if it is empty; False if it holds something (or cannot be removed)."""
+    try:
+        directory.rmdir()
     except OSError:  # not empty (a real run's files) or already gone: leave it
-        pass
+        return False
+    return True
+
+
+def remove_created_run_dir() -> None:
+    """Remove the directories of ``hydra.run.dir`` that this run created, while they are empty:
+    a bad config writes nothing, not even an empty ``outputs/DATE/``."""
+    for directory in RunDirGuard.created:  # innermost first; Hydra may have made only the outer ones
+        if _exists(directory) and not remove_if_empty(directory):
+            return  # a real run's files: leave it and its parents
+
+
+def as_config_error(error: Exception) -> ConfigError:
+    """Hydra's and OmegaConf's own config errors (a missing config, a key that does not exist, an
+    override that does not parse, an interpolation that does not resolve) as one ConfigError."""
+    if isinstance(error, ConfigError):
+        return error
+    if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
+        group, _, name = str(error.missing_cfg_file).rpartition("/")
+        return ConfigError(group or "config", f"no config {name!r} in {group}/; known: {', '.join(error.options)}")
+    if isinstance(error, OverrideParseException):
+        return ConfigError(str(error.override).split("=")[0].lstrip("+~"), one_line(error.message))
+    # Hydra wraps OmegaConf's error (which names the key) in its own; OmegaConf's may wrap another.
+    cause = next((e for e in (error, error.__cause__) if isinstance(e, OmegaConfBaseException)
+                  and getattr(e, "full_key", None)), None)
+    if cause is not None:
+        key = cause.full_key
+        parent = getattr(cause, "parent_node", None)
+        if "not in struct" in str(cause) and isinstance(parent, DictConfig):
+            name = str(key).rsplit(".", 1)[-1]
+            close = difflib.get_close_matches(name, [str(k) for k in parent], n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"it has {', '.join(str(k) for k in parent)}"
+            return ConfigError(str(key), f"no such key; {hint}")
+        return ConfigError(str(key), one_line(str(cause).splitlines()[0]))
+    return ConfigError("overrides", one_line(error))
+
+
+def run_app(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` entry point so that every config error, ours or Hydra's, prints one
+    line and exits 2 (Hydra's own report is several lines and exits 1) and leaves no directory."""
+    user_setting = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of reporting them itself
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException, ConfigError) as error:
+        if user_setting == "1":
+            raise
+        print(f"error: {as_config_error(error)}", file=sys.stderr)
+        remove_created_run_dir()
+        sys.exit(2)
+    except OSError:
+        if RunDirGuard.too_long is None:
+            raise
+        print(f"error: {RunDirGuard.too_long}", file=sys.stderr)
+        remove_created_run_dir()
+        sys.exit(2)
+    finally:
+        if user_setting is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting
 
 
 MAX_JOB_NAME = 200  # bytes, under the 255 most file systems allow for one name

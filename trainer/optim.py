@@ -16,6 +16,63 @@ from torch import nn
 
 from trainer.components import build, shipped_targets
 from trainer.errors import ConfigError
+from trainer.params import Param, check_params
+
+#: Keys every optimizer config has (conf/optimizer/*.yaml), besides ``name``.
+COMMON: dict[str, Param] = {
+    "lr": Param(1e-3, "η: peak LR (the schedule's reference; per-group LRs scale from it)", float, low=0, low_open=True),
+    "lr_scaling": Param("none", "every LR × (B/reference_batch_size)^(0, ½ or 1), B = batch × accumulation", str,
+                        choices=("none", "sqrt", "linear")),
+    "reference_batch_size": Param(256, "the batch size optimizer.lr is meant for (seed 002)", int, low=1),
+    "weight_decay": Param(0.01, "decoupled weight decay (AdamW) or L2 penalty (SGD)", float, low=0),
+    "no_decay_bias_and_norm": Param(True, "biases, norm weights and embeddings go to a group without decay", bool),
+    "lr_scales": Param(None, "module name -> LR multiplier (seed 002's layered LRs)", dict, item=float, low=0,
+                       low_open=True, extra=(None,)),
+}
+#: Each optimizer's own keys, with the defaults of its YAML (which may also differ in lr and
+#: weight_decay: see :func:`optimizer_params`).
+OWN: dict[str, dict[str, Param]] = {
+    "adamw": {
+        "betas": Param((0.9, 0.999), "Adam's moment decay rates (beta1, beta2)", list, item=float, low=0, high=1,
+                       high_open=True, length=2),
+        "eps": Param(1e-8, "added to the denominator", float, low=0, low_open=True),
+    },
+    "sgd": {
+        "momentum": Param(0.9, "heavy-ball momentum", float, low=0, high=1),
+        "nesterov": Param(False, "Nesterov momentum (needs momentum > 0)", bool),
+    },
+}
+#: Where an optimizer's YAML departs from the common defaults.
+_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}}
+
+
+def optimizer_params(name: str) -> dict[str, Param]:
+    """Every key of optimizer ``name`` (but ``name``) with its declaration."""
+    if name not in OWN:
+        raise ConfigError("optimizer.name", f"got {name!r}; expected one of {', '.join(OWN)}")
+    params = {**COMMON, **OWN[name]}
+    for key, default in _DEFAULTS.get(name, {}).items():
+        p = params[key]
+        params[key] = Param(default, p.doc, p.kind, p.low, p.high, p.low_open, p.high_open, p.choices, p.extra)
+    return params
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """ConfigError unless every key of ``optimizer.*`` is declared and allowed: a shipped optimizer's
+    (``optimizer.name`` with its own ``_target_``) all of them; another ``_target_``'s the keys the
+    trainer reads (:data:`COMMON`), the rest being the class's arguments, which its signature decides."""
+    name, target = cfg.get("name"), cfg.get("_target_")
+    shipped = target is None or target == shipped_targets("optimizer").get(name)
+    if shipped:
+        params = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
+        check_params(optimizer_params(name), params, "optimizer", owner=f"optimizer {name!r}")
+    else:
+        check_params(COMMON, {k: v for k, v in cfg.items() if k in COMMON}, "optimizer", owner=f"optimizer {target!r}")
+    if shipped and name == "sgd" and cfg.nesterov and not cfg.momentum > 0:
+        raise ConfigError(
+            "optimizer.nesterov",
+            "nesterov needs optimizer.momentum > 0; set optimizer.momentum=0.9 or optimizer.nesterov=false",
+        )
 
 
 def parameter_groups(
@@ -82,7 +139,7 @@ def _under(name: str, prefix: str) -> bool:
 
 #: ``optimizer.*`` keys the trainer reads itself (groups, scaling, the label); the others are the
 #: ``_target_`` class's keyword arguments (betas, eps, momentum, ...).
-OURS = ("name", "lr", "lr_scaling", "reference_batch_size", "weight_decay", "no_decay_bias_and_norm", "lr_scales")
+OURS = ("name", *COMMON)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:

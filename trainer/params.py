@@ -13,12 +13,16 @@ true.
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from trainer.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
@@ -152,6 +156,30 @@ def _plural(words: str) -> str:
     return words
 
 
+def declare(**params: Param) -> Callable[[F], F]:
+    """Declare a function's keyword-only parameters: the declared defaults become its defaults
+    (so Python callers get the same values as the config) and :func:`declared` returns them.
+
+    A builder named by a config (``model.name``, or a ``_target_``) is checked against these
+    before it is called.
+    """
+
+    def attach(fn: F) -> F:
+        kwonly = {p.name for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if not set(params) <= kwonly:
+            raise TypeError(f"{fn.__name__} does not take {sorted(set(params) - kwonly)} as keyword-only arguments")
+        fn.__kwdefaults__ = {**(fn.__kwdefaults__ or {}), **defaults(params)}
+        fn.__params__ = MappingProxyType(dict(params))  # type: ignore[attr-defined]
+        return fn
+
+    return attach
+
+
+def declared(fn: Callable[..., Any]) -> Mapping[str, Param]:
+    """The parameters :func:`declare` attached to ``fn`` (empty if none)."""
+    return getattr(fn, "__params__", MappingProxyType({}))
+
+
 def defaults(params: Mapping[str, Param]) -> dict[str, Any]:
     """Every declared key with its default."""
     return {name: p.default for name, p in params.items()}
@@ -159,7 +187,8 @@ def defaults(params: Mapping[str, Param]) -> dict[str, Any]:
 
 def check_params(params: Mapping[str, Param], values: Mapping[str, Any], prefix: str, *, owner: str) -> None:
     """Check every key of ``values`` against its declaration; a key nothing declares is an error
-    that names the close match, e.g. ``schedule.min_Lr`` -> ``min_lr``.
+    that names the close match, e.g. ``schedule.min_Lr`` -> ``min_lr``, unless ``values`` names a
+    ``_target_``, whose own arguments are its signature's business.
 
     ``prefix`` is the config path (``schedule``), ``owner`` says who takes the keys in the
     message (``schedule 'cosine'``).
@@ -167,6 +196,8 @@ def check_params(params: Mapping[str, Param], values: Mapping[str, Any], prefix:
     for key, value in values.items():
         key = str(key)
         if key not in params:
+            if "_target_" in values:  # the target's own arguments: its signature decides
+                continue
             raise ConfigError(f"{prefix}.{key}", unknown_key_message(key, list(params), owner))
         params[key].check(value, f"{prefix}.{key}")
 

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
-from trainer.hydra_app import CONFIG_DIR, remove_if_empty
+from trainer.hydra_app import CONFIG_DIR, remove_created_run_dir, run_app
 from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
@@ -74,11 +74,11 @@ def main(cfg: DictConfig) -> None:
     try:
         write_preview(cfg, out_dir)
     except ConfigError as error:
-        remove_if_empty(out_dir)
+        remove_created_run_dir()
         print(f"error: {error}", file=sys.stderr)
         if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep, skip this job only
             sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

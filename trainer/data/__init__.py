@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol
 import torch
 from omegaconf import DictConfig
 
-from trainer.data import cifar10, fashion_mnist
+from trainer.data import cifar10, fashion_mnist, loading, map_style, shakespeare_char, synthetic
 from trainer.data.augment import crop_and_flip
 from trainer.data.batches import (
     Augment,
@@ -27,8 +27,9 @@ from trainer.data.batches import (
 )
 from trainer.data.map_style import MapDataset, build_map_dataset
 from trainer.data.shakespeare_char import load_shakespeare_char
-from trainer.data.synthetic import check_synthetic, load_synthetic
+from trainer.data.synthetic import load_synthetic
 from trainer.errors import ConfigError
+from trainer.params import Param, check_params
 
 KNOWN = ("synthetic", "fashion_mnist", "cifar10", "shakespeare_char")
 #: Data whose examples are token sequences: they need a sequence model (``model.block_size``).
@@ -101,17 +102,48 @@ _IMAGES = {
 }
 
 
+def _image_params(*, augment: bool) -> dict[str, Param]:
+    return {
+        "root": Param(None, "directory with the dataset's files, or its parent", str, extra=(None,)),
+        "batch_size": Param(128, "examples per micro-batch", int, low=1),
+        "download": Param(True, "try a torchvision download when the files are nowhere else", bool),
+        "augment": Param(augment, "random crop with 4-pixel padding + horizontal flip, on the batch's device", bool),
+        "flip_test": Param(False, "validate on the mean of each image's logits and its mirror's", bool),
+    }
+
+
+#: Every data source's keys besides ``name``: its own and the common ones (conf/data/NAME.yaml).
+#: Map-style sources leave out their ``_target_`` nodes (map_style.TARGET_NODES): their targets check those.
+PARAMS: dict[str, dict[str, Param]] = {
+    name: {**own, **loading.PARAMS}
+    for name, own in {
+        "synthetic": synthetic.PARAMS,
+        "fashion_mnist": _image_params(augment=False),
+        "cifar10": _image_params(augment=True),
+        "shakespeare_char": shakespeare_char.PARAMS,
+    }.items()
+}
+PARAMS["torch_dataset"] = {**loading.PARAMS, **map_style.PARAMS}
+PARAMS["image_folder"] = {**loading.PARAMS, **map_style.PARAMS, **map_style.IMAGE_FOLDER_PARAMS}
+
+
 def is_map_style(cfg: DictConfig) -> bool:
     """Whether ``cfg`` names its splits by ``_target_`` (``data.train``), as ``data=torch_dataset``
     and ``data=image_folder`` do, instead of being one of the built-in in-memory sources."""
     return "train" in cfg
 
 
-def _check(cfg: DictConfig) -> None:
+def check_data(cfg: DictConfig) -> None:
+    """ConfigError unless ``cfg.name`` is a known source and each key is declared for it and allowed
+    (a map-style source that is not ``image_folder``, e.g. a user's, takes ``torch_dataset``'s keys)."""
+    if is_map_style(cfg):
+        name = cfg.get("name") if cfg.get("name") in ("torch_dataset", "image_folder") else "torch_dataset"
+        values = {k: v for k, v in cfg.items() if k != "name" and k not in map_style.TARGET_NODES}
+        check_params(PARAMS[name], values, "data", owner=f"data {name!r}")
+        return
     if cfg.name not in KNOWN:
         raise ConfigError("data.name", f"unknown data source {cfg.name!r}; use data={' or data='.join(KNOWN)}")
-    if cfg.name == "synthetic":
-        check_synthetic(cfg)
+    check_params(PARAMS[cfg.name], {k: v for k, v in cfg.items() if k != "name"}, "data", owner=f"data {cfg.name!r}")
 
 
 class DataSpec(NamedTuple):
@@ -125,10 +157,10 @@ class DataSpec(NamedTuple):
 def data_spec(cfg: DictConfig) -> DataSpec:
     """Shape, classes and epoch size of ``data=cfg.name``; only text is read (its vocabulary and
     length are known only from the text), once; map-style splits are built to be measured."""
+    check_data(cfg)
     if is_map_style(cfg):
         data = build_map_dataset(cfg, pin_memory=False)
         return DataSpec(data.input_shape, data.num_classes, data.num_train)
-    _check(cfg)
     if cfg.name == "synthetic":
         return DataSpec((cfg.num_features,), cfg.num_classes, cfg.train_size)
     if cfg.name in SEQUENCE_DATA:
@@ -145,9 +177,9 @@ def build_dataset(cfg: DictConfig, seed: int, *, pin_memory: bool = False) -> Da
     every training batch, on the batch's device. Map-style data (``data.train``) is built from
     its ``_target_``; ``pin_memory``: its DataLoaders pin batches (for a CUDA device).
     """
+    check_data(cfg)
     if is_map_style(cfg):
         return build_map_dataset(cfg, pin_memory=pin_memory)
-    _check(cfg)
     if cfg.name in SEQUENCE_DATA:
         return load_shakespeare_char(cfg)
     input_shape, num_classes, _ = data_spec(cfg)

@@ -23,8 +23,15 @@ from torch.utils.data import DataLoader
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapEpoch
 from trainer.errors import ConfigError
+from trainer.params import Param
 
 LOADERS = ("device", "dataloader")
+#: Keys every data source takes (conf/data_common.yaml).
+PARAMS = {
+    "loader": Param("device", "device: whole dataset on the training device; dataloader: worker processes", str,
+                    choices=LOADERS),
+    "num_workers": Param(4, "DataLoader worker processes when loader=dataloader (0 = in this process)", int, low=0),
+}
 
 
 def rank_batches(

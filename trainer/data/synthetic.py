@@ -5,20 +5,17 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from trainer.errors import ConfigError
+from trainer.params import Param
 
-_MINIMUM = {"train_size": 1, "val_size": 1, "num_classes": 2, "num_features": 1}
-
-
-def check_synthetic(cfg: DictConfig) -> None:
-    """ConfigError unless the sizes are whole numbers at their minimum or above and noise >= 0."""
-    for key, minimum in _MINIMUM.items():
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"data.{key}", f"got {value!r}; expected a whole number >= {minimum}")
-    noise = cfg.noise
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
-        raise ConfigError("data.noise", f"got {noise!r}; expected a number >= 0 (0 = noiseless labels)")
+#: ``data=synthetic``'s own keys (conf/data/synthetic.yaml).
+PARAMS = {
+    "train_size": Param(2048, "training examples", int, low=1),
+    "val_size": Param(512, "validation examples", int, low=1),
+    "batch_size": Param(64, "examples per micro-batch", int, low=1),
+    "num_classes": Param(4, "classes of the teacher's labels", int, low=2),
+    "num_features": Param(16, "dimensions of x", int, low=1),
+    "noise": Param(0.1, "std of the noise added to the teacher's logits (0 = noiseless labels)", float, low=0),
+}
 
 
 def load_synthetic(cfg: DictConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,6 +3,8 @@
 The built-in families are ``conf/model/*.yaml`` files naming their builders here
 (``trainer.models.cnn.build_cnn``, ...); a user's model is just another such file or
 ``model._target_`` override. ``model.name`` labels the run and is not passed to the target.
+A builder that declares its keys (:func:`trainer.params.declare`) has them checked by
+:func:`check_model`; any other target's signature decides what it takes.
 """
 
 from __future__ import annotations
@@ -10,25 +12,40 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainer.components import build, shipped_targets
+from trainer.components import build, locate, shipped_targets
 from trainer.errors import ConfigError
+from trainer.params import check_params, declared
 
 #: Models that read token sequences (B, T) and predict the next token at every position.
 SEQUENCE_MODELS = ("gpt",)
 
 
+def model_target(cfg: DictConfig) -> str:
+    """``model._target_``; a config without one (a run directory's ``config.yaml`` from before
+    targets) takes it from the shipped ``conf/model/NAME.yaml`` by ``model.name``."""
+    if cfg.get("_target_") is not None:
+        return str(cfg._target_)
+    known = shipped_targets("model")
+    if cfg.get("name") not in known:
+        raise ConfigError("model", f"unknown model {cfg.get('name')!r}; known: {', '.join(known)}")
+    return known[cfg.name]
+
+
+def check_model(cfg: DictConfig) -> None:
+    """ConfigError unless the target can be imported and, when it declares its parameters, every
+    key but ``name`` and ``_target_`` is one of them with a value its declaration allows."""
+    target = model_target(cfg)
+    params = declared(locate(target, "model"))
+    if params:
+        values = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
+        check_params(params, values, "model", owner=f"model {cfg.get('name') or target!r}")
+
+
 def build_model(cfg: DictConfig, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build ``cfg`` for inputs of one example's ``input_shape`` and ``num_classes`` outputs, each
-    passed when the target's signature names it.
-
-    A config without ``_target_`` (a run directory's ``config.yaml`` from before targets) is
-    built by ``model.name`` from the shipped ``conf/model/NAME.yaml``.
-    """
-    if cfg.get("_target_") is None:
-        known = shipped_targets("model")
-        if cfg.get("name") not in known:
-            raise ConfigError("model", f"unknown model {cfg.get('name')!r}; known: {', '.join(known)}")
-        cfg = OmegaConf.merge(cfg, {"_target_": known[cfg.name]})
+    passed when the target's signature names it."""
+    check_model(cfg)
+    cfg = OmegaConf.merge(cfg, {"_target_": model_target(cfg)})
     model = build(cfg, "model", runtime={"input_shape": tuple(input_shape), "num_classes": num_classes})
     if not isinstance(model, nn.Module):
         raise ConfigError("model._target_", f"{cfg._target_} returned a {type(model).__name__}, not a torch.nn.Module")

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import nn
 
+from trainer.errors import ConfigError
+from trainer.models.common import DROPOUT, require_images
+from trainer.params import Param, declare
 
+
+@declare(
+    channels=Param((16, 32), "output channels of each conv stage (each halves the image size)", list,
+                   item=int, low=1, min_items=1),
+    hidden=Param(128, "width of the hidden fully-connected layer", int, low=1),
+    dropout=DROPOUT,
+)
 def build_cnn(
-    *, input_shape: tuple[int, ...], num_classes: int, channels: Sequence[int] = (16, 32), hidden: int = 128,
-    dropout: float = 0.0,
+    *, input_shape: tuple[int, ...], num_classes: int, channels: Sequence[int], hidden: int, dropout: float
 ) -> nn.Sequential:
     """[Conv3x3 -> BatchNorm -> ReLU -> MaxPool2] per entry of ``channels``, then an MLP head.
 
     Each stage halves the spatial size, so 28x28 inputs end at 7x7 with two stages.
     """
-    in_channels, height, width = input_shape
+    in_channels, height, width = require_images("cnn", input_shape)
+    if min(height, width) < 2 ** len(channels):
+        raise ConfigError(
+            "model.channels",
+            f"{len(channels)} stages halve {height}x{width} images {len(channels)} times, to nothing: "
+            f"use at most {int(math.log2(min(height, width)))} entries",
+        )
     layers: list[nn.Module] = []
     for out_channels in channels:
         layers += [

@@ -15,6 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainer.models.common import DROPOUT
+from trainer.params import Param, declare
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
@@ -82,9 +85,16 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+@declare(
+    n_layer=Param(6, "transformer blocks", int, low=1),
+    n_head=Param(6, "attention heads per block (n_embd must be a multiple)", int, low=1),
+    n_embd=Param(384, "width of the residual stream", int, low=1),
+    block_size=Param(256, "context length in tokens (characters); also the data's window length", int, low=1),
+    dropout=Param(0.2, DROPOUT.doc, float, low=0, high=1, high_open=True),
+)
 def build_gpt(
-    *, input_shape: tuple[int, ...], num_classes: int, n_layer: int = 6, n_head: int = 6, n_embd: int = 384,
-    block_size: int = 256, dropout: float = 0.2,
+    *, input_shape: tuple[int, ...], num_classes: int, n_layer: int, n_head: int, n_embd: int, block_size: int,
+    dropout: float,
 ) -> nn.Module:
     """A :class:`GPT` over a vocabulary of ``num_classes`` characters; ``input_shape`` is (block_size,)."""
     if n_embd % n_head:

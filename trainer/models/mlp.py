@@ -7,9 +7,16 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from trainer.models.common import DROPOUT
+from trainer.params import Param, declare
 
+
+@declare(
+    hidden_sizes=Param((128,), "widths of the hidden layers", list, item=int, low=1),
+    dropout=DROPOUT,
+)
 def build_mlp(
-    *, input_shape: tuple[int, ...], num_classes: int, hidden_sizes: Sequence[int] = (128,), dropout: float = 0.0
+    *, input_shape: tuple[int, ...], num_classes: int, hidden_sizes: Sequence[int], dropout: float
 ) -> nn.Sequential:
     """Flatten -> [Linear -> ReLU -> Dropout] per hidden size -> Linear to ``num_classes`` logits."""
     layers: list[nn.Module] = [nn.Flatten()]

@@ -6,6 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from trainer.models.common import require_images
+from trainer.params import Param, declare
+
 
 def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 for 28-32 px inputs: a 3x3 stride-1 stem and no max-pool, so the
@@ -13,8 +16,9 @@ def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     input channels come from the data (1 for Fashion-MNIST, 3 for CIFAR-10)."""
     import torchvision  # only here: it (and the torch._dynamo it imports) takes seconds to import
 
+    channels = require_images("resnet18", input_shape)[0]
     model = torchvision.models.resnet18(num_classes=num_classes)
-    model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
@@ -41,11 +45,12 @@ class _BasicBlock(nn.Module):
         return F.relu(out + shortcut)
 
 
-def build_resnet20(*, input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int = 3) -> nn.Module:
+@declare(blocks_per_stage=Param(3, "n in 6n+2 layers: 3 -> ResNet-20, 5 -> 32, 9 -> 56", int, low=1))
+def build_resnet20(*, input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int) -> nn.Module:
     """He et al. (2016) CIFAR ResNet: 3 stages of ``blocks_per_stage`` blocks at 16/32/64 channels
     (6n+2 layers: n=3 is ResNet-20, 0.27M parameters), global average pool, linear classifier."""
     layers: list[nn.Module] = [
-        nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+        nn.Conv2d(require_images("resnet20", input_shape)[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
     ]
     in_channels = 16
     for stage, channels in enumerate((16, 32, 64)):
