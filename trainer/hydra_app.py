@@ -42,6 +42,9 @@ class RunDirGuard(Callback):
         while not _exists(existing):
             missing.append(existing)
             existing = existing.parent
+        if not missing and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(run_dir.iterdir()):
+            # The ranks of one torchrun launch race to make it: another rank may have made it just now.
+            missing = [run_dir]
         RunDirGuard.created = missing
         try:
             name_max = os.pathconf(existing, "PC_NAME_MAX")
