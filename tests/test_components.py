@@ -11,14 +11,16 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import trainer
 from tests.conftest import QUIET, REPO, TINY, compose_config
 from tests.data.test_map_style import write_image_folder
 from tests.test_resume import preempt_after
-from tests.userpkg.data import Blobs
+from tests.userpkg.data import Blobs, blob_tensors
 from tests.userpkg.nets import WideNet
 from trainer.checkpoint import load_checkpoint
+from trainer.data import build_dataset
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
 from trainer.run import train
@@ -72,6 +74,21 @@ def test_a_users_model_and_dataset_train_through_the_cli_and_through_fit(tmp_pat
     for name, tensor in load_checkpoint(tmp_path / "fit" / "last.pt")["model"].items():
         assert torch.equal(tensor, saved["model"][name]), name
     assert [v for _, v in read_scalars(tmp_path / "fit")["train/lr"]] == lrs
+
+
+def test_a_users_in_memory_source_is_one_target_with_the_runs_seed(tmp_path):
+    proc = run_user_cli("model=mlp", "data=blob_tensors", "trainer.max_epochs=1", "schedule.warmup_steps=0",
+                        "data.size=64", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["updates"] == 64 // 16
+    cfg = OmegaConf.create({"_target_": "tests.userpkg.data.blob_tensors", "name": "blobs", "size": 8,
+                            "batch_size": 4, "loader": "device", "num_workers": 0})
+    assert torch.equal(build_dataset(cfg, seed=5).train_x, blob_tensors(seed=5, size=8).train_x)
+    proc = run_user_cli("model=mlp", "data=blob_tensors", "+data.sise=64", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert line.startswith("error: data: userpkg.data.blob_tensors(*, seed") and "\n" not in line
+    assert line.endswith("takes no argument 'sise'")
 
 
 def test_fit_without_validation_data_trains_and_reports_no_val_metrics(tmp_path):

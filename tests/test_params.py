@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from tests.conftest import REPO, compose_config
 from trainer.components import locate, shipped_targets
 from trainer.config import FSDP, LOGGER, SEED, TRAINER, validate
+from trainer.data import LOOP_PARAMS
 from trainer.errors import ConfigError
 from trainer.optim import optimizer_params
 from trainer.params import Param, check_params, declared
@@ -143,6 +144,14 @@ def test_every_component_key_refuses_what_its_declaration_excludes(node, overrid
                 validate(cfg)
             assert error.value.key.startswith(f"{node}.{key}"), (key, value, str(error.value))
             assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("name", "target"), sorted(shipped_targets("data").items()))
+def test_a_shipped_data_yaml_gives_its_builder_exactly_its_declared_keys_at_their_defaults(name, target):
+    model = ["model=gpt"] if name == "shakespeare_char" else []  # data.block_size follows model.block_size
+    cfg = OmegaConf.to_container(compose_config(f"data={name}", *model, base=[]).data, resolve=True)
+    own = {k: v for k, v in cfg.items() if k not in ("_target_", "name", *LOOP_PARAMS)}
+    assert own == {key: as_plain(p.default) for key, p in declared(locate(target, "data")).items()}
 
 
 def test_seed_is_declared_as_in_config_yaml():

@@ -70,6 +70,17 @@ def shipped_targets(group: str) -> dict[str, str]:
     return {name: str(target) for name, target in targets.items() if target not in (None, "???")}
 
 
+def target_of(cfg: DictConfig, group: str) -> str:
+    """``GROUP._target_``; a config without one (a run directory's ``config.yaml`` from before
+    targets) takes it from the shipped ``conf/GROUP/NAME.yaml`` by ``GROUP.name``."""
+    if cfg.get("_target_") is not None:
+        return str(cfg._target_)
+    known = shipped_targets(group)
+    if cfg.get("name") not in known:
+        raise ConfigError(group, f"unknown {group} {cfg.get('name')!r}; known: {', '.join(known)}")
+    return known[cfg.name]
+
+
 def build(
     node: DictConfig | Mapping,
     key: str,

@@ -274,7 +274,7 @@ def build_loop(
         seed=cfg.seed,
         device=next(model.parameters()).device,
         loader_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
-        flip_test=cfg.data.get("flip_test", False),
+        flip_test=getattr(dataset, "flip_test", False),  # a source validates on mirrored images when it says so
         objective=cfg.trainer.objective,
         nonfinite=cfg.trainer.nonfinite,
         range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,

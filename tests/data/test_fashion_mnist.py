@@ -77,7 +77,8 @@ def nowhere(tmp_path, monkeypatch):
 def test_config_defaults(nowhere):
     cfg = compose_config("data=fashion_mnist", base=[]).data
     assert OmegaConf.to_container(cfg) == {
-        "name": "fashion_mnist", "root": None, "batch_size": 128, "download": True, "augment": False,
+        "_target_": "trainer.data.fashion_mnist.fashion_mnist", "name": "fashion_mnist", "root": None,
+        "batch_size": 128, "download": True, "augment": False,
         "flip_test": False, "loader": "device", "num_workers": 4,
     }
     # Sizes come without touching any file (nothing could be found here anyway).

@@ -24,7 +24,8 @@ def synthetic_cfg(**overrides):
 def test_config_defaults():
     cfg = synthetic_cfg()
     assert OmegaConf.to_container(cfg) == {
-        "name": "synthetic", "train_size": 2048, "val_size": 512, "batch_size": 64,
+        "_target_": "trainer.data.synthetic.synthetic", "name": "synthetic", "train_size": 2048, "val_size": 512,
+        "batch_size": 64,
         "num_classes": 4, "num_features": 16, "noise": 0.1,
     }
     assert data_spec(cfg) == ((16,), 4, 2048)
@@ -78,7 +79,14 @@ def test_bad_values_are_config_errors_naming_the_key(key, value):
     assert error.value.key == f"data.{key}"
 
 
-def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="'imagenet'.*data=synthetic or data=fashion_mnist") as error:
-        build_dataset(synthetic_cfg(name="imagenet"), seed=0)
-    assert error.value.key == "data.name"
+def test_name_labels_the_run_and_the_target_builds():
+    assert build_dataset(synthetic_cfg(name="my_label", train_size=8), seed=0).num_train == 8
+
+
+def test_a_config_without_target_and_an_unknown_name_lists_the_shipped_sources():
+    cfg = synthetic_cfg(name="imagenet")
+    del cfg["_target_"]  # e.g. a config.yaml written before sources had targets
+    with pytest.raises(ConfigError, match="unknown data 'imagenet'; known: cifar10, fashion_mnist, shakespeare_char, "
+                                          "synthetic") as error:
+        build_dataset(cfg, seed=0)
+    assert error.value.key == "data"

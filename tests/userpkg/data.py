@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from trainer.data import ExampleDataset
+
 
 class Blobs(Dataset):
     """``size`` examples of ``num_features`` features around class centres; item k is
@@ -25,3 +27,11 @@ class Blobs(Dataset):
     def __getitem__(self, k: int):
         x = self.points[k] + self.jitter * torch.randn(self.points.shape[1])
         return (x, int(self.labels[k])) if self.pairs else x
+
+
+def blob_tensors(*, seed: int, size: int, num_features: int = 8) -> ExampleDataset:
+    """The same blobs as one in-memory source (``data._target_``): ``size`` training and
+    ``size // 4`` validation examples as tensors, drawn from the run's ``seed``."""
+    train, val = Blobs(size, num_features, split_seed=seed), Blobs(size // 4, num_features, split_seed=seed + 1)
+    return ExampleDataset(train.points, train.labels, val.points, val.labels, num_classes=3,
+                          input_shape=(num_features,))

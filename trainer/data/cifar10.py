@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy
 import torch
-from omegaconf import DictConfig
 
+from trainer.data.augment import crop_and_flip
 from trainer.data.cache import cache_dir
+from trainer.data.source import DataSpec, ExampleDataset, image_params, with_spec
 from trainer.errors import ConfigError, one_line
+from trainer.params import declare
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
@@ -37,14 +39,15 @@ def _find(root: Path) -> Path | None:
     return None
 
 
-def locate(cfg: DictConfig) -> Path:
-    if cfg.root is not None:
-        root = Path(cfg.root).expanduser()
-        found = _find(root)
+def locate(root: str | None, download: bool) -> Path:
+    """The directory holding the six batch files: ``root`` (or its subdirectory), else the cache,
+    else (``download``) a torchvision download into the cache."""
+    if root is not None:
+        found = _find(Path(root).expanduser())
         if found is None:
             raise ConfigError(
                 "data.root",
-                f"got {str(root)!r}: no CIFAR-10 batch files ({', '.join(TRAIN_FILES)}, {TEST_FILE}) in it or in "
+                f"got {str(Path(root).expanduser())!r}: no CIFAR-10 batch files ({', '.join(TRAIN_FILES)}, {TEST_FILE}) in it or in "
                 f"its {SUBDIR}/; point data.root at the extracted cifar-10-python.tar.gz",
             )
         return found
@@ -52,7 +55,7 @@ def locate(cfg: DictConfig) -> Path:
     if found is not None:
         return found
     why = "data.download=false"
-    if cfg.download:
+    if download:
         try:
             import torchvision  # only here: importing it costs about a second
 
@@ -89,11 +92,17 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0).sub_(mean).div_(std)  # in place: the same bits, no temporaries
 
 
-def load_cifar10(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train_x, train_y, val_x, val_y): images (N, 3, 32, 32) float32 normalized, labels int64."""
-    directory = locate(cfg)
+@with_spec(DataSpec(IMAGE_SHAPE, NUM_CLASSES, TRAIN_SIZE))
+@declare(**image_params(augment=True))
+def cifar10(*, root: str | None, download: bool, augment: bool, flip_test: bool) -> ExampleDataset:
+    """``data=cifar10``: images (N, 3, 32, 32) float32 normalized, labels int64; ``augment``: a
+    random 4-pixel-shift crop and flip of every training batch."""
+    directory = locate(root, download)
     parts = [_read_batch(directory / name) for name in TRAIN_FILES]
     train_x = _normalize(torch.cat([images for images, _ in parts]))
     train_y = torch.cat([labels for _, labels in parts])
     val_images, val_y = _read_batch(directory / TEST_FILE)
-    return train_x, train_y, _normalize(val_images), val_y
+    return ExampleDataset(
+        train_x, train_y, _normalize(val_images), val_y, num_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE,
+        augment=crop_and_flip if augment else None, flip_test=flip_test,
+    )

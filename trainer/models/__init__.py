@@ -12,7 +12,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainer.components import build, locate, shipped_targets
+from trainer.components import build, locate, target_of
 from trainer.errors import ConfigError
 from trainer.params import check_params, declared
 
@@ -20,21 +20,10 @@ from trainer.params import check_params, declared
 SEQUENCE_MODELS = ("gpt",)
 
 
-def model_target(cfg: DictConfig) -> str:
-    """``model._target_``; a config without one (a run directory's ``config.yaml`` from before
-    targets) takes it from the shipped ``conf/model/NAME.yaml`` by ``model.name``."""
-    if cfg.get("_target_") is not None:
-        return str(cfg._target_)
-    known = shipped_targets("model")
-    if cfg.get("name") not in known:
-        raise ConfigError("model", f"unknown model {cfg.get('name')!r}; known: {', '.join(known)}")
-    return known[cfg.name]
-
-
 def check_model(cfg: DictConfig) -> None:
     """ConfigError unless the target can be imported and, when it declares its parameters, every
     key but ``name`` and ``_target_`` is one of them with a value its declaration allows."""
-    target = model_target(cfg)
+    target = target_of(cfg, "model")
     params = declared(locate(target, "model"))
     if params:
         values = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
@@ -45,7 +34,7 @@ def build_model(cfg: DictConfig, *, input_shape: tuple[int, ...], num_classes: i
     """Build ``cfg`` for inputs of one example's ``input_shape`` and ``num_classes`` outputs, each
     passed when the target's signature names it."""
     check_model(cfg)
-    cfg = OmegaConf.merge(cfg, {"_target_": model_target(cfg)})
+    cfg = OmegaConf.merge(cfg, {"_target_": target_of(cfg, "model")})
     model = build(cfg, "model", runtime={"input_shape": tuple(input_shape), "num_classes": num_classes})
     if not isinstance(model, nn.Module):
         raise ConfigError("model._target_", f"{cfg._target_} returned a {type(model).__name__}, not a torch.nn.Module")
