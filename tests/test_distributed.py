@@ -38,6 +38,13 @@ LAUNCH_TIMEOUT = 240  # seconds: a launch that hangs fails instead of stalling C
 RUN = [*TINY, "schedule=cosine", "trainer.max_epochs=2", "trainer.global_batch_size=32"]
 TOLERANCE = 1e-6  # fp32 sums over ranks vs over one batch
 EVERY_3 = ["trainer.checkpoint_every_n_steps=3", "trainer.keep_last_n=10"]  # step-00000003.pt is mid-epoch
+# A user's map-style dataset, jittered on every read: 72 examples / global batch 16 = 4 updates
+# per epoch (the last 8 dropped); 21 validation examples, which 2 ranks × 16 do not divide.
+MAP_RUN = [
+    *QUIET, "model=mlp", "data=torch_dataset", "data.train={_target_:tests.userpkg.data.Blobs,size:72,jitter:0.5}",
+    "data.val={_target_:tests.userpkg.data.Blobs,size:21,split_seed:1}", "data.num_classes=3", "data.batch_size=8",
+    "schedule=cosine", "trainer.max_epochs=2", "trainer.global_batch_size=16", *EVERY_3,
+]
 
 
 def free_port() -> int:
@@ -221,6 +228,42 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, singl
     run_cli("trainer", [*RUN, "data.batch_size=8", f"trainer.resume={run_dir / 'step-00000003.pt'}",
                         f"hydra.run.dir={resumed}"])
     assert read_scalars(resumed)["train/lr"] == theirs["train/lr"][3:]
+    assert_same_parameters(model_of(resumed / "last.pt"), model_of(single / "last.pt"))
+
+
+@pytest.fixture(scope="module")
+def map_runs(tmp_path_factory):
+    """Map-style data read by one process (accumulating 2, no workers) and by 2 DDP ranks (2
+    workers each): the same 16 examples per update. Returns (one process's run dir, the 2-process one)."""
+    root = tmp_path_factory.mktemp("map")
+    run_cli("trainer", [*MAP_RUN, "data.num_workers=0", f"hydra.run.dir={root / 'single'}"])
+    proc = torchrun(*MAP_RUN, "data.num_workers=2", f"hydra.run.dir={root / 'ddp'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "single", root / "ddp"
+
+
+def test_map_style_data_on_two_processes_trains_like_one(map_runs):
+    single, ddp = map_runs
+    ours, theirs = read_scalars(ddp), read_scalars(single)
+    assert ours["train/lr"] == theirs["train/lr"] and [s for s, _ in ours["train/lr"]] == list(range(8))
+    # The same examples (and the same jitter, seeded per example) at every update: the same loss
+    # and gradient; validation scores each of the 21 examples once over the ranks.
+    for tag in ("train/loss", "train/grad_norm", "val/loss", "val/acc"):
+        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]], abs=1e-5), tag
+    assert [s for s, _ in ours["val/loss"]] == [4, 8]
+    assert_same_parameters(model_of(ddp / "last.pt"), model_of(single / "last.pt"))
+
+
+def test_map_style_data_stopped_mid_epoch_on_two_processes_resumes_in_one(tmp_path, map_runs):
+    single, ddp = map_runs
+    resumed = tmp_path / "resumed"
+    run_cli("trainer", [*MAP_RUN, "data.num_workers=1", f"trainer.resume={ddp / 'step-00000003.pt'}",
+                        f"hydra.run.dir={resumed}"])
+    ours, theirs = read_scalars(resumed), read_scalars(single)
+    assert ours["train/lr"] == theirs["train/lr"][3:]  # from update 3, batch 3 of epoch 0's 4
+    for tag in ("train/loss", "val/loss"):
+        expected = [v for s, v in theirs[tag] if s >= 3]
+        assert [v for _, v in ours[tag]] == pytest.approx(expected, abs=1e-5), tag
     assert_same_parameters(model_of(resumed / "last.pt"), model_of(single / "last.pt"))
 
 

@@ -20,7 +20,7 @@ from trainer.checkpoint import link_atomic, prune_numbered, rng_state, save_atom
 from trainer.config import RunPlan
 from trainer.data import Dataset
 from trainer.data.batches import Batch
-from trainer.data.loading import train_batches
+from trainer.data.loading import train_batches, val_batches
 from trainer.distributed import World
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
@@ -386,16 +386,11 @@ class Loop:
         raise NonFiniteStop(f"{message}; saved them in {self.checkpointer.last}; {before}")
 
     def evaluate(self) -> dict[str, float]:
-        """Validation over the whole split: each rank takes its slice of every batch of
-        ``VAL_BATCH_MULTIPLE × batch_size × world_size`` (all ranks run the same number of forwards, as FSDP2 needs;
-        a slice may be empty at the end)."""
-        size, rank = VAL_BATCH_MULTIPLE * self.batch_size, self.world.rank
-        # With data.loader=dataloader the validation split stays in host memory: copy each batch over
-        # (a no-op when it already is on the device).
-        batches = (
-            (x[rank * size : (rank + 1) * size].to(self.device), y[rank * size : (rank + 1) * size].to(self.device))
-            for x, y in self.dataset.val_batches(size * self.world.world_size)
-        )
+        """Validation over the whole split, in batches of ``VAL_BATCH_MULTIPLE × batch_size`` per
+        rank (see :func:`~trainer.data.loading.val_batches`): all ranks run the same number of
+        forwards, as FSDP2 needs, and the sums are reduced over them."""
+        batches = val_batches(self.dataset, VAL_BATCH_MULTIPLE * self.batch_size, device=self.device,
+                              rank=self.world.rank, world_size=self.world.world_size)
         return evaluate(self.model, batches, self.precision, flip=self.flip_test, loss_fn=self.step.loss_fn,
                         world=self.world)
 

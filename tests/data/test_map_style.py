@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from tests.userpkg.data import Blobs
-from trainer.data.batches import epoch_order
+from trainer.data.batches import epoch_order, eval_batches
 from trainer.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder
+from trainer.data.loading import rank_batches
 from trainer.data.map_style import EpochSampler, map_dataset, read_examples
 from trainer.errors import ConfigError
 
@@ -27,19 +28,40 @@ def write_image_folder(root: Path, *, per_class: int = 4, size: tuple[int, int] 
     return root
 
 
-def test_sampler_order_is_epoch_order_and_ranks_split_each_global_batch():
+def test_sampler_cuts_the_epoch_order_and_each_rank_reads_its_slice_of_every_global_batch():
     order = epoch_order(23, seed=5, epoch=2).tolist()
-    ranks = [EpochSampler(23, 3, seed=5, rank=r, world_size=2) for r in range(2)]
-    for sampler in ranks:
-        sampler.set_epoch(2)
-    assert [len(s) for s in ranks] == [23 // 6] * 2
-    per_rank = [list(s) for s in ranks]
+    sampler = EpochSampler(23, 3, seed=5)
+    assert sampler.num_batches == 23 // 3
+    ranks = []
+    for rank in range(2):  # micro-batches of 3, 2 ranks, no accumulation: global batches of 6
+        sampler.set_epoch(2, rank_batches(sampler.num_batches, start_batch=0, rank=rank, world_size=2))
+        ranks.append(list(sampler))
+    assert [len(r) for r in ranks] == [23 // 6] * 2
     for i in range(23 // 6):  # global batch i = order[6i:6i+6]; rank 0 the first 3, rank 1 the next
-        assert per_rank[0][i] == (2, order[6 * i : 6 * i + 3])
-        assert per_rank[1][i] == (2, order[6 * i + 3 : 6 * i + 6])
-    single = EpochSampler(23, 3, seed=5)
-    single.set_epoch(2, start_batch=4)
-    assert [indices for _, indices in single] == [order[3 * i : 3 * i + 3] for i in range(4, 23 // 3)]
+        assert ranks[0][i] == (2, order[6 * i : 6 * i + 3])
+        assert ranks[1][i] == (2, order[6 * i + 3 : 6 * i + 6])
+    sampler.set_epoch(2, range(4, 23 // 3))  # a resumed epoch: from micro-batch 4 on
+    assert [indices for _, indices in sampler] == [order[3 * i : 3 * i + 3] for i in range(4, 23 // 3)]
+    with pytest.raises(ValueError, match="need micro-batches in 0..6"):
+        sampler.set_epoch(0, [7])
+
+
+@pytest.mark.parametrize("size, world_size", [(11, 2), (9, 2), (9, 1), (3, 4)])
+def test_each_rank_validates_its_slice_of_each_batch_as_the_in_memory_data_does(size, world_size):
+    """In-memory validation slices each batch of 2 × ranks examples by rank; a map-style split
+    reads the same slices, an empty one at the end when the split runs out, so over the ranks
+    every example counts once and every rank runs the same number of batches."""
+    val = Blobs(size, jitter=0.0)
+    data = map_dataset(Blobs(4), val, num_classes=3, num_workers=0, pin_memory=False)
+    x, y = torch.stack([val[k][0] for k in range(size)]), torch.tensor([val[k][1] for k in range(size)])
+    shards = [list(data.val_batches(2, rank=r, world_size=world_size)) for r in range(world_size)]
+    whole = list(eval_batches(x, y, 2 * world_size))
+    assert [len(s) for s in shards] == [len(whole)] * world_size
+    for rank, shard in enumerate(shards):
+        for (inputs, targets), (all_x, all_y) in zip(shard, whole, strict=True):
+            assert torch.equal(inputs, all_x[2 * rank : 2 * rank + 2]) and inputs.shape[1:] == (8,)
+            assert torch.equal(targets, all_y[2 * rank : 2 * rank + 2]) and targets.dtype == torch.int64
+    assert sum(len(t) for shard in shards for _, t in shard) == size
 
 
 def test_each_example_draws_from_its_own_seed_whatever_was_read_before():

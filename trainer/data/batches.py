@@ -83,6 +83,15 @@ def example_epoch(
     return ExampleBatches(x, y, batch_size, order.to(x.device), seed, epoch, augment)
 
 
+def shard_ranges(num_examples: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[range]:
+    """Rank ``rank``'s examples of each batch of ``batch_size × world_size`` of a split, in order:
+    the ``rank``-th ``batch_size`` of each (short or empty at the end). The ranks together cover
+    every example once, and each gets ceil(num_examples / (batch_size × world_size)) ranges."""
+    for start in range(0, num_examples, batch_size * world_size):
+        first = min(start + rank * batch_size, num_examples)
+        yield range(first, min(first + batch_size, num_examples))
+
+
 def eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[Batch]:
     """The whole split in order, the last partial batch included."""
     for start in range(0, len(x), batch_size):

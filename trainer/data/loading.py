@@ -16,14 +16,17 @@ text windows draw from a generator on the tensors' device, so on a GPU the two p
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
 from trainer.data.batches import Batch
-from trainer.data.map_style import MapEpoch
-from trainer.errors import ConfigError
+from trainer.data.map_style import MapDataset, MapEpoch
 from trainer.params import Param
+
+if TYPE_CHECKING:
+    from trainer.data import Dataset
 
 LOADERS = ("device", "dataloader")
 #: Keys every data source takes (conf/data_common.yaml).
@@ -60,15 +63,10 @@ def train_batches(
     a number runs a DataLoader with that many workers (0 = in this process, still pinned). A
     map-style epoch (:class:`~trainer.data.map_style.MapEpoch`) brings its own loader and workers.
     """
-    if isinstance(epoch, MapEpoch):  # map-style data: its own run-long DataLoader and workers
-        if world_size > 1:
-            raise ConfigError("trainer.strategy", "map-style data (data=torch_dataset or image_folder) does not "
-                              "split over ranks yet: train it in one process")
-        if start_batch < 0:
-            raise ValueError(f"need start_batch >= 0, got {start_batch}")
-        yield from epoch.batches(start_batch, device)
-        return
     indices = rank_batches(len(epoch), start_batch=start_batch, rank=rank, world_size=world_size, accumulate=accumulate)
+    if isinstance(epoch, MapEpoch):  # map-style data: its own run-long DataLoader and workers
+        yield from epoch.batches(indices, device)
+        return
     if num_workers is None:
         for i in indices:
             yield epoch[i]
@@ -78,3 +76,23 @@ def train_batches(
     )
     for inputs, targets in loader:
         yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def val_batches(
+    dataset: Dataset, batch_size: int, *, device: torch.device, rank: int = 0, world_size: int = 1
+) -> Iterator[Batch]:
+    """This rank's slice of each validation batch of ``batch_size × world_size`` examples, in
+    order, on ``device``: the ``rank``-th ``batch_size`` of each, short or empty at the end, so
+    the ranks together score every example once and all run the same number of forwards.
+
+    In-memory splits are sliced where they lie; a map-style split reads only this rank's examples.
+    """
+    if isinstance(dataset, MapDataset):
+        batches = dataset.val_batches(batch_size, rank=rank, world_size=world_size)
+    else:
+        first, stop = rank * batch_size, (rank + 1) * batch_size
+        batches = ((x[first:stop], y[first:stop]) for x, y in dataset.val_batches(batch_size * world_size))
+    # A split in host memory (data.loader=dataloader, map-style data) is copied over; one on the
+    # device already is not.
+    for inputs, targets in batches:
+        yield inputs.to(device), targets.to(device)

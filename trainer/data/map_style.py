@@ -7,16 +7,20 @@ pinned memory on CUDA), and three things make a resumed run draw exactly the bat
 that never stopped:
 
 - the order of an epoch is a pure function of (seed, epoch): :class:`EpochSampler` permutes with
-  the same :func:`~trainer.data.batches.epoch_order` as the in-memory data;
-- a resumed epoch starts at the batch it stopped at (the sampler starts at ``start_batch``);
+  the same :func:`~trainer.data.batches.epoch_order` as the in-memory data, and cuts it into the
+  same micro-batches;
+- each rank reads the micro-batches :func:`~trainer.data.loading.rank_batches` gives it (its slice
+  of every global batch, as for the in-memory data), from the one a resumed epoch stopped at;
 - example k of epoch e is read with torch's and Python's generators seeded from (seed, e, k), so a
-  random crop does not depend on which worker reads it, nor on what that worker read before.
+  random crop does not depend on which worker or rank reads it, nor on what it read before.
+
+Validation reads only this rank's slice of each validation batch (:meth:`MapDataset.val_batches`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
-from trainer.data.batches import Batch, batches_per_epoch, epoch_order, stream_seed
+from trainer.data.batches import Batch, batches_per_epoch, epoch_order, shard_ranges, stream_seed
 from trainer.errors import ConfigError, one_line
 from trainer.params import Param
 
@@ -49,40 +53,38 @@ TARGET_NODES = ("train", "val", "train_transform", "val_transform")
 
 
 class EpochSampler(Sampler[BatchKey]):
-    """This rank's batches of one epoch, as (epoch, example indices), from ``start_batch`` on.
+    """Chosen micro-batches of one epoch, as (epoch, example indices).
 
-    Global batch i of an epoch holds examples ``order[i * G : (i + 1) * G]`` with
-    ``G = batch_size * world_size`` and ``order = epoch_order(num_examples, seed, epoch)``; rank r
-    takes ``[r * batch_size : (r + 1) * batch_size]`` of it. Every rank computes the same order and
-    no rank needs another's; the last partial global batch is dropped.
+    Micro-batch i of an epoch holds examples ``order[i * batch_size : (i + 1) * batch_size]`` with
+    ``order = epoch_order(num_examples, seed, epoch)``, as in the in-memory data
+    (:class:`~trainer.data.batches.ExampleBatches`); the last partial one is dropped. Which of them
+    the next ``iter(sampler)`` yields, in which order, is set per epoch by :meth:`set_epoch`.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    def __init__(self, num_examples: int, batch_size: int, *, seed: int) -> None:
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.chosen = 0, list(range(self.num_batches))
+
+    @property
+    def num_batches(self) -> int:
+        """Whole micro-batches in an epoch."""
+        return batches_per_epoch(self.num_examples, self.batch_size)
 
     def __len__(self) -> int:
-        """Batches per epoch (each rank's count is the same)."""
-        return batches_per_epoch(self.num_examples, self.batch_size * self.world_size)
+        """Micro-batches the next ``iter(sampler)`` yields."""
+        return len(self.chosen)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """What the next ``iter(sampler)`` yields: batches ``start_batch..len-1`` of ``epoch``."""
-        if not 0 <= start_batch <= len(self):
-            raise ValueError(f"need 0 <= start_batch <= {len(self)}, got {start_batch}")
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def batch(self, order: torch.Tensor, i: int) -> list[int]:
-        """This rank's example indices of global batch ``i`` of an epoch in ``order``."""
-        start = i * self.batch_size * self.world_size + self.rank * self.batch_size
-        return order[start : start + self.batch_size].tolist()
+    def set_epoch(self, epoch: int, batches: Sequence[int]) -> None:
+        """What the next ``iter(sampler)`` yields: micro-batches ``batches`` of ``epoch``, in that order."""
+        chosen = list(batches)
+        if any(not 0 <= i < self.num_batches for i in chosen):
+            raise ValueError(f"need micro-batches in 0..{self.num_batches - 1}, got {chosen}")
+        self.epoch, self.chosen = epoch, chosen
 
     def __iter__(self) -> Iterator[BatchKey]:
-        epoch = self.epoch
+        epoch, size = self.epoch, self.batch_size
         order = epoch_order(self.num_examples, seed=self.seed, epoch=epoch)
-        return ((epoch, self.batch(order, i)) for i in range(self.start_batch, len(self)))
+        return ((epoch, order[i * size : (i + 1) * size].tolist()) for i in self.chosen)
 
 
 class _RestoredRNG:
@@ -123,6 +125,21 @@ class SeededBatches(TorchDataset):
         return default_collate(read_examples(self.examples, indices, seed=self.seed, epoch=epoch))
 
 
+@dataclass(frozen=True)
+class ValSlices(TorchDataset):
+    """The validation split indexed by lists of example indices: one collated batch per list, each
+    example k read with generators seeded from k alone (the same numbers at any world size, worker
+    count or epoch). An empty list gives a batch of no examples (item 0's shape and type), so every
+    rank runs as many forwards as the others."""
+
+    examples: TorchDataset
+
+    def __getitem__(self, indices: list[int]) -> Batch:
+        items = read_examples(self.examples, indices or [0], seed=0, epoch=0)
+        inputs, targets = default_collate(items)
+        return (inputs, targets) if indices else (inputs[:0], targets[:0])
+
+
 def check_pair(item: Any, key: str) -> tuple[torch.Tensor, Any]:
     """``item`` as (input tensor, target); a ConfigError at ``key`` when it is not such a pair."""
     if not isinstance(item, (tuple, list)) or len(item) != 2:
@@ -159,7 +176,9 @@ class MapDataset:
         """Itself: the examples stay in host memory (batches are pinned when ``pin_memory``)."""
         return self
 
-    def _loader(self, dataset: TorchDataset, batch_size: int | None, sampler: Sampler | None, seed: int) -> DataLoader:
+    def _loader(
+        self, dataset: TorchDataset, batch_size: int | None, sampler: Iterable[Any] | None, seed: int
+    ) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
@@ -168,22 +187,25 @@ class MapDataset:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def train_epoch(self, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> MapEpoch:
-        """``epoch`` of this rank's batches (see :class:`EpochSampler`)."""
-        key = ("train", batch_size, seed, rank, world_size)
+    def train_epoch(self, batch_size: int, *, seed: int, epoch: int) -> MapEpoch:
+        """``epoch``'s micro-batches of ``batch_size`` (see :class:`EpochSampler`)."""
+        key = ("train", batch_size, seed)
         if key not in self._loaders:
-            sampler = EpochSampler(len(self.train), batch_size, seed=seed, rank=rank, world_size=world_size)
+            sampler = EpochSampler(len(self.train), batch_size, seed=seed)
             self._loaders[key] = self._loader(SeededBatches(self.train, seed), None, sampler, seed), sampler
         loader, sampler = self._loaders[key]
         return MapEpoch(loader, sampler, epoch)
 
-    def val_batches(self, batch_size: int) -> Iterator[Batch]:
-        """The whole validation split in order, the last partial batch included (nothing without one)."""
+    def val_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """This rank's slice of each validation batch of ``batch_size × world_size`` examples in
+        order (see :func:`~trainer.data.batches.shard_ranges`): every example once over the ranks,
+        read by this rank alone. Nothing without a validation split."""
         if self.val is None:
             return iter(())
-        key = ("val", batch_size)
+        key = ("val", batch_size, rank, world_size)
         if key not in self._loaders:
-            self._loaders[key] = self._loader(self.val, batch_size, None, 0), None
+            slices = [list(r) for r in shard_ranges(len(self.val), batch_size, rank=rank, world_size=world_size)]
+            self._loaders[key] = self._loader(ValSlices(self.val), None, slices, 0), None
         return iter(self._loaders[key][0])
 
     def first_batch(self, size: int = 2) -> Batch:
@@ -194,18 +216,20 @@ class MapDataset:
 
 @dataclass(frozen=True)
 class MapEpoch:
-    """One epoch of a :class:`MapDataset`: ``len`` batches, read by the split's DataLoader."""
+    """One epoch of a :class:`MapDataset`: ``len`` micro-batches, read by the split's DataLoader."""
 
     loader: DataLoader
     sampler: EpochSampler
     epoch: int
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        """Whole micro-batches in the epoch (over all ranks)."""
+        return self.sampler.num_batches
 
-    def batches(self, start_batch: int, device: torch.device) -> Iterator[Batch]:
-        """Batches ``start_batch..len-1`` on ``device`` (copied without blocking from pinned memory)."""
-        self.sampler.set_epoch(self.epoch, start_batch)
+    def batches(self, indices: Sequence[int], device: torch.device) -> Iterator[Batch]:
+        """Micro-batches ``indices`` of the epoch, in that order, on ``device`` (copied without
+        blocking from pinned memory)."""
+        self.sampler.set_epoch(self.epoch, indices)
         for inputs, targets in self.loader:
             yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
