@@ -184,4 +184,4 @@ def test_help_names_the_app_its_tools_readme_and_completion():
     for named in ("python -m trainer.preview", "python -m trainer.compare", "python -m trainer.sample", "README.md",
                   'eval "$(trainer -sc install=bash)"'):
         assert named in header, named
-    assert "schedule: constant, cosine" in proc.stdout  # Hydra's own listing follows
+    assert "schedule: chain, constant, cosine" in proc.stdout  # Hydra's own listing follows

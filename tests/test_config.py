@@ -9,7 +9,10 @@ from trainer.config import plan_run, validate, warmup_warning
 from trainer.errors import ConfigError
 from trainer.run import build_for_preview
 
-SCHEDULES = sorted(p.stem for p in (REPO / "conf/schedule").glob("*.yaml") if not p.stem.startswith("preset_"))
+# Files of schedule=chain with set phases (tests/test_chain.py checks their values).
+CHAIN_PRESETS = ["flat_cosine", "nanogpt", "preset_finetune"]
+SCHEDULES = sorted(p.stem for p in (REPO / "conf/schedule").glob("*.yaml")
+                   if not p.stem.startswith("preset_") and p.stem not in CHAIN_PRESETS)
 PRESETS = sorted(p.stem for p in (REPO / "conf/schedule").glob("preset_*.yaml"))
 # Enough updates (8/epoch x 50) for every default warmup / decay / cycle to fit.
 LONG = ["trainer.max_epochs=50"]
@@ -19,7 +22,14 @@ def test_every_schedule_in_conf_is_registered():
     from trainer.schedules import schedule_names
 
     assert SCHEDULES == schedule_names()
-    assert len(SCHEDULES) == 17
+    assert len(SCHEDULES) == 19
+
+
+@pytest.mark.parametrize("name", CHAIN_PRESETS)
+def test_chain_presets_are_chains_that_build(name):
+    cfg = compose_config(f"schedule={name}", "trainer.max_steps=5000")  # preset_finetune warms up for 500
+    _, schedule, _ = build_for_preview(cfg)
+    assert schedule.name == "chain" and len(schedule.phases) >= 2
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -53,7 +63,7 @@ def test_seed002_presets(preset, name, peak, warmup, min_lr):
 
 
 def test_presets_cover_the_table_and_follow_an_overridden_peak():
-    assert len(PRESETS) == 5
+    assert len(PRESETS) == 6  # the table's five rows and its fine-tuning paragraph (preset_finetune)
     cfg = compose_config("schedule=preset_llm_pretrain", "optimizer.lr=1e-3", "trainer.max_steps=5000")
     _, schedule, _ = build_for_preview(cfg)
     assert schedule.lr(5000) == pytest.approx(1e-5)  # final LR = peak / 100

@@ -26,7 +26,7 @@ def valid_configs(draw):
     interval = "step" if name in ("onecycle", "lr_range_test") else draw(st.sampled_from(["step", "epoch"]))
     max_epochs = draw(st.integers(1, 3))
     total = max_epochs if interval == "epoch" else max_epochs * UPDATES_PER_EPOCH
-    if name == "lr_range_test":  # its length is num_steps, and a warmup has no place in it
+    if name in ("lr_range_test", "chain"):  # its length is num_steps; a chain's warmup is a phase
         warmup = 0
     else:
         warmup = draw(st.integers(1 if name == "inverse_sqrt" else 0, max(1, total // 2)))

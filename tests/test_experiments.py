@@ -50,8 +50,9 @@ RECIPES = {
         "model.name": "gpt", "model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 256,
         "model.dropout": 0.2, "data.name": "shakespeare_char", "data.batch_size": 64, "data.block_size": 256,
         "optimizer.name": "adamw", "optimizer.lr": 1e-3, "optimizer.betas": [0.9, 0.99],
-        "optimizer.weight_decay": 0.1, "schedule.name": "warmup_cosine", "schedule.warmup_steps": 100,
-        "schedule.min_lr": 1e-4, "trainer.max_steps": 5000, "trainer.clip_grad_norm": 1.0,
+        "optimizer.weight_decay": 0.1, "schedule.name": "chain",  # schedule=nanogpt: nanoGPT's get_lr
+        "schedule.phases": [{"name": "linear_warmup", "steps": 100, "offset": 1}, {"name": "cosine", "min_lr": 1e-4}],
+        "trainer.max_steps": 5000, "trainer.clip_grad_norm": 1.0,
     },
 }
 
@@ -64,8 +65,8 @@ SCHEDULE_POINTS = {
     "resnet20_cifar10_step": {0: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01, 48000: 0.001, 63999: 0.001},
     # 512 images / 256 = 2 updates per epoch: seed 000's 0.1 / 0.01 / 0.001 over epochs 1-30 / 31-60 / 61-90
     "resnet50_imagenet": {0: 0.1, 59: 0.1, 60: 0.01, 119: 0.01, 120: 0.001, 179: 0.001},
-    # warmup 100 to 1e-3, cosine to 1e-4 at 5000: halfway (update 2550) is the mean of the two
-    "gpt_shakespeare_char": {50: 5e-4, 100: 1e-3, 2550: 5.5e-4, 5000: 1e-4},
+    # nanoGPT's warmup 1e-3 (t+1)/101, then cosine to 1e-4 at 5000: halfway (update 2550) is the mean of the two
+    "gpt_shakespeare_char": {0: 1e-3 / 101, 50: 1e-3 * 51 / 101, 100: 1e-3, 2550: 5.5e-4, 5000: 1e-4},
 }
 
 
@@ -115,7 +116,7 @@ def shrunk(name, tmp_path):
                 "data.num_workers=1", "model.num_classes=2", "trainer.max_epochs=2", "schedule.milestones=[1]"]
     return [f"data.path={text_file(tmp_path, 4000)}", "data.batch_size=4", "model.block_size=32",
             "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6",
-            "schedule.warmup_steps=2", "schedule.min_lr=1e-4"]
+            "schedule.phases.0.steps=2"]
 
 
 EXPECTED_LRS = {
@@ -127,8 +128,9 @@ EXPECTED_LRS = {
     "resnet20_cifar10_step": [0.1, 0.1, 0.01, 0.01, 0.001],
     # η = 0.1 × 4 / 256 (the linear rule) for epoch 0, ÷ 10 for epoch 1
     "resnet50_imagenet": [0.1 * 4 / 256] * 2 + [0.01 * 4 / 256] * 2,
-    # 2 warmup updates from 0 to 1e-3, then cosine to 1e-4 at update 6
-    "gpt_shakespeare_char": [0.0, 5e-4] + [1e-4 + 0.45e-3 * (1 + math.cos(math.pi * (t - 2) / 4)) for t in range(2, 6)],
+    # nanoGPT's 2 warmup updates at 1e-3 (t+1)/3, then cosine to 1e-4 at update 6
+    "gpt_shakespeare_char": [1e-3 / 3, 2e-3 / 3] + [1e-4 + 0.45e-3 * (1 + math.cos(math.pi * (t - 2) / 4))
+                                                    for t in range(2, 6)],
 }
 
 

@@ -25,6 +25,9 @@ CASES = {
     "per_epoch_step": ["schedule=step", "schedule.interval=epoch", "schedule.step_size=2", "optimizer=sgd"],
     "accumulation": ["schedule=cosine", "trainer.accumulate_grad_batches=2", "data.train_size=512"],
     "plateau": ["schedule=plateau", "schedule.patience=0", "schedule.threshold=0.5", "optimizer.lr=0.01"],
+    # a warmup, then a plateau that ignores the validation at update 8 and starts counting at 16 ({{ }}: .format)
+    "chain_plateau": ["schedule=chain", "optimizer.lr=0.01",
+                      "schedule.phases=[{{name:linear_warmup,steps:12}},{{name:plateau,patience:0,threshold:0.5}}]"],
     "dropout_wsd": ["schedule=wsd", "schedule.warmup_steps=4", "schedule.decay_steps=10", "model.dropout=0.3"],
     "dataloader_workers": ["schedule=cosine", "data.loader=dataloader", "data.num_workers=2"],
     # random text windows and dropout in every block: 2,000 characters, 1799 // 8 // 8 = 28 updates/epoch

@@ -137,7 +137,7 @@ def test_plateau_is_refused_for_torch_reduce_lr_on_plateau():
 @pytest.mark.parametrize(
     ("name", "params", "key", "text"),
     [
-        ("nonexistent", {}, "schedule", "unknown schedule 'nonexistent'; known: constant"),
+        ("nonexistent", {}, "schedule", "unknown schedule 'nonexistent'; known: chain, constant"),
         ("cosine", {"min_Lr": 0.1}, "schedule.min_Lr", "did you mean min_lr?"),
         ("onecycle", {"base_momentum": 1.5}, "schedule.base_momentum", "got 1.5"),
         ("exponential", {"gamma": 10}, "schedule.gamma", "got 10"),

@@ -158,13 +158,13 @@ def _validate_schedule(s: DictConfig) -> None:
             "(e.g. schedule.warmup_steps=0 schedule.warmup_ratio=0.1)",
         )
     check_schedule_params(s.name, {k: v for k, v in s.items() if k not in COMMON_KEYS})
-    if s.name in PER_UPDATE_ONLY:
+    for name in (s.name, *(phase.name for phase in s.get("phases") or ())):  # a chain's phases too
         # Seed 003: OneCycleLR steps after every update; stepped per epoch it would hold each LR
         # for a whole epoch and reach its phases only at epoch ends.
         _require(
-            s.interval == "step",
+            name not in PER_UPDATE_ONLY or s.interval == "step",
             "schedule.interval",
-            f"{s.name} is defined per optimizer update; use schedule.interval=step",
+            f"{name} is defined per optimizer update; use schedule.interval=step",
         )
     if s.name == "lr_range_test":
         _require(

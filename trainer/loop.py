@@ -409,7 +409,7 @@ class Loop:
         self.logger.log_val(updates_done, metrics)
         self._last_val = (updates_done, metrics)
         if self.schedule.plateau is not None:
-            self.schedule.plateau.observe(metrics[self.schedule.monitor])
+            self.schedule.observe(metrics, updates_done)
             # A reduction applies from the very next update, not one step late.
             apply_schedule(self.optimizer, self.schedule, updates_done)
         return metrics

@@ -10,6 +10,7 @@ schedule sets it. matplotlib is imported only by :func:`draw_lr`, where a plot i
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -73,9 +74,12 @@ def lr_columns(rows: list[Row]) -> list[list[str]]:
     return list(curves.values())
 
 
-def draw_lr(rows: list[Row], path: Path, *, title: str, note: str | None = None) -> None:
+def draw_lr(
+    rows: list[Row], path: Path, *, title: str, note: str | None = None, joins: Sequence[tuple[int, str]] = ()
+) -> None:
     """Plot ``rows`` (from :func:`lr_rows`) to ``path``: one line per distinct group curve, labelled
-    with every group it stands for (``lr/decay = lr/no_decay``), momentum on a second axis."""
+    with every group it stands for (``lr/decay = lr/no_decay``), momentum on a second axis; a
+    dotted vertical line at each of a chain's ``joins`` (first update, phase name), labelled."""
     from matplotlib.figure import Figure  # the object API needs no GUI backend
 
     fig = Figure(figsize=(7, 4.4), layout="constrained")
@@ -86,6 +90,10 @@ def draw_lr(rows: list[Row], path: Path, *, title: str, note: str | None = None)
     ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate")
     ax.set_title(title if note is None else f"{title}\n{note}", fontsize="medium")
+    for update, name in joins:
+        ax.axvline(update, color="gray", linestyle=":", linewidth=1)
+        ax.annotate(name, (update, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                    textcoords="offset points", va="top", fontsize="x-small", color="gray")
     handles = ax.get_lines()
     if "momentum" in rows[0]:
         ax2 = ax.twinx()

@@ -24,15 +24,17 @@ from trainer.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_TYPE_WORDS = {
+    bool: "true or false", int: "an integer", float: "a finite number", str: "a string", dict: "a mapping",
+}
 
 
 @dataclass(frozen=True)
 class Param:
     """A key's default, its type and bounds, and a one-line doc with its units.
 
-    ``kind``: ``bool``, ``int``, ``float`` (ints are accepted), ``str``, ``list`` (of ``item``) or
-    ``dict`` (names to ``item``). ``low``/``high`` bound a number, or every item of a list or
+    ``kind``: ``bool``, ``int``, ``float`` (ints are accepted), ``str``, ``list`` (of ``item``; a
+    ``dict`` item is any mapping, checked by its owner) or ``dict`` (names to ``item``). ``low``/``high`` bound a number, or every item of a list or
     dict; ``choices`` lists the only values allowed (a ``str``'s, say); ``extra`` holds values
     accepted besides the typed ones (``None`` for "null = off", ``"auto"``).
     """
@@ -105,6 +107,8 @@ class Param:
             return any(_same(value, c) for c in self.choices)
         if kind is bool or kind is str:
             return type(value) is kind
+        if kind is dict:
+            return isinstance(value, Mapping)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if kind is int and not isinstance(value, int):
@@ -150,7 +154,8 @@ def _num(x: float) -> str:
 
 
 def _plural(words: str) -> str:
-    for one, many in (("an integer", "integers"), ("a finite number", "finite numbers"), ("a string", "strings")):
+    for one, many in (("an integer", "integers"), ("a finite number", "finite numbers"), ("a string", "strings"),
+                      ("a mapping", "mappings")):
         if words.startswith(one):
             return many + words[len(one):]
     return words

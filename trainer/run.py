@@ -396,7 +396,7 @@ def _train(
         status = "completed"
         if world.is_main:
             draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, plan),
-                    note=PLATEAU_NOTE if schedule.plateau is not None else None)
+                    note=PLATEAU_NOTE if schedule.plateau is not None else None, joins=schedule.phase_starts())
         if loop.range_test is not None and world.is_main:
             found = write_lr_find(run_dir, loop.range_test)
             if found["suggested_lr"] is None:

@@ -23,6 +23,9 @@ Conventions, shared by every schedule:
 
 The only schedule with state is ``plateau``: it depends on validation metrics, so it is a small
 class whose state (reductions so far) is saved with checkpoints.
+
+``chain`` (:mod:`trainer.chain`) runs registry schedules one after another, each over its own
+stretch of t; it registers itself at the end of this module.
 """
 
 from __future__ import annotations
@@ -57,11 +60,18 @@ COMMON_KEYS = ("name", *COMMON)
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """A registered schedule: its pure function, its declared parameters, its fit check."""
+    """A registered schedule: its pure function, its declared parameters, its fit check.
 
-    fn: LRFunction
+    A composite schedule (``chain``) has no function of its own: ``build`` binds it, taking
+    :func:`build_schedule`'s arguments, and ``check(values, prefix)`` checks what its parameters
+    hold beyond their declarations (the phases' own parameters).
+    """
+
+    fn: LRFunction | None
     params: Mapping[str, Param]
     fit: FitCheck | None = None
+    build: Callable[..., Schedule] | None = None
+    check: Callable[[Mapping[str, Any], str], None] | None = None
 
 
 _REGISTRY: dict[str, ScheduleSpec] = {}
@@ -86,6 +96,13 @@ def register(name: str, *, fit: FitCheck | None = None, **params: Param) -> Call
         return fn
 
     return add
+
+
+def register_composite(
+    name: str, build: Callable[..., Schedule], *, check: Callable[[Mapping[str, Any], str], None], **params: Param
+) -> None:
+    """Add a schedule made of registry schedules (``chain``): see :class:`ScheduleSpec`."""
+    _REGISTRY[name] = ScheduleSpec(None, dict(params), build=build, check=check)
 
 
 def schedule_names() -> list[str]:
@@ -119,6 +136,21 @@ def _decay_factor(default: float, doc: str) -> Param:
 def constant(t: int, *, peak_lr: float, total_steps: int) -> float:
     """η at every t."""
     return peak_lr
+
+
+@register(
+    "linear_warmup",
+    offset=Param(0, "0: the ramp t/T starts at 0 (seed 000); 1: (t+1)/(T+1), nanoGPT's", int, low=0),
+)
+def linear_warmup(t: int, *, peak_lr: float, total_steps: int, offset: int) -> float:
+    """η·(t + offset)/(T + offset): a straight rise that reaches η at t = T and holds it after.
+
+    As a chain's first phase it is a warmup whose end is where the next phase starts; ``offset=1``
+    is nanoGPT's ``learning_rate * (it + 1) / (warmup_iters + 1)``, so no update runs at LR 0.
+    """
+    if t >= total_steps:
+        return peak_lr
+    return peak_lr * (t + offset) / (total_steps + offset)
 
 
 @register(
@@ -488,7 +520,11 @@ def schedule_params(name: str) -> Mapping[str, Param]:
 
 def check_schedule_params(name: str, values: Mapping[str, Any], prefix: str = "schedule") -> None:
     """Check the parameters of schedule ``name`` given in ``values`` (common keys excluded)."""
-    check_params(schedule_params(name), values, prefix, owner=f"schedule {name!r}")
+    params = schedule_params(name)
+    check_params(params, values, prefix, owner=f"schedule {name!r}")
+    check = _REGISTRY[name].check
+    if check is not None:
+        check({**defaults(params), **values}, prefix)
 
 
 #: ``ReduceLROnPlateau``'s ``eps``: a cut that changes the LR by less than this is skipped.
@@ -555,6 +591,9 @@ class Schedule:
 
     ``interval='epoch'`` maps update index u to epoch ``u // updates_per_epoch``, so the LR is
     constant within an epoch and changes exactly at epoch boundaries.
+
+    A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
+    validations from ``plateau_start`` (in t units) on.
     """
 
     name: str
@@ -568,6 +607,8 @@ class Schedule:
     plateau: ReduceOnPlateau | None = None
     monitor: str | None = None
     lr_scale: float = 1.0
+    phases: tuple[tuple[str, int], ...] = ()
+    plateau_start: int = 0
 
     def position(self, update: int) -> int:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
@@ -576,10 +617,22 @@ class Schedule:
     def lr(self, update: int) -> float:
         """LR for the reference group (base LR = η) at optimizer update ``update``, times
         :attr:`lr_scale`."""
-        value = self.lr_fn(self.position(update))
-        if self.plateau is not None:
-            value *= self.plateau.lr / self.peak_lr
+        t = self.position(update)
+        value = self.lr_fn(t)
+        if self.plateau is not None and t >= self.plateau_start:
+            value *= self.plateau.lr / self.plateau.peak_lr
         return value * self.lr_scale
+
+    def observe(self, metrics: Mapping[str, float], update: int) -> None:
+        """Show the plateau the validation ``metrics`` taken after ``update`` updates; those from
+        before a chain's plateau phase are not its business (no cut during a warmup)."""
+        if self.plateau is not None and self.position(update) >= self.plateau_start:
+            self.plateau.observe(metrics[self.monitor])
+
+    def phase_starts(self) -> list[tuple[int, str]]:
+        """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
+        per_t = 1 if self.interval == "step" else self.updates_per_epoch
+        return [(start * per_t, name) for name, start in self.phases[1:]]
 
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""
@@ -623,6 +676,9 @@ def build_schedule(
     given = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
     check_schedule_params(name, given)
     spec = _REGISTRY[name]
+    if spec.build is not None:
+        return spec.build(cfg, peak_lr=peak_lr, total_steps=total_steps, updates_per_epoch=updates_per_epoch,
+                          warmup_steps=warmup_steps, lr_scale=lr_scale)
     params = {**defaults(spec.params), **given}
     if warmup_steps is None:
         warmup_steps = int(cfg.get("warmup_steps") or 0)
@@ -661,3 +717,7 @@ def build_schedule(
         monitor=monitor,
         lr_scale=lr_scale,
     )
+
+
+# Registers schedule=chain, which is built from the schedules above.
+from trainer import chain as _chain  # noqa: E402, F401

@@ -74,7 +74,7 @@ def lr_scheduler(
     ``warmup_ratio``, ``warmup_from_zero``, ``warmup_start_lr``, ``temperature``. η is the first
     group's LR. Raises :class:`~trainer.errors.ConfigError` for an unknown name, parameter or
     value; ``plateau``, which follows validation metrics, is refused in favour of torch's
-    ``ReduceLROnPlateau``.
+    ``ReduceLROnPlateau`` (as a chain's plateau phase is).
     """
     own = schedule_params(name)
     if name == "plateau":
@@ -104,4 +104,9 @@ def lr_scheduler(
         definition, peak_lr=peak, total_steps=total_steps, updates_per_epoch=1, warmup_steps=warmup_steps,
         lr_scale=definition["temperature"],
     )
+    if schedule.plateau is not None:  # a chain's last phase
+        raise ConfigError(
+            "schedule.phases", "a plateau phase cuts the LR when a validation metric stalls, which LambdaLR cannot "
+            "follow: train with python -m trainer, or chain the fixed phases here and step torch's ReduceLROnPlateau after",
+        )
     return ScheduleLR(optimizer, schedule, definition)
