@@ -153,8 +153,8 @@ class WeightsFit:
     """How a file's weights fit a model: what loads, and the keys that do not."""
 
     loadable: dict[str, torch.Tensor]
-    missing: list[str]  # the model's, absent from the file
-    unexpected: list[str]  # the file's, absent from the model
+    missing: list[tuple[str, tuple[int, ...]]]  # the model's (name, shape), absent from the file
+    unexpected: list[tuple[str, tuple[int, ...]]]  # the file's (name, shape), absent from the model
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (name, file's shape, model's shape)
 
     @property
@@ -171,8 +171,8 @@ def fit_weights(weights: Mapping[str, torch.Tensor], model_state: Mapping[str, t
                 loadable[name] = tensor
             else:
                 mismatched.append((name, tuple(tensor.shape), tuple(model_state[name].shape)))
-    missing = [name for name in model_state if name not in weights]
-    unexpected = [name for name in weights if name not in model_state]
+    missing = [(name, tuple(tensor.shape)) for name, tensor in model_state.items() if name not in weights]
+    unexpected = [(name, tuple(tensor.shape)) for name, tensor in weights.items() if name not in model_state]
     return WeightsFit(loadable, missing, unexpected, mismatched)
 
 
@@ -184,9 +184,9 @@ def mismatch_line(path: Path, fit: WeightsFit) -> str:
     """The one-line error for a strict load that does not fit."""
     parts = []
     if fit.missing:
-        parts.append(f"{len(fit.missing)} missing ({_names(fit.missing)})")
+        parts.append(f"{len(fit.missing)} missing ({_names([name for name, _ in fit.missing])})")
     if fit.unexpected:
-        parts.append(f"{len(fit.unexpected)} unexpected ({_names(fit.unexpected)})")
+        parts.append(f"{len(fit.unexpected)} unexpected ({_names([name for name, _ in fit.unexpected])})")
     if fit.mismatched:
         shown = [f"{name} {list(saved)} vs {list(ours)}" for name, saved, ours in fit.mismatched]
         parts.append(f"{len(fit.mismatched)} of another shape ({_names(shown)})")
@@ -196,8 +196,8 @@ def mismatch_line(path: Path, fit: WeightsFit) -> str:
 
 def fit_table(path: Path, fit: WeightsFit) -> str:
     """The keys a non-strict load left out, one row each, under a line of what was loaded."""
-    rows = [(name, "missing", "-", "") for name in fit.missing]
-    rows += [(name, "unexpected", "", "-") for name in fit.unexpected]
+    rows = [(name, "missing", "-", str(list(shape))) for name, shape in fit.missing]
+    rows += [(name, "unexpected", str(list(shape)), "-") for name, shape in fit.unexpected]
     rows += [(name, "shape mismatch", str(list(saved)), str(list(ours))) for name, saved, ours in fit.mismatched]
     total = len(fit.loadable) + len(fit.missing) + len(fit.mismatched)
     lines = [f"init_from {path}: loaded {len(fit.loadable)} of the model's {total} tensors; not loaded:"]
