@@ -173,13 +173,13 @@ def parameter_groups(
         group["params"].append(param)
         group["param_names"].append(name)
     # Groups at the base LR first (those lr_scales does not name, at scale 1): group 0 is the one
-    # ``train/lr`` shows; groups frozen at the start last.
+    # ``train/lr`` shows; groups frozen at the start last, by the update they join at.
     kinds = ("decay", "no_decay", "all")
 
-    def order(key: tuple[str, tuple[str, ...]]) -> tuple[bool, bool, int]:
+    def order(key: tuple[str, tuple[str, ...]]) -> tuple[int, bool, int]:
         group = groups[key]
         scaled = group["lr_scale"] != 1.0 or any(label in lr_scales for label in key[1])
-        return group.get("unfreeze_at", 0) > 0, scaled, kinds.index(key[0])
+        return group.get("unfreeze_at", 0), scaled, kinds.index(key[0])
 
     return [groups[key] for key in sorted(groups, key=order)]
 
