@@ -212,7 +212,7 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return stale
 
 
-def _not_ours(path: Path, error: Exception) -> ConfigError:
+def not_ours(path: Path, error: Exception, key: str = "trainer.resume") -> ConfigError:
     """Why torch refused ``path``, without torch's advice to retry with ``weights_only=False``
     (that would run whatever code the file holds)."""
     blocked = re.search(r"GLOBAL (\S+)", str(error))
@@ -220,39 +220,40 @@ def _not_ours(path: Path, error: Exception) -> ConfigError:
         why = f"it asks to load {blocked.group(1)}, and a checkpoint holds only tensors and plain data"
     else:
         why = "it is damaged, truncated or another program's file"
-    return ConfigError("trainer.resume", f"{path} is not a checkpoint of ours: {why}")
+    return ConfigError(key, f"{path} is not a checkpoint of ours: {why}")
 
 
-def _check_header(path: Path, state: dict[str, Any]) -> None:
+def _check_header(path: Path, state: dict[str, Any], key: str) -> None:
     update = state["update"]
     if type(update) is not int or update < 0:
-        raise ConfigError("trainer.resume", f"{path} has a forged or broken header: update={update!r} "
+        raise ConfigError(key, f"{path} has a forged or broken header: update={update!r} "
                                             "is not a count of updates")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read and verify a checkpoint; any unreadable, damaged, truncated or foreign file is a ConfigError."""
+def load_checkpoint(path: Path, key: str = "trainer.resume") -> dict[str, Any]:
+    """Read and verify a checkpoint; any unreadable, damaged, truncated or foreign file is a
+    ConfigError naming ``key`` (the setting that pointed at it)."""
     if path.exists() and not path.is_file():
-        raise ConfigError("trainer.resume", f"{path} is not a file: move it away to start afresh, or point "
+        raise ConfigError(key, f"{path} is not a file: move it away to start afresh, or point "
                                             "trainer.resume at a checkpoint")
     if not path.is_file():
-        raise ConfigError("trainer.resume", f"no checkpoint at {path}")
+        raise ConfigError(key, f"no checkpoint at {path}")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip errors, unpickling refusals, short reads: all mean "not ours"
-        raise _not_ours(path, error) from None
+        raise not_ours(path, error, key) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError("trainer.resume", f"{path} is not a trainer checkpoint (expected format {FORMAT})")
+        raise ConfigError(key, f"{path} is not a trainer checkpoint (expected format {FORMAT})")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
-        raise ConfigError("trainer.resume", f"{path} lacks {', '.join(missing)}: it is incomplete")
+        raise ConfigError(key, f"{path} lacks {', '.join(missing)}: it is incomplete")
     # Checkpoints written before the checksum was added have none; every later one is checked.
     if "checksum" in state and state_digest(state) != state["checksum"]:
-        raise ConfigError("trainer.resume", f"{path} is damaged: its contents do not match the checksum "
+        raise ConfigError(key, f"{path} is damaged: its contents do not match the checksum "
                                             "written with them; resume from another checkpoint (best.pt, step-*.pt)")
-    _check_header(path, state)
+    _check_header(path, state, key)
     return state
 
 

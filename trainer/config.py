@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.data import SEQUENCE_DATA, check_data
 from trainer.distributed import BACKENDS, STRATEGIES
 from trainer.errors import ConfigError
+from trainer.finetune import FINETUNE, check_finetune
 from trainer.models import SEQUENCE_MODELS, check_model
 from trainer.optim import check_optimizer
 from trainer.params import Param, check_params, unknown_key_message
@@ -56,6 +57,7 @@ TRAINER: dict[str, Param] = {
                        choices=("skip", "stop", "raise")),
     "num_threads": Param("auto", "CPU intra-op threads; auto = $OMP_NUM_THREADS, else the usable CPUs", int, low=1,
                          extra=("auto",)),
+    **FINETUNE,
 }
 
 #: ``trainer.fsdp.*``: read by trainer.distributed.
@@ -107,6 +109,7 @@ def _validate_trainer(t: DictConfig) -> None:
     check_params(TRAINER, {k: v for k, v in t.items() if k != "fsdp"}, "trainer", owner="trainer")
     _require(OmegaConf.is_dict(t.get("fsdp")), "trainer.fsdp", "expected a mapping, e.g. {shard_modules: [Block]}")
     check_params(FSDP, t.fsdp, "trainer.fsdp", owner="trainer.fsdp")
+    check_finetune(t)
     _require(
         t.max_steps is not None or t.max_epochs is not None,
         "trainer.max_epochs",

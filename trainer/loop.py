@@ -22,6 +22,7 @@ from trainer.data import Dataset
 from trainer.data.batches import Batch
 from trainer.data.loading import train_batches, val_batches
 from trainer.distributed import World
+from trainer.finetune import freeze_until_due
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
 from trainer.optim import optimizer_state, trainable_parameters
@@ -38,13 +39,15 @@ VAL_BATCH_MULTIPLE = 2
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
-    """Set every group's LR (and scheduled momentum / beta1) for optimizer update ``update``."""
+    """Set every group's LR (and scheduled momentum / beta1) for optimizer update ``update``, and
+    which groups are frozen then (``trainer.unfreeze``: LR 0, no gradients)."""
     lr = schedule.lr(update)
     momentum = schedule.momentum(update)
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
         if momentum is not None:
             set_momentum(group, momentum)
+    freeze_until_due(optimizer.param_groups, update)
 
 
 def applied_lrs(optimizer: torch.optim.Optimizer) -> list[float]:

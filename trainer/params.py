@@ -52,12 +52,18 @@ class Param:
     length: int | None = None  # a list's exact length
     increasing: bool = False  # a list's items strictly increase
     min_items: int = 0
+    fields: Mapping[str, Param] | None = None  # a list of records (``item=dict``): each one's keys
 
     def check(self, value: Any, key: str) -> None:
         """Raise :class:`ConfigError` naming ``key`` unless ``value`` is allowed."""
         if any(_same(value, v) for v in self.extra):
             return
-        if self.kind is list:
+        if self.kind is list and self.fields is not None:
+            ok = _is_list(value)
+            if ok:
+                for index, record in enumerate(value):
+                    self._check_record(record, f"{key}.{index}")
+        elif self.kind is list:
             ok = _is_list(value) and self._list_ok(list(value))
         elif self.kind is dict:
             ok = isinstance(value, Mapping)
@@ -69,8 +75,21 @@ class Param:
         if not ok:
             raise ConfigError(key, f"got {_show(value)}; expected {self.expected()}")
 
+    def _check_record(self, record: Any, key: str) -> None:
+        """One item of a list of records: a mapping of declared fields, the required ones present."""
+        assert self.fields is not None
+        if not isinstance(record, Mapping):
+            raise ConfigError(key, f"got {_show(record)}; expected a mapping with keys {_field_words(self.fields)}")
+        missing = [name for name, field in self.fields.items() if field.default is REQUIRED and name not in record]
+        if missing:
+            raise ConfigError(f"{key}.{missing[0]}", f"missing; each item takes {_field_words(self.fields)}")
+        check_params(self.fields, record, key, owner=key.rsplit(".", 1)[0] + " items")
+
     def expected(self) -> str:
         """What the value must be, in words: the second half of every error message."""
+        if self.fields is not None:
+            return f"a list of mappings with keys {_field_words(self.fields)}" + "".join(
+                f" or {_show(v)}" for v in self.extra)
         if self.kind is list:
             what = f"a list of {self.length or ''} {_plural(self._item_words())}".replace("  ", " ")
             if self.increasing:
@@ -125,6 +144,20 @@ class Param:
         if len(items) < self.min_items or not all(self._scalar_ok(i, self.item) for i in items):
             return False
         return not self.increasing or all(a < b for a, b in zip(items, items[1:]))
+
+
+#: The default of a record's field that must be given (see ``Param.fields``).
+REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "required"})()
+
+
+def _field_words(fields: Mapping[str, Param]) -> str:
+    """``at (required), modules (required), lr_scale``: a record's keys."""
+    return ", ".join(name + (" (required)" if field.default is REQUIRED else "") for name, field in fields.items())
+
+
+def defaults_of_record(fields: Mapping[str, Param], record: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked record with every optional field filled in from its default."""
+    return {**{name: field.default for name, field in fields.items() if field.default is not REQUIRED}, **record}
 
 
 def _same(value: Any, allowed: Any) -> bool:

@@ -21,6 +21,7 @@ from trainer.data.batches import Batch
 from trainer.data.text import TokenDataset
 from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
 from trainer.errors import ConfigError, one_line
+from trainer.finetune import check_unfreeze_strategy, describe_stages, init_weights, unfreeze_stages
 from trainer.hparams import hyperparameters
 from trainer.hydra_app import remove_if_empty
 from trainer.logger import RunLogger
@@ -28,7 +29,14 @@ from trainer.loop import Checkpointer, Loop, Loss, TrainStep
 from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.lr_find import RangeTestMonitor, write_lr_find
 from trainer.models import build_model
-from trainer.optim import build_optimizer, group_names, load_optimizer_state, trainable_parameters
+from trainer.optim import (
+    build_optimizer,
+    custom_groups,
+    group_names,
+    load_optimizer_state,
+    trainable_parameters,
+    write_group_table,
+)
 from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
 from trainer.rundir import hold_run_dir
 from trainer.schedules import Schedule, build_schedule
@@ -131,7 +139,9 @@ def build_optimization(
     if cfg.trainer.compile:
         # In place: the state_dict keys stay those of the eager model, so checkpoints load either way.
         model.compile(mode=None if cfg.trainer.compile is True else cfg.trainer.compile)
-    optimizer = build_optimizer(cfg.optimizer, model, device)
+    stages = unfreeze_stages(cfg.trainer.unfreeze, interval=cfg.schedule.interval,
+                             updates_per_epoch=plan.updates_per_epoch)
+    optimizer = build_optimizer(cfg.optimizer, model, device, unfreeze=stages)
     schedule = build_schedule(
         cfg.schedule,
         peak_lr=cfg.optimizer.lr,
@@ -166,6 +176,7 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         updates_per_epoch=plan.updates_per_epoch,
         lr_scale=plan.lr_scale,
         group_lr_scales={str(k): v for k, v in (cfg.optimizer.lr_scales or {}).items()},
+        unfreeze=OmegaConf.to_container(cfg.trainer.unfreeze, resolve=True),
         # The examples per update over all ranks: any world size with the same global batch
         # continues the same run.
         global_batch_size=plan.global_batch_size,
@@ -191,7 +202,9 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
 
 #: Fingerprint keys added after checkpoints were first written, with the value that older
 #: checkpoints (which lack them) were trained with.
-FINGERPRINT_DEFAULTS = {"warmup_start_lr": 0.0, "temperature": 1.0, "lr_scale": 1.0, "group_lr_scales": {}}
+FINGERPRINT_DEFAULTS = {
+    "warmup_start_lr": 0.0, "temperature": 1.0, "lr_scale": 1.0, "group_lr_scales": {}, "unfreeze": [],
+}
 
 
 def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str) -> None:
@@ -303,6 +316,7 @@ def train(
     validate(cfg)
     launch = launch_from_env(os.environ)
     strategy = resolve_strategy(cfg.trainer.strategy, launch)
+    check_unfreeze_strategy(cfg.trainer.unfreeze, strategy)
     torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
     device = device_of(launch if strategy != "single" else None, resolve_device(cfg.trainer.device))
     backend = resolve_backend(cfg.trainer.dist_backend, device)
@@ -366,6 +380,11 @@ def _train(
             )
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError("trainer.resume", f"{checkpoint_path} does not fit this run: {one_line(error)}") from None
+    elif cfg.trainer.init_from is not None:  # weights only: the optimizer and the schedule start at update 0
+        left_out = init_weights(model, Path(cfg.trainer.init_from).expanduser(), strict=cfg.trainer.init_strict,
+                                model_state=world.model_state(model), load=world.load_model_state)
+        if left_out and world.is_main:
+            print(left_out)
     if world.is_main:  # the only rank that writes
         check_free_space(
             run_dir, expected_checkpoint_bytes(model, optimizer, checkpoint), keep_last_n=cfg.trainer.keep_last_n
@@ -380,6 +399,12 @@ def _train(
         # The exact LR of every update (the plateau schedule's before any cut), before a resume loads
         # its state; lr.png is drawn from it once the run completes (matplotlib would delay the start).
         write_lr_csv(lr_rows(optimizer, schedule, plan.max_updates), run_dir / "lr.csv")
+        table = write_group_table(optimizer, run_dir)
+        if custom_groups(cfg.optimizer, cfg.trainer.unfreeze):
+            print(f"parameter groups (also in {run_dir / 'param_groups.md'}):\n{table}")
+        if cfg.trainer.unfreeze:
+            print(describe_stages(unfreeze_stages(cfg.trainer.unfreeze, interval=cfg.schedule.interval,
+                                                  updates_per_epoch=plan.updates_per_epoch), plan.updates_per_epoch))
     start_update = checkpoint["update"] if checkpoint is not None else 0
     loop = build_loop(
         cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset, precision=precision,

@@ -64,6 +64,9 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        # Depths for optimizer.layer_decay (trainer.layer_decay): the embeddings, each block, the
+        # final norm (the tied head's weight is wte's, at depth 0).
+        self.layer_order = (("wte", "wpe"), *(f"blocks.{i}" for i in range(n_layer)), "ln_f")
         self.apply(self._init)
         for block in self.blocks:
             for residual_out in (block.attn.proj, block.mlp[2]):

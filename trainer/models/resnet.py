@@ -20,6 +20,8 @@ def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
+    # Depths for optimizer.layer_decay (trainer.layer_decay): stem, the four stages, the head.
+    model.layer_order = (("conv1", "bn1"), "layer1", "layer2", "layer3", "layer4", "fc")
     return model
 
 
@@ -53,13 +55,19 @@ def build_resnet20(*, input_shape: tuple[int, ...], num_classes: int, blocks_per
         nn.Conv2d(require_images("resnet20", input_shape)[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
     ]
     in_channels = 16
+    # Depths for optimizer.layer_decay (trainer.layer_decay): the stem's conv and BN, each stage's
+    # blocks, the head (nn.Sequential names its modules by position).
+    layer_order: list[tuple[str, ...]] = [("0", "1")]
     for stage, channels in enumerate((16, 32, 64)):
+        layer_order.append(tuple(str(len(layers) + block) for block in range(blocks_per_stage)))
         for block in range(blocks_per_stage):
             stride = 2 if stage > 0 and block == 0 else 1
             layers.append(_BasicBlock(in_channels, channels, stride))
             in_channels = channels
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
+    layer_order.append((str(len(layers) - 1),))
     model = nn.Sequential(*layers)
+    model.layer_order = tuple(layer_order)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(module.weight)
