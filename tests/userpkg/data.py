@@ -25,3 +25,12 @@ class Blobs(Dataset):
     def __getitem__(self, k: int):
         x = self.points[k] + self.jitter * torch.randn(self.points.shape[1])
         return (x, int(self.labels[k])) if self.pairs else x
+
+
+class Outliers(Blobs):
+    """Blobs whose examples ``outliers`` are scaled by ``scale``: confidently wrong examples, so an
+    update whose batch holds one has a gradient-norm spike."""
+
+    def __init__(self, size: int, outliers: tuple[int, ...] = (), scale: float = -1e3, **blobs) -> None:
+        super().__init__(size, **blobs)
+        self.points[list(outliers)] *= scale
