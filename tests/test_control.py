@@ -21,8 +21,9 @@ from trainer.data.batches import epoch_order
 from trainer.ema import WeightEMA
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
-from trainer.grad_spike import GradSpike
+from trainer.grad_spike import GradSpike, vetoing
 from trainer.loop import apply_schedule
+from trainer.precision import unit_grad_scaler
 from trainer.run import train
 from trainer.stopping import EarlyStopping, GradSpikeStop, Preempted
 
@@ -298,3 +299,35 @@ def test_a_bad_control_value_is_one_line_and_exit_2(train_cli):
     proc, run_dir = train_cli("trainer.grad_spike.action=halt", check=False)
     assert proc.returncode == 2 and not run_dir.exists()
     assert proc.stderr.strip().count("\n") == 0 and "trainer.grad_spike.action" in proc.stderr
+
+
+def test_a_vetoed_step_is_skipped_inside_the_grad_scaler():
+    """The CUDA path (the skip decided on the device), run through a CPU GradScaler of scale 1 (bf16/fp32's)."""
+    model, optimizer, schedule = linear_setup(lr=0.1, total=8)
+    step = make_step(model, optimizer, schedule)
+    step.scaler = unit_grad_scaler("cpu")
+    step.grad_spike = GradSpike(factor=10, window=3, action="skip", device=torch.device("cpu"))
+    apply_schedule(optimizer, schedule, 0)
+    moved = []
+    for update in range(6):
+        x, y = batch(seed=update)
+        before = [p.detach().clone() for p in model.parameters()]
+        step([(x * 1000 if update == 4 else x, y)], update)
+        moved.append(any(not torch.equal(p, q) for p, q in zip(model.parameters(), before)))
+    assert moved == [True, True, True, True, False, True] and int(step.grad_spike.spikes) == 1
+    assert int(step.skipped_updates) == 0 and step.scaler.get_scale() == 1.0
+
+
+def test_a_veto_does_not_back_off_a_dynamic_loss_scale():
+    """fp16's scaler halves its scale after an overflow; a spike is no overflow."""
+    model, optimizer, _ = linear_setup(lr=0.1, total=8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10**6)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = batch()
+    scaler.scale(torch.nn.functional.cross_entropy(model(x), y)).backward()
+    scaler.unscale_(optimizer)
+    with vetoing(scaler, optimizer, torch.tensor(True)):
+        scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert scaler.get_scale() == 2.0**10

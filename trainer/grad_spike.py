@@ -88,10 +88,9 @@ def vetoing(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, veto
         return
     # GradScaler keeps these per optimizer, per device; there is no public way to add a flag.
     flags = list(scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values())
-    for flag in flags:
-        flag.add_(veto.to(flag.device))
+    vetoes = [veto.to(flag.device, flag.dtype) for flag in flags]
+    torch._foreach_add_(flags, vetoes)
     try:
         yield
     finally:
-        for flag in flags:
-            flag.sub_(veto.to(flag.device))
+        torch._foreach_sub_(flags, vetoes)
