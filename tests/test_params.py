@@ -20,9 +20,11 @@ from trainer.components import locate, shipped_targets
 from trainer.config import FSDP, LOGGER, SEED, TRAINER, validate
 from trainer.data import LOOP_PARAMS
 from trainer.errors import ConfigError
+from trainer.grad_spike import GRAD_SPIKE
 from trainer.optim import optimizer_params
 from trainer.params import Param, check_params, declared
 from trainer.schedules import COMMON, COMMON_KEYS, build_schedule, schedule_names, schedule_params
+from trainer.stopping import EARLY_STOPPING
 
 
 def wrong_values(param: Param) -> list:
@@ -114,6 +116,8 @@ def _model_overrides(name):
 NODES = [
     ("trainer", [], TRAINER),
     ("trainer.fsdp", [], FSDP),
+    ("trainer.early_stopping", [], EARLY_STOPPING),
+    ("trainer.grad_spike", [], GRAD_SPIKE),
     ("logger", [], LOGGER),
     *[("optimizer", [f"optimizer={name}"], optimizer_params(name)) for name in ("adamw", "sgd")],
     *[("model", _model_overrides(name), declared(locate(target, "model")))

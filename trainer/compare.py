@@ -26,7 +26,7 @@ from trainer.events import read_scalars
 from trainer.hparams import write_sweep_experiment
 from trainer.lr_curve import read_lr_csv
 from trainer.stopping import EXIT_NONFINITE
-from trainer.summary import SUMMARY_FILE, read_summary
+from trainer.summary import FINISHED, SUMMARY_FILE, read_summary
 
 NO_OUTPUT = "failed (no output)"  # a job directory with neither metrics.json nor event files
 COLUMNS = ("job", "schedule", "overrides", "status", "final val/loss", "best val/loss", "final val/acc",
@@ -108,7 +108,7 @@ def collect(sweep_dir: Path, *, skip: Mapping[str, int | None] | None = None) ->
 
     def key(job: Job) -> tuple[int, float]:
         loss = job.final("val/loss")
-        return (0 if job.status == "completed" and not math.isnan(loss) else 1, loss if not math.isnan(loss) else 0)
+        return (0 if job.status in FINISHED and not math.isnan(loss) else 1, loss if not math.isnan(loss) else 0)
 
     return sorted(jobs, key=key)
 
@@ -240,15 +240,16 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
 
 
 def sweep_exit_code(jobs: list[Job]) -> int:
-    """What a finished sweep exits with: 0 if every job completed; else 2 if a job failed (as one
-    run with a bad config does), 4 if one stopped on a non-finite loss (``trainer.nonfinite=stop``,
-    as one run does), and 1 for any other unfinished job."""
+    """What a finished sweep exits with: 0 if every job completed (early stopping included); else 2
+    if a job failed (as one run with a bad config does), 4 if one stopped on a non-finite loss or a
+    gradient-norm spike (``trainer.nonfinite=stop``, ``trainer.grad_spike.action=stop``, as one run
+    does), and 1 for any other unfinished job."""
     statuses = {job.status for job in jobs}
     if any(status.startswith("failed") for status in statuses):
         return 2
-    if "stopped_nonfinite" in statuses:
+    if statuses & {"stopped_nonfinite", "stopped_grad_spike"}:
         return EXIT_NONFINITE
-    return 0 if statuses <= {"completed"} else 1
+    return 0 if statuses <= set(FINISHED) else 1
 
 
 class SweepReport(Callback):
@@ -270,10 +271,10 @@ class SweepReport(Callback):
             return  # not a training sweep, or no job got as far as its first logged update
         report = write_report(sweep_dir, jobs=jobs)
         write_sweep_experiment(sweep_dir)
-        done = sum(job.status == "completed" for job in jobs)
+        done = sum(job.status in FINISHED for job in jobs)
         print(f"sweep: {done} of {len(jobs)} jobs completed; report: {report}")
         for job in jobs:
-            if job.status != "completed":
+            if job.status not in FINISHED:
                 print(f"  job {job.name}: {job.status}" + (f": {job.error}" if job.error else ""), file=sys.stderr)
         code = sweep_exit_code(jobs)
         if code:

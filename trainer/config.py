@@ -14,12 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.data import SEQUENCE_DATA, check_data
 from trainer.distributed import BACKENDS, STRATEGIES
+from trainer.ema import EMA_DECAY
 from trainer.errors import ConfigError
 from trainer.finetune import FINETUNE, check_finetune
+from trainer.grad_spike import GRAD_SPIKE
 from trainer.models import SEQUENCE_MODELS, check_model
 from trainer.optim import check_optimizer
 from trainer.params import Param, check_params, unknown_key_message
 from trainer.schedules import COMMON, COMMON_KEYS, Schedule, check_schedule_params, schedule_names
+from trainer.stopping import EARLY_STOPPING
 
 #: The config's top-level keys: one group per component, and the seed.
 TOP_LEVEL = ("model", "data", "optimizer", "loss", "schedule", "trainer", "logger", "seed")
@@ -58,12 +61,18 @@ TRAINER: dict[str, Param] = {
     "num_threads": Param("auto", "CPU intra-op threads; auto = $OMP_NUM_THREADS, else the usable CPUs", int, low=1,
                          extra=("auto",)),
     **FINETUNE,
+    "ema_decay": EMA_DECAY,
 }
 
 #: ``trainer.fsdp.*``: read by trainer.distributed.
 FSDP: dict[str, Param] = {
     "shard_modules": Param([], "module class names FSDP2 shards one by one, besides the shipped blocks", list,
                            item=str),
+}
+
+#: ``trainer``'s nested nodes, each declared as its own dict next to the code that reads it.
+TRAINER_NODES: dict[str, dict[str, Param]] = {
+    "fsdp": FSDP, "early_stopping": EARLY_STOPPING, "grad_spike": GRAD_SPIKE,
 }
 
 #: ``logger.*`` (conf/logger/tensorboard.yaml): read by trainer.logger.
@@ -106,9 +115,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_trainer(t: DictConfig) -> None:
-    check_params(TRAINER, {k: v for k, v in t.items() if k != "fsdp"}, "trainer", owner="trainer")
-    _require(OmegaConf.is_dict(t.get("fsdp")), "trainer.fsdp", "expected a mapping, e.g. {shard_modules: [Block]}")
-    check_params(FSDP, t.fsdp, "trainer.fsdp", owner="trainer.fsdp")
+    check_params(TRAINER, {k: v for k, v in t.items() if k not in TRAINER_NODES}, "trainer", owner="trainer")
+    for node, params in TRAINER_NODES.items():
+        _require(OmegaConf.is_dict(t.get(node)), f"trainer.{node}", f"expected a mapping of {', '.join(params)}")
+        check_params(params, t[node], f"trainer.{node}", owner=f"trainer.{node}")
+    _require(
+        t.ema_decay is None or t.strategy != "fsdp",
+        "trainer.ema_decay",
+        "the weight EMA is not supported with trainer.strategy=fsdp (its parameters are shards): use "
+        "trainer.strategy=ddp, or trainer.ema_decay=null",
+    )
     check_finetune(t)
     _require(
         t.max_steps is not None or t.max_epochs is not None,

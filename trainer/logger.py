@@ -37,8 +37,8 @@ class _NoEvents:
 
 class RunLogger:
     """Writes ``train/lr``, ``train/lr/<group>``, ``train/momentum``, ``train/loss``,
-    ``train/grad_norm``, ``train/epoch``, ``train/skipped_updates`` and ``val/*`` scalars to
-    event files in ``run_dir``."""
+    ``train/grad_norm``, ``train/epoch``, ``train/skipped_updates``, running counters such as
+    ``train/spike_skips``, and ``val/*`` scalars to event files in ``run_dir``."""
 
     def __init__(
         self,
@@ -61,8 +61,8 @@ class RunLogger:
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
-        # (update, lrs, momentum, epoch, (loss, grad_norm, skipped_updates) as device tensors)
-        self._pending: list[tuple[int, list[float], float | None, int, tuple[torch.Tensor, ...]]] = []
+        # (update, lrs, momentum, epoch, counter tags, (loss, grad_norm, skipped_updates, *counters) on the device)
+        self._pending: list[tuple[int, list[float], float | None, int, tuple[str, ...], tuple[torch.Tensor, ...]]] = []
         self.group_names = group_names
         self.updates_per_epoch = updates_per_epoch
         self.num_epochs = -(-max_updates // updates_per_epoch)
@@ -95,31 +95,34 @@ class RunLogger:
         grad_norm: torch.Tensor,
         epoch: int,
         skipped_updates: torch.Tensor,
+        counters: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Keep one logged update's values (``lrs`` as applied, one per group) until :meth:`read`.
-        ``loss`` and ``grad_norm`` are this update's own tensors; the running skip counter is
-        copied on the device (one small op, no sync)."""
-        self._pending.append((update, lrs, momentum, epoch, (loss, grad_norm, skipped_updates.clone())))
+        ``loss`` and ``grad_norm`` are this update's own tensors; the running skip counter and
+        ``counters`` (tag -> a running count, the same on every rank) are copied on the device
+        (one small op each, no sync)."""
+        counters = counters or {}
+        tensors = (loss, grad_norm, skipped_updates.clone(), *(c.clone() for c in counters.values()))
+        self._pending.append((update, lrs, momentum, epoch, tuple(counters), tensors))
 
     def read(self) -> float | None:
         """Read every pending update's device values (one host-device sync) and write their
         records; returns the last of their losses, or None when nothing was pending."""
         if not self._pending:
             return None
-        # losses, grad norms, skip counts; the gradient's norm and skips are the same on every rank,
-        # the loss is each rank's own: train/loss is their mean (one collective per read).
+        # losses, grad norms, skip counts (and counters); the gradient's norm and the counts are the
+        # same on every rank, the loss is each rank's own: train/loss is their mean (one collective per read).
         columns = [torch.stack(column).float() for column in zip(*(p[-1] for p in self._pending))]
         columns[0] = self.world.mean(columns[0])
-        flat = torch.cat(columns).tolist()
-        n = len(self._pending)
-        values = zip(flat[:n], flat[n : 2 * n], flat[2 * n :])
-        for (update, lrs, momentum, epoch, _), (loss, grad_norm, skipped) in zip(self._pending, values):
+        rows = torch.stack(columns, dim=1).tolist()  # one row per pending update
+        for (update, lrs, momentum, epoch, tags, _), (loss, grad_norm, skipped, *counts) in zip(self._pending, rows):
             scalars = {
                 "train/lr": lrs[0],
                 "train/loss": loss,
                 "train/epoch": epoch,
                 "train/grad_norm": grad_norm,
                 "train/skipped_updates": int(skipped),
+                **{tag: int(count) for tag, count in zip(tags, counts)},
             }
             if len(lrs) > 1:
                 scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, lrs)})

@@ -1,7 +1,7 @@
 """The training step and the loop. :class:`TrainStep` is the one place that owns the step order:
 
-autocast forward -> (scaled) backward -> unscale -> clip -> optimizer step -> schedule update
--> zero_grad.
+autocast forward -> (scaled) backward -> unscale -> clip -> spike check -> optimizer step -> weight
+EMA -> schedule update -> zero_grad.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from trainer.data import Dataset
 from trainer.data.batches import Batch
 from trainer.data.loading import train_batches, val_batches
 from trainer.distributed import World
+from trainer.ema import WeightEMA
+from trainer.errors import ConfigError
 from trainer.finetune import freeze_until_due
+from trainer.grad_spike import GradSpike, vetoing
 from trainer.logger import RunLogger
 from trainer.lr_find import RangeTestMonitor
 from trainer.optim import optimizer_state, trainable_parameters
 from trainer.precision import Precision
 from trainer.schedules import Schedule, set_momentum
-from trainer.stopping import NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
+from trainer.stopping import EarlyStopping, GradSpikeStop, NonFiniteError, NonFiniteStop, Preempted, StopOnSignal
 
 #: ``loss``: (outputs, targets) -> a scalar tensor to minimise.
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,9 +80,13 @@ class TrainStep:
         loss_fn: Loss,
         clip_grad_norm: float | None,
         world: World | None = None,
+        *,
+        grad_spike: GradSpike | None = None,
+        ema: WeightEMA | None = None,
     ) -> None:
         self.world = world or World()
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.grad_spike, self.ema = grad_spike, ema
         self.precision, self.loss_fn, self.clip_grad_norm = precision, loss_fn, clip_grad_norm
         self.params = list(trainable_parameters(optimizer))
         device = self.params[0].device
@@ -96,7 +103,9 @@ class TrainStep:
 
         An update whose gradients are not finite (a NaN/inf loss, or an fp16 overflow) is skipped
         by the GradScaler and counted in :attr:`skipped_updates`; it still uses up its schedule
-        slot, so the schedule advances exactly once per update, skipped or not.
+        slot, so the schedule advances exactly once per update, skipped or not. A gradient-norm
+        spike (``trainer.grad_spike``, skip or stop) is skipped the same way and counted in
+        ``grad_spike.spikes``. The weight EMA averages in the weights of applied updates only.
         """
         # Dividing each micro-batch loss by their count makes the summed gradient the mean over
         # the whole update, so the LR means the same thing at any accumulation.
@@ -121,16 +130,25 @@ class TrainStep:
             grad_norm = grad_norm.full_tensor()
         if self.precision.uses_grad_scaler:  # only fp16 needs the loss apart from the gradients
             self.nonfinite_losses += ~torch.isfinite(total_loss)
+        finite = torch.isfinite(grad_norm)
+        # Judged on the pre-clip norm against earlier updates' norms (the window excludes this one).
+        spike = self.grad_spike.observe(grad_norm) if self.grad_spike is not None else None
+        veto = spike if spike is not None and self.grad_spike.vetoes else None
+        self.skipped_updates += ~finite
         if self.scaler.is_enabled():
-            self.skipped_updates += ~torch.isfinite(grad_norm)
-            self.scaler.step(self.optimizer)  # skips non-finite gradients on the device
+            with vetoing(self.scaler, self.optimizer, veto):
+                self.scaler.step(self.optimizer)  # skips non-finite gradients (and a veto) on the device
             # fp16 adapts its loss scale; the others keep a scale of exactly 1 (a device fill,
             # no sync), which a skip would otherwise halve for good.
             self.scaler.update(None if self.precision.uses_grad_scaler else 1.0)
-        elif torch.isfinite(grad_norm):  # CPU (see Precision.grad_scaler): the host check is free
-            self.optimizer.step()
-        else:
-            self.skipped_updates += 1
+            applied = finite if veto is None else finite & ~veto
+        else:  # CPU (see Precision.grad_scaler) or FSDP2: the host check is free, or already paid
+            applied = bool(finite) and not (veto is not None and bool(veto))
+            if applied:
+                self.optimizer.step()
+        # After the step, from the weights it wrote; a skipped update leaves the average as it was.
+        if self.ema is not None:
+            self.ema.update(applied)
         # The schedule advances once per optimizer update (never per micro-batch), right after
         # the step that used the current LR, so update t always runs with the schedule's LR at t.
         apply_schedule(self.optimizer, self.schedule, update + 1)
@@ -138,7 +156,8 @@ class TrainStep:
         return total_loss, grad_norm
 
     def state_dict(self) -> dict:
-        """The loss scale and the non-finite counters, in the checkpoint's layout."""
+        """The loss scale, the non-finite counters, the spike window and the weight EMA, in the
+        checkpoint's layout."""
         return {
             "precision": self.precision.name,
             "scaler": self.scaler.state_dict(),
@@ -146,6 +165,8 @@ class TrainStep:
                 "skipped_updates": int(self.skipped_updates),
                 "nonfinite_losses": int(self.nonfinite_losses),
             },
+            "grad_spike": None if self.grad_spike is None else self.grad_spike.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -156,6 +177,11 @@ class TrainStep:
             self.scaler.load_state_dict(state["scaler"])
         self.skipped_updates.fill_(state["counters"]["skipped_updates"])
         self.nonfinite_losses.fill_(state["counters"]["nonfinite_losses"])
+        # A checkpoint from a run without them: the window starts empty, the EMA from its weights.
+        if self.grad_spike is not None and state.get("grad_spike") is not None:
+            self.grad_spike.load_state_dict(state["grad_spike"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 @dataclass(frozen=True)
@@ -296,11 +322,13 @@ class Loop:
     objective: str = "val/loss"
     nonfinite: str = "skip"
     range_test: RangeTestMonitor | None = None  # an observer of every update's LR and loss
+    early_stopping: EarlyStopping | None = None  # trainer.early_stopping, when its patience is set
     world: World = field(default_factory=World)  # the ranks (one outside a launch)
     _bad_seen: int = 0
     _train_loss: float | None = None  # the last training loss read from the device
     _last_val: tuple[int, dict[str, float]] = (-1, {})
     _last_saved: int | None = None  # the update of the run dir's last.pt, once there is one
+    _spikes_seen: int = 0  # the gradient-norm spikes the stop action has acted on
 
     def state_dict(self, update: int) -> dict:
         """Everything a resumed run needs to continue as if it had never stopped."""
@@ -322,6 +350,7 @@ class Loop:
             # purge of everything at or after the checkpoint's step.
             "val_metrics": self._last_val[1] if self._last_val[0] == update else {},
             "range_test": None if self.range_test is None else self.range_test.state_dict(),
+            "early_stopping": None if self.early_stopping is None else self.early_stopping.state_dict(),
         }
 
     def load_state_dict(self, state: dict, *, restore_plateau: bool = True) -> int:
@@ -340,6 +369,9 @@ class Loop:
         self._last_saved = state["update"]
         if self.range_test is not None and state.get("range_test") is not None:
             self.range_test.load_state_dict(state["range_test"])
+        if self.early_stopping is not None and state.get("early_stopping") is not None:
+            self.early_stopping.load_state_dict(state["early_stopping"])
+        self._spikes_seen = self._spike_count()
         set_rng_state(state["rng"])
         return state["update"]
 
@@ -349,6 +381,7 @@ class Loop:
         self._read_logs(update)  # the records of the updates a resume will not replay go to disk first
         if self.nonfinite != "skip":  # and the unlogged updates since the last read: last.pt stays good
             self._enforce_nonfinite_policy(update)
+        self._enforce_spike_policy(update)
         self.logger.flush()
         state = self.state_dict(update)
         if self.world.is_main:
@@ -388,7 +421,40 @@ class Loop:
         self.save(update)
         raise NonFiniteStop(f"{message}; saved them in {self.checkpointer.last}; {before}")
 
+    def _spike_count(self) -> int:
+        spike = self.step.grad_spike
+        return 0 if spike is None else int(spike.spikes)
+
+    def _enforce_spike_policy(self, update: int) -> None:
+        """``trainer.grad_spike``: a line for new spikes (``log``), or save and stop (``stop``).
+        Called where logged values are read."""
+        spike = self.step.grad_spike
+        if spike is None or spike.action == "skip":
+            return
+        count = self._spike_count()
+        new, self._spikes_seen = count - self._spikes_seen, count
+        if new == 0:
+            return
+        what = (f"{new} gradient-norm spike(s) by update {update} (pre-clip norm above {spike.factor:g} × the median "
+                f"of the last {spike.window} updates' norms)")
+        if spike.action == "log":
+            self.logger.write(f"grad_spike: {what}; applied")
+            return
+        self.save(update)
+        raise GradSpikeStop(f"{what}; they were skipped, and the parameters saved in {self.checkpointer.last}")
+
     def evaluate(self) -> dict[str, float]:
+        """``val/*`` of the model, or with ``trainer.ema_decay`` of the weight EMA, and then
+        ``val_raw/*`` of the model's own weights."""
+        ema = self.step.ema
+        if ema is None:
+            return self._evaluate()
+        raw = self._evaluate()
+        with ema.swapped_in():
+            averaged = self._evaluate()
+        return {**averaged, **{f"val_raw/{key.removeprefix('val/')}": value for key, value in raw.items()}}
+
+    def _evaluate(self) -> dict[str, float]:
         """Validation over the whole split, in batches of ``VAL_BATCH_MULTIPLE × batch_size`` per
         rank (see :func:`~trainer.data.loading.val_batches`): all ranks run the same number of
         forwards, as FSDP2 needs, and the sums are reduced over them."""
@@ -403,6 +469,7 @@ class Loop:
         if loss is not None:
             self._train_loss = loss
             self._enforce_nonfinite_policy(updates_done)
+            self._enforce_spike_policy(updates_done)
 
     def validate(self, updates_done: int) -> dict[str, float]:
         self._read_logs(updates_done)
@@ -428,23 +495,29 @@ class Loop:
         self.model.train()
         update, metrics = start_update, {}
         # A resumed finished run (a requeued job) trains and validates nothing; a range test that
-        # diverged before its checkpoint is finished, short of max_updates.
-        finished = update >= plan.max_updates or (self.range_test is not None
-                                                  and self.range_test.stopped_early_at is not None)
+        # diverged, or a run that stopped early, before its checkpoint is finished, short of max_updates.
+        finished = (update >= plan.max_updates
+                    or (self.range_test is not None and self.range_test.stopped_early_at is not None)
+                    or self.early_stopped)
         with StopOnSignal() as stop:
             for epoch in range(update // plan.updates_per_epoch, plan.num_epochs if not finished else 0):
                 update, diverged = self._train_epoch(epoch, update, stop)
                 last = update >= plan.max_updates or diverged
-                improved = False
+                improved = early_stop = False
                 if (epoch + 1) % self.val_every_n_epochs == 0 or last:
-                    metrics.update(self.validate(update))
+                    validation = self.validate(update)
+                    metrics.update(validation)
                     if self.objective in metrics:
                         improved = ckpt.improves(metrics[self.objective])
+                    early_stop = not last and self._early_stop(validation, update)  # the last ends the run anyway
                 stopping = self._stopping(stop)
-                if ckpt.due_at_epoch_end(epoch, update) or last or improved or stopping:
+                if ckpt.due_at_epoch_end(epoch, update) or last or improved or stopping or early_stop:
                     self.save(update, improved=improved)
                 if stopping:
                     raise Preempted(stopping, update)
+                if early_stop:
+                    self.logger.write(self.early_stopping.reason())
+                    break
                 if diverged:
                     self.logger.write(f"range test: loss diverged at update {update}; stopping")
                     break
@@ -454,7 +527,24 @@ class Loop:
             metrics["train/loss"] = self._train_loss
         metrics["updates"] = update
         metrics["skipped_updates"] = int(self.step.skipped_updates)
+        if self.step.grad_spike is not None:
+            metrics[self.step.grad_spike.tag.removeprefix("train/")] = self._spike_count()
         return metrics
+
+    @property
+    def early_stopped(self) -> bool:
+        """Whether ``trainer.early_stopping`` ended the run (in this process or before its checkpoint)."""
+        return self.early_stopping is not None and self.early_stopping.stopped_at is not None
+
+    def _early_stop(self, validation: dict[str, float], updates_done: int) -> bool:
+        """Give a validation's metrics to early stopping; True when the run stops here."""
+        if self.early_stopping is None or not validation:
+            return False
+        monitor = self.early_stopping.monitor
+        if monitor not in validation:  # val/acc of a model whose outputs are not class scores
+            raise ConfigError("trainer.early_stopping.monitor",
+                              f"validation gives {', '.join(validation)}, not {monitor}: monitor one of those")
+        return self.early_stopping.observe(validation[monitor], updates_done)
 
     def _train_epoch(self, epoch: int, update: int, stop: StopOnSignal) -> tuple[int, bool]:
         """Updates ``update..`` of ``epoch``, up to its end or ``max_updates``; checkpoints when due
@@ -496,13 +586,15 @@ class Loop:
         momentum = applied_momentum(self.optimizer) if log_now and self.schedule.momentum_fn is not None else None
         loss, grad_norm = self.step(micro_batches, update)
         if log_now:
+            spike = self.step.grad_spike
             logger.record(
                 update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch,
-                skipped_updates=self.step.skipped_updates,
+                skipped_updates=self.step.skipped_updates, counters={} if spike is None else {spike.tag: spike.spikes},
             )
         # The range test and a stop/raise policy act on each logged update's values; otherwise
         # they are read in batches, with one sync per read.
-        if logger.read_due(update) or (log_now and (self.range_test is not None or self.nonfinite != "skip")):
+        stops = self.nonfinite != "skip" or (self.step.grad_spike is not None and self.step.grad_spike.action == "stop")
+        if logger.read_due(update) or (log_now and (self.range_test is not None or stops)):
             self._read_logs(update + 1)
         # The range test logs (and so reads) every update.
         return self.range_test is not None and self.range_test.record(lrs[0], self._train_loss)

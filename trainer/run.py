@@ -20,8 +20,10 @@ from trainer.data import Dataset, build_dataset, data_spec, first_batch
 from trainer.data.batches import Batch
 from trainer.data.text import TokenDataset
 from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
+from trainer.ema import WeightEMA
 from trainer.errors import ConfigError, one_line
 from trainer.finetune import check_unfreeze_strategy, describe_stages, init_weights, unfreeze_stages
+from trainer.grad_spike import GradSpike
 from trainer.hparams import hyperparameters
 from trainer.hydra_app import remove_if_empty
 from trainer.logger import RunLogger
@@ -40,8 +42,8 @@ from trainer.optim import (
 from trainer.precision import Precision, configure_cuda, resolve_device, resolve_precision
 from trainer.rundir import hold_run_dir
 from trainer.schedules import Schedule, build_schedule
-from trainer.stopping import NonFiniteStop, Preempted
-from trainer.summary import describe_run, write_summary
+from trainer.stopping import EarlyStopping, GradSpikeStop, NonFiniteStop, Preempted
+from trainer.summary import FINISHED, describe_run, write_summary
 
 #: ``loss=cross_entropy``'s target: its errors are the model's (its outputs), not the loss's.
 CROSS_ENTROPY = "trainer.loop.CrossEntropy"
@@ -255,14 +257,18 @@ def build_loop(
         start_update=start_update,
         world=world,
     )
+    t = cfg.trainer
+    device = next(model.parameters()).device
     step = TrainStep(
         world.trainable(model),
         optimizer,
         schedule,
         precision,
         build_loss(cfg) if loss_fn is None else loss_fn,
-        cfg.trainer.clip_grad_norm,
+        t.clip_grad_norm,
         world,
+        grad_spike=None if t.grad_spike.factor is None else GradSpike(**t.grad_spike, device=device),
+        ema=None if t.ema_decay is None else WeightEMA(model, t.ema_decay),  # from the weights the run starts with
     )
     return Loop(
         model=model,
@@ -285,12 +291,13 @@ def build_loop(
         accumulate_grad_batches=plan.accumulate_grad_batches,
         val_every_n_epochs=cfg.trainer.val_every_n_epochs,
         seed=cfg.seed,
-        device=next(model.parameters()).device,
+        device=device,
         loader_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
         flip_test=getattr(dataset, "flip_test", False),  # a source validates on mirrored images when it says so
         objective=cfg.trainer.objective,
         nonfinite=cfg.trainer.nonfinite,
         range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
+        early_stopping=None if t.early_stopping.patience is None else EarlyStopping(**t.early_stopping),
         world=world,
     )
 
@@ -418,7 +425,7 @@ def _train(
         if checkpoint is not None:
             loop.load_state_dict(checkpoint, restore_plateau=cfg.trainer.resume_schedule == "strict")
         metrics = loop.run(start_update)
-        status = "completed"
+        status = "early_stopped" if loop.early_stopped else "completed"
         if world.is_main:
             draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, plan),
                     note=PLATEAU_NOTE if schedule.plateau is not None else None, joins=schedule.phase_starts())
@@ -437,8 +444,8 @@ def _train(
     except Preempted:
         status = "preempted"
         raise
-    except NonFiniteStop:
-        status = "stopped_nonfinite"
+    except NonFiniteStop as stop:
+        status = "stopped_grad_spike" if isinstance(stop, GradSpikeStop) else "stopped_nonfinite"
         raise
     except Exception as error:
         error_text = f"{type(error).__name__}: {one_line(error)}"
@@ -453,5 +460,5 @@ def _train(
             wall_time_s = round(time.perf_counter() - started, 3)
             with quiet:
                 write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
-            if status == "completed":
-                print(describe_run(run_dir, metrics, wall_time_s))
+            if status in FINISHED:
+                print(describe_run(run_dir, metrics, wall_time_s, status=status))

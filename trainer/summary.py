@@ -14,7 +14,9 @@ from typing import Any
 from trainer.events import read_scalars
 
 SUMMARY_FILE = "metrics.json"
-STATUSES = ("completed", "preempted", "stopped_nonfinite", "failed")
+STATUSES = ("completed", "early_stopped", "preempted", "stopped_nonfinite", "stopped_grad_spike", "failed")
+#: The statuses of a run that ended as planned: a sweep counts them as completed.
+FINISHED = ("completed", "early_stopped")
 
 
 def write_summary(
@@ -33,7 +35,7 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def describe_run(run_dir: Path, metrics: dict[str, float], wall_time_s: float) -> str:
+def describe_run(run_dir: Path, metrics: dict[str, float], wall_time_s: float, *, status: str = "completed") -> str:
     """What the console says when a run completes, in a few lines: where it went, its updates and
     wall time, the final and best of each ``val/*`` metric, and how to look at it.
 
@@ -41,7 +43,8 @@ def describe_run(run_dir: Path, metrics: dict[str, float], wall_time_s: float) -
     its earlier part too.
     """
     history = {tag: points for tag, points in read_scalars(run_dir).items() if tag.startswith("val/")}
-    lines = [f"run completed: {int(metrics['updates'])} updates in {wall_time_s:.1f} s, in {run_dir}"]
+    ended = "completed" if status == "completed" else "early stopped"
+    lines = [f"run {ended}: {int(metrics['updates'])} updates in {wall_time_s:.1f} s, in {run_dir}"]
     for tag in (t for t in metrics if t.startswith("val/")):
         points = history.get(tag) or [(int(metrics["updates"]), metrics[tag])]
         finite = [p for p in points if math.isfinite(p[1])] or points

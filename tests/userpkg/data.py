@@ -35,3 +35,12 @@ def blob_tensors(*, seed: int, size: int, num_features: int = 8) -> ExampleDatas
     train, val = Blobs(size, num_features, split_seed=seed), Blobs(size // 4, num_features, split_seed=seed + 1)
     return ExampleDataset(train.points, train.labels, val.points, val.labels, num_classes=3,
                           input_shape=(num_features,))
+
+
+class Outliers(Blobs):
+    """Blobs whose examples ``outliers`` are scaled by ``scale``: confidently wrong examples, so an
+    update whose batch holds one has a gradient-norm spike."""
+
+    def __init__(self, size: int, outliers: tuple[int, ...] = (), scale: float = -1e3, **blobs) -> None:
+        super().__init__(size, **blobs)
+        self.points[list(outliers)] *= scale
