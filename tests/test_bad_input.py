@@ -23,7 +23,7 @@ def assert_one_line_error(proc, key):
 @pytest.mark.parametrize(
     ("overrides", "key", "text"),
     [
-        (["schedule=nonexistent"], "schedule", "no config 'nonexistent' in schedule/; known: constant"),  # Hydra's
+        (["schedule=nonexistent"], "schedule", "no config 'nonexistent' in schedule/; known: chain, constant"),  # Hydra's
         (["schedule.min_Lr=0.1"], "schedule.min_Lr", "did you mean min_lr?"),  # Hydra's: not in the config
         (["schedule.min_lr=[1"], "schedule.min_lr", "no viable alternative"),  # Hydra's: does not parse
         (["+foo=1"], "foo", "not a parameter of the config"),
