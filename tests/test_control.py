@@ -12,7 +12,7 @@ import torch
 from tests.conftest import TINY, compose_config, run_cli
 from tests.test_components import run_user_cli
 from tests.test_loop import batch, linear_setup, make_step
-from tests.test_resume import preempt_after
+from tests.test_resume import preempt_after, straight_and_resumed
 from trainer import run as run_module
 from trainer.checkpoint import load_checkpoint
 from trainer.compare import Job, sweep_exit_code
@@ -270,21 +270,14 @@ def test_ema_validates_val_from_the_average_and_val_raw_from_the_weights(tmp_pat
 def test_ema_and_spike_window_resume_bit_identical(tmp_path, monkeypatch, stop_after):
     run = ["schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=3", "trainer.ema_decay=0.8",
            "trainer.grad_spike.factor=1.05", "trainer.grad_spike.window=3"]  # a low factor: spikes happen
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(compose_config(*run), straight)
-    with monkeypatch.context() as patch:
-        preempt_after(patch, stop_after)
-        with pytest.raises(Preempted):
-            train(compose_config(*run), resumed)
-    train(compose_config(*run, "trainer.resume=auto"), resumed)
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    a, b = straight_and_resumed(tmp_path, monkeypatch, run, stop_after)
     assert a["grad_spike"]["spikes"] > 0
     assert a["grad_spike"]["filled"] == b["grad_spike"]["filled"] and a["grad_spike"]["spikes"] == b["grad_spike"]["spikes"]
     assert torch.equal(a["grad_spike"]["norms"], b["grad_spike"]["norms"])
     for part in ("model", "ema"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), (part, name)
-    logs_a, logs_b = read_scalars(straight), read_scalars(resumed)
+    logs_a, logs_b = read_scalars(tmp_path / "straight"), read_scalars(tmp_path / "resumed")
     for tag in ("val/loss", "val_raw/loss", "train/loss", "train/spike_skips"):
         assert logs_a[tag] == logs_b[tag], tag
 

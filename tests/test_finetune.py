@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import QUIET, TINY, compose_config, run_cli
-from tests.test_resume import preempt_after
+from tests.test_resume import straight_and_resumed
 from trainer.checkpoint import load_checkpoint
 from trainer.config import validate
 from trainer.errors import ConfigError
@@ -22,7 +22,6 @@ from trainer.models.gpt import build_gpt
 from trainer.models.resnet import build_resnet18, build_resnet20
 from trainer.optim import GROUPS_FILE, parameter_groups
 from trainer.run import train
-from trainer.stopping import Preempted
 
 # A warmup from 0: update 0 runs at LR 0, so it leaves the loaded weights exactly as they were.
 WARMUP = ["schedule=warmup_cosine", "schedule.warmup_steps=4", "schedule.total_steps=8", "trainer.clip_grad_norm=null"]
@@ -141,21 +140,13 @@ def test_frozen_weights_are_bit_identical_until_their_stage_and_train_after_it(t
 @pytest.mark.parametrize("stop_after", [5, 11])  # before the stage (update 8) and after it
 def test_resume_across_an_unfreeze_stage_is_exact(tmp_path, monkeypatch, stop_after):
     run = ["schedule=cosine", "trainer.unfreeze=[{at: 8, modules: ['1'], lr_scale: 0.5}]", "trainer.max_epochs=2"]
-    straight = tmp_path / "straight"
-    train(compose_config(*run), straight)
-    resumed = tmp_path / "resumed"
-    with monkeypatch.context() as patch:
-        preempt_after(patch, stop_after)
-        with pytest.raises(Preempted):
-            train(compose_config(*run), resumed)
-    train(compose_config(*run, "trainer.resume=auto"), resumed)
-    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    a, b = straight_and_resumed(tmp_path, monkeypatch, run, stop_after)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     for index, param_state in a["optimizer"]["state"].items():
         for key, value in param_state.items():
             assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
-    logs_a, logs_b = read_scalars(straight), read_scalars(resumed)
+    logs_a, logs_b = read_scalars(tmp_path / "straight"), read_scalars(tmp_path / "resumed")
     for tag in ("train/lr", "train/lr/decay/unfreeze1", "train/loss", "val/loss"):
         assert logs_a[tag] == logs_b[tag], tag
 

@@ -48,6 +48,19 @@ def preempt_after(monkeypatch, stop_after: int) -> None:
     monkeypatch.setattr(TrainStep, "__call__", call)
 
 
+def straight_and_resumed(tmp_path, monkeypatch, overrides: list[str], stop_after: int) -> tuple[dict, dict]:
+    """``last.pt`` of a run never stopped (in ``tmp_path/straight``), and of the same run stopped by
+    SIGTERM during update ``stop_after - 1`` and resumed with ``trainer.resume=auto`` (``tmp_path/resumed``)."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(compose_config(*overrides), straight)
+    with monkeypatch.context() as patch:
+        preempt_after(patch, stop_after)
+        with pytest.raises(Preempted):
+            train(compose_config(*overrides), resumed)
+    train(compose_config(*overrides, "trainer.resume=auto"), resumed)
+    return load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+
+
 def final_state(run_dir):
     return load_checkpoint(run_dir / "last.pt")
 
