@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from tests.conftest import TINY, run_cli
+from trainer.events import read_scalars
 
 #: Each takes from a few tenths of a second to seconds to import, and no command below needs it.
 HEAVY = (
@@ -56,6 +57,10 @@ def test_a_config_error_imports_nothing_heavy(tmp_path):
     assert not run_dir.exists()
 
 
+#: TensorBoard's event reader: only a resumed run's summary reads its events (a fresh run's it logged itself).
+READER = "tensorboard.backend.event_processing"
+
+
 def test_a_small_run_imports_no_torchvision_and_matplotlib_only_once_it_has_started(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli("trainer", [*TINY, "logger.progress_bar=true", "trainer.max_steps=2", "schedule=constant",
@@ -68,5 +73,22 @@ def test_a_small_run_imports_no_torchvision_and_matplotlib_only_once_it_has_star
     assert "torch" in started_with
     # torch's optimizers import torch._dynamo (torch.optim.Optimizer's methods are dynamo-disabled).
     assert heavy(started_with, allowed=("torch._dynamo",)) == []
-    assert "matplotlib" in re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", after)
+    imported_after = set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", after))
+    assert "matplotlib" in imported_after
     assert (run_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert not any(_within(m, (READER,)) for m in started_with | imported_after)
+    assert proc.stdout.splitlines()[-3].startswith("  val/loss  final ")  # its summary, without the reader
+
+
+def test_a_resumed_runs_summary_reads_its_earlier_validations_from_the_events(tmp_path):
+    run_dir = tmp_path / "run"
+    common = [*TINY, "schedule=constant", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+    first = run_cli("trainer", [*common, "trainer.max_steps=8"])
+    assert first.returncode == 0
+    again = run_cli("trainer", [*common, "trainer.resume=auto", "trainer.resume_schedule=override"], env={"PYTHONPROFILEIMPORTTIME": "1"})
+    modules = set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", again.stderr))
+    assert any(_within(m, (READER,)) for m in modules)
+    points = read_scalars(run_dir)["val/loss"]
+    assert [step for step, _ in points] == [8, 16]  # one validation in each part
+    step, best = min(points, key=lambda p: p[1])
+    assert again.stdout.splitlines()[-3] == f"  val/loss  final {points[-1][1]:.4f}  best {best:.4f} (after {step} updates)"

@@ -63,6 +63,9 @@ class RunLogger:
         self.last_update = max_updates - 1
         # (update, lrs, momentum, epoch, counter tags, (loss, grad_norm, skipped_updates, *counters) on the device)
         self._pending: list[tuple[int, list[float], float | None, int, tuple[str, ...], tuple[torch.Tensor, ...]]] = []
+        #: Every ``val/*`` point this process logged, tag -> [(updates done, value)], as the event
+        #: file holds it (a 32-bit float): a fresh run's summary reads it instead of the events.
+        self.val_history: dict[str, list[tuple[int, float]]] = {}
         self.group_names = group_names
         self.updates_per_epoch = updates_per_epoch
         self.num_epochs = -(-max_updates // updates_per_epoch)
@@ -136,6 +139,9 @@ class RunLogger:
 
     def log_val(self, updates_done: int, metrics: dict[str, float]) -> None:
         self.writer.scalars(updates_done, metrics)
+        stored = torch.tensor(list(metrics.values()), dtype=torch.float32).tolist()
+        for tag, value in zip(metrics, stored):
+            self.val_history.setdefault(tag, []).append((updates_done, value))
         self.writer.flush()  # once an epoch: what is on disk keeps up with the checkpoints
         self.write("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  (after {updates_done} updates)")
         # The bar's rate (and so its ETA) is of training updates only: without this, the time the

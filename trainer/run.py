@@ -461,4 +461,6 @@ def _train(
             with quiet:
                 write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
             if status in FINISHED:
-                print(describe_run(run_dir, metrics, wall_time_s, status=status))
+                # A resumed run's earlier validations are in its event files only.
+                history = logger.val_history if start_update == 0 else None
+                print(describe_run(run_dir, metrics, wall_time_s, status=status, history=history))

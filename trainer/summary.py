@@ -35,14 +35,20 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def describe_run(run_dir: Path, metrics: dict[str, float], wall_time_s: float, *, status: str = "completed") -> str:
+def describe_run(
+    run_dir: Path, metrics: dict[str, float], wall_time_s: float, *, status: str = "completed",
+    history: dict[str, list[tuple[int, float]]] | None = None,
+) -> str:
     """What the console says when a run completes, in a few lines: where it went, its updates and
     wall time, the final and best of each ``val/*`` metric, and how to look at it.
 
-    The best values come from the run's event files, so a resumed run counts the validations of
-    its earlier part too.
+    ``history``: every ``val/*`` point of the run, tag -> [(updates done, value)], when this process
+    logged them all (a fresh run). None reads them from the run's event files, so a resumed run
+    counts the validations of its earlier part too (TensorBoard's reader takes most of a second
+    to import: a fresh run need not wait for it).
     """
-    history = {tag: points for tag, points in read_scalars(run_dir).items() if tag.startswith("val/")}
+    if history is None:
+        history = {tag: points for tag, points in read_scalars(run_dir).items() if tag.startswith("val/")}
     ended = "completed" if status == "completed" else "early stopped"
     lines = [f"run {ended}: {int(metrics['updates'])} updates in {wall_time_s:.1f} s, in {run_dir}"]
     for tag in (t for t in metrics if t.startswith("val/")):
