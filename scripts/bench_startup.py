@@ -32,6 +32,11 @@ def commands(out: Path) -> dict[str, list[str]]:
         "python -m trainer --cfg job": [*trainer, "--cfg", "job"],
         "python -m trainer optimizer.lr=-1 (config error)": [*trainer, "optimizer.lr=-1", f"hydra.run.dir={out}/error"],
         "python -m trainer.preview": [sys.executable, "-m", "trainer.preview", f"hydra.run.dir={out}/preview"],
+        # Floors, not commands: what the preview cannot do without (a torch model, Hydra, a PNG
+        # drawn by matplotlib), and what any script that builds a torch optimizer imports.
+        'python -c "import torch, hydra, matplotlib.figure"': [
+            sys.executable, "-c", "import torch, hydra, matplotlib.figure"],
+        'python -c "import torch, torch._dynamo"': [sys.executable, "-c", "import torch, torch._dynamo"],
     }
 
 

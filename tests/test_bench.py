@@ -86,4 +86,17 @@ def test_bench_job_runs_the_default_job_shortened_on_every_side(tmp_path):
         assert 0 <= run["val/acc"] <= 1 and 0 < run["val/loss"] < 2 * math.log(10)  # about chance after 10 updates
     trainer_ratio = report["ratio_to_handwritten"]["trainer"]
     assert trainer_ratio["median"] == pytest.approx(sides["trainer"]["median_wall_s"] / sides["handwritten"]["median_wall_s"])
+    assert trainer_ratio["geometric_mean"] == pytest.approx(trainer_ratio["median"])  # one pair: its own ratio
     assert "| trainer |" in proc.stdout and "| handwritten |" in proc.stdout
+
+
+def test_bench_startup_times_every_command_against_importing_torch(tmp_path):
+    out = tmp_path / "startup.json"
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_startup.py", "--rounds", "1", "--json", str(out)],
+        cwd=REPO, check=True, capture_output=True, text=True, timeout=600,
+    )
+    walls = json.loads(out.read_text())["wall_s"]
+    assert {'python -c "import torch"', "python -m trainer --cfg job", "python -m trainer.preview"} <= set(walls)
+    assert all(len(times) == 1 and times[0] > 0 for times in walls.values())
+    assert '| `python -c "import torch"` |' in proc.stdout and "| 1.00× |" in proc.stdout

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer.errors import EXIT_NO_SPACE, ConfigError, NoSpace, one_line
-from trainer.hydra_app import CONFIG_DIR, as_config_error, remove_created_run_dir, run_app
+from trainer.hydra_app import CONFIG_DIR, as_config_error, remove_created_run_dir, run_as_process
 from trainer.rundir import RunDirInUse
 from trainer.stopping import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteStop, Preempted
 from trainer.summary import write_summary
@@ -89,7 +89,7 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """The ``trainer`` command (pyproject's script) and ``python -m trainer``: every config error,
     Hydra's too, is one line and exit code 2."""
-    run_app(main)
+    run_as_process(main)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
-from trainer.hydra_app import CONFIG_DIR, remove_created_run_dir, run_app
+from trainer.hydra_app import CONFIG_DIR, remove_created_run_dir, run_as_process
 from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
@@ -84,4 +84,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_app(main)
+    run_as_process(main)
