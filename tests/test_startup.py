@@ -99,6 +99,20 @@ def test_a_resumed_runs_summary_reads_its_earlier_validations_from_the_events(tm
     assert again.stdout.splitlines()[-3] == f"  val/loss  final {points[-1][1]:.4f}  best {best:.4f} (after {step} updates)"
 
 
+def test_the_preview_imports_no_torch_dynamo_and_writes_the_lrs_a_run_applies(tmp_path):
+    """The preview builds the run's real optimizer, without the torch._dynamo import torch's
+    optimizers trigger when first built: its lr.csv is the one the run writes as it starts."""
+    args = [*TINY, "schedule=onecycle", "optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.9",
+            "optimizer.lr_scales={4:0.5}", "trainer.max_steps=12"]
+    modules, _ = imported("trainer.preview", [*args, f"hydra.run.dir={tmp_path / 'preview'}"])
+    assert "torch" in modules and heavy(modules, allowed=("matplotlib",)) == []
+    run_cli("trainer", [*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    preview = (tmp_path / "preview" / "lr.csv").read_text()
+    assert preview == (tmp_path / "run" / "lr.csv").read_text()
+    header = preview.splitlines()[0].split(",")
+    assert header[:2] == ["update", "t"] and "momentum" in header and len(header) > 4  # groups, scales, momentum
+
+
 def test_a_process_entry_point_leaves_its_objects_to_the_os_however_it_ends(monkeypatch):
     """The interpreter's final garbage collections took about 1 s of every exit once torch._dynamo
     was imported; the CLI's entry point freezes the heap instead, on success and on exit 2 alike."""

@@ -23,12 +23,34 @@ from trainer.hydra_app import CONFIG_DIR, remove_created_run_dir, run_as_process
 from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
+def build_optimizers_without_dynamo() -> None:
+    """Let torch build this process's optimizers without importing ``torch._dynamo`` (1.5-1.8 s
+    on 2 vCPUs: most of what a preview would take beyond importing torch).
+
+    ``torch.optim.Optimizer.add_param_group`` is wrapped by ``torch._disable_dynamo``, which on
+    its first call imports ``torch._dynamo`` to wrap the method in ``torch._dynamo.disable``, and
+    caches that on the method as ``__dynamo_disable``. That wrapper only keeps a compiled function
+    from tracing into the method; a preview compiles and steps nothing, so the cache is given the
+    method itself and the optimizer is built exactly as training builds it. Training never does
+    this. Should torch cache it otherwise, the preview imports ``torch._dynamo`` as before (the
+    same rows, slower), which ``tests/test_startup.py`` reports.
+    """
+    import torch
+
+    if "torch._dynamo" in sys.modules:  # imported anyway (e.g. by torchvision): nothing to save
+        return
+    method = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if method is not None:
+        setattr(method, "__dynamo_disable", method)
+
+
 def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     """Compute every update's LRs through the same code path training uses; write CSV and PNG."""
     # Only here: --help and --cfg never call this, and need not wait for torch.
     from trainer.optim import group_names
     from trainer.run import build_for_preview
 
+    build_optimizers_without_dynamo()
     optimizer, schedule, plan = build_for_preview(cfg)
     rows = lr_rows(optimizer, schedule, plan.max_updates)
     out_dir.mkdir(parents=True, exist_ok=True)
