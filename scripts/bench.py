@@ -6,8 +6,8 @@
         --set model.n_layer=1 model.n_head=2 model.n_embd=32 model.block_size=16   # a shrunk smoke run anywhere
     python scripts/bench.py --cases mlp_cpu --worlds 1 2 --updates 1000 --repeats 3   # 1 vs 2 processes (DDP)
 
-Cases: ``mlp_cpu`` / ``mlp_cuda`` (a tiny MLP, where per-update overhead dominates),
-``resnet18`` (CIFAR-shape ResNet-18, batch 512, bf16, channels_last, SGD Nesterov) and ``gpt``
+Cases: ``mlp_cpu`` / ``mlp_cuda`` (a tiny MLP, where per-update overhead dominates), ``cnn_cpu``
+(the default job's CNN, batch 128 and AdamW on Fashion-MNIST-shape data), ``resnet18`` (CIFAR-shape ResNet-18, batch 512, bf16, channels_last, SGD Nesterov) and ``gpt``
 (nanoGPT's Shakespeare size, batch 64 x 256 tokens, bf16, fused AdamW); the last two run on
 CUDA and train on random data of the real shapes, resident on the device.
 
@@ -64,12 +64,16 @@ from trainer.precision import resolve_precision
 from trainer.run import build_loop, build_optimization
 
 
-def random_images(cfg, examples: int) -> ExampleDataset:
-    """CIFAR-shape data: ``examples`` random 3x32x32 images in 10 classes (and one batch to validate)."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    n = examples + cfg.data.batch_size
-    x, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
-    return ExampleDataset(x[:examples], y[:examples], x[examples:], y[examples:], num_classes=10, input_shape=(3, 32, 32))
+def random_images(shape: tuple[int, int, int]) -> Callable[..., ExampleDataset]:
+    """Data of ``shape`` (channels, height, width): ``examples`` random images in 10 classes (and
+    one batch to validate)."""
+    def make(cfg, examples: int) -> ExampleDataset:
+        g = torch.Generator().manual_seed(cfg.seed)
+        n = examples + cfg.data.batch_size
+        x, y = torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+        return ExampleDataset(x[:examples], y[:examples], x[examples:], y[examples:], num_classes=10, input_shape=shape)
+
+    return make
 
 
 def random_text(cfg, examples: int) -> TokenDataset:
@@ -97,10 +101,13 @@ MLP = ("data=synthetic", "model=mlp", "data.batch_size=64", "data.train_size=655
 CASES = {
     "mlp_cpu": Case("mlp_cpu", "cpu", (*MLP, "trainer.precision=fp32")),
     "mlp_cuda": Case("mlp_cuda", "cuda", (*MLP, "trainer.precision=bf16")),
+    # The default job's step (python -m trainer): its CNN, batch and AdamW, on Fashion-MNIST-shape data.
+    "cnn_cpu": Case("cnn_cpu", "cpu", ("model=cnn", "data=fashion_mnist", "trainer.precision=fp32"),
+                    random_images((1, 28, 28))),
     "resnet18": Case("resnet18", "cuda", (
         "model=resnet18", "data=cifar10", "data.batch_size=512", "optimizer=sgd", "optimizer.lr=0.2",
         "optimizer.nesterov=true", "trainer.precision=bf16",
-    ), random_images),
+    ), random_images((3, 32, 32))),
     "gpt": Case("gpt", "cuda", (
         "model=gpt", "data=shakespeare_char", "data.batch_size=64", "optimizer=adamw", "optimizer.betas=[0.9,0.99]",
         "optimizer.weight_decay=0.1", "trainer.precision=bf16",
