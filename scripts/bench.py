@@ -7,7 +7,8 @@
     python scripts/bench.py --cases mlp_cpu --worlds 1 2 --updates 1000 --repeats 3   # 1 vs 2 processes (DDP)
 
 Cases: ``mlp_cpu`` / ``mlp_cuda`` (a tiny MLP, where per-update overhead dominates), ``cnn_cpu``
-(the default job's CNN, batch 128 and AdamW on Fashion-MNIST-shape data), ``resnet18`` (CIFAR-shape ResNet-18, batch 512, bf16, channels_last, SGD Nesterov) and ``gpt``
+(the default job's CNN, batch 128 and AdamW, on random data of Fashion-MNIST's shape),
+``resnet18`` (CIFAR-shape ResNet-18, batch 512, bf16, channels_last, SGD Nesterov) and ``gpt``
 (nanoGPT's Shakespeare size, batch 64 x 256 tokens, bf16, fused AdamW); the last two run on
 CUDA and train on random data of the real shapes, resident on the device.
 

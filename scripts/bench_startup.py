@@ -52,8 +52,11 @@ def measure(rounds: int) -> dict[str, list[float]]:
         for round_ in range(rounds):
             for name in names[round_ % len(names):] + names[: round_ % len(names)]:
                 started = time.perf_counter()
-                subprocess.run(named[name], cwd=REPO, env=env, capture_output=True)
+                proc = subprocess.run(named[name], cwd=REPO, env=env, capture_output=True, text=True)
                 walls[name].append(time.perf_counter() - started)
+                # A command that fails early would be timed as a fast one.
+                if proc.returncode != (2 if "config error" in name else 0):
+                    raise SystemExit(f"{name} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     return walls
 
 

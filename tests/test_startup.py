@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+import trainer.__main__ as trainer_cli
 from tests.conftest import TINY, run_cli
 from trainer.errors import ConfigError
 from trainer.events import read_scalars
@@ -82,7 +83,11 @@ def test_a_small_run_imports_no_torchvision_and_matplotlib_only_once_it_has_star
     assert "matplotlib" in imported_after
     assert (run_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert not any(_within(m, (READER,)) for m in started_with | imported_after)
-    assert proc.stdout.splitlines()[-3].startswith("  val/loss  final ")  # its summary, without the reader
+    # Its summary, without the reader, gives what the event file holds (32-bit floats).
+    for line, (tag, best) in zip(proc.stdout.splitlines()[-3:-1], [("val/loss", min), ("val/acc", max)]):
+        points = read_scalars(run_dir)[tag]
+        step, value = best(points, key=lambda p: p[1])
+        assert line == f"  {tag:<9} final {points[-1][1]:.4f}  best {value:.4f} (after {step} updates)"
 
 
 def test_a_resumed_runs_summary_reads_its_earlier_validations_from_the_events(tmp_path):
@@ -90,12 +95,15 @@ def test_a_resumed_runs_summary_reads_its_earlier_validations_from_the_events(tm
     common = [*TINY, "schedule=constant", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
     first = run_cli("trainer", [*common, "trainer.max_steps=8"])
     assert first.returncode == 0
-    again = run_cli("trainer", [*common, "trainer.resume=auto", "trainer.resume_schedule=override"], env={"PYTHONPROFILEIMPORTTIME": "1"})
+    # The second part at 1000x the LR: its validation is the worse, so the best is the first part's.
+    again = run_cli("trainer", [*common, "trainer.resume=auto", "trainer.resume_schedule=override", "optimizer.lr=1.0"],
+                    env={"PYTHONPROFILEIMPORTTIME": "1"})
     modules = set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", again.stderr))
     assert any(_within(m, (READER,)) for m in modules)
     points = read_scalars(run_dir)["val/loss"]
     assert [step for step, _ in points] == [8, 16]  # one validation in each part
     step, best = min(points, key=lambda p: p[1])
+    assert step == 8
     assert again.stdout.splitlines()[-3] == f"  val/loss  final {points[-1][1]:.4f}  best {best:.4f} (after {step} updates)"
 
 
@@ -116,6 +124,7 @@ def test_the_preview_imports_no_torch_dynamo_and_writes_the_lrs_a_run_applies(tm
 def test_a_process_entry_point_leaves_its_objects_to_the_os_however_it_ends(monkeypatch):
     """The interpreter's final garbage collections took about 1 s of every exit once torch._dynamo
     was imported; the CLI's entry point freezes the heap instead, on success and on exit 2 alike."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # set, run_app would re-raise the error
     frozen = []
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append("frozen"))
     run_as_process(lambda: None)
@@ -127,3 +136,10 @@ def test_a_process_entry_point_leaves_its_objects_to_the_os_however_it_ends(monk
     with pytest.raises(SystemExit) as stop:
         run_as_process(config_error)
     assert stop.value.code == 2 and frozen == ["frozen", "frozen"]
+
+
+def test_the_trainer_command_runs_as_a_process(monkeypatch):
+    entered = []
+    monkeypatch.setattr(trainer_cli, "run_as_process", entered.append)
+    trainer_cli.cli()
+    assert entered == [trainer_cli.main]

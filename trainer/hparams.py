@@ -142,5 +142,7 @@ def write_sweep_experiment(sweep_dir: Path) -> None:
     for old in sweep_dir.glob("events.out.tfevents.*"):  # the root holds no other event files
         old.unlink()
     writer = EventWriter(sweep_dir)
-    writer.summary(experiment_summary(runs))
-    writer.close()
+    try:
+        writer.summary(experiment_summary(runs))
+    finally:
+        writer.close()

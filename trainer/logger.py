@@ -63,8 +63,9 @@ class RunLogger:
         self.last_update = max_updates - 1
         # (update, lrs, momentum, epoch, counter tags, (loss, grad_norm, skipped_updates, *counters) on the device)
         self._pending: list[tuple[int, list[float], float | None, int, tuple[str, ...], tuple[torch.Tensor, ...]]] = []
-        #: Every ``val/*`` point this process logged, tag -> [(updates done, value)], as the event
-        #: file holds it (a 32-bit float): a fresh run's summary reads it instead of the events.
+        #: Every validation point this process logged (``val/*``, and ``val_raw/*`` beside an EMA),
+        #: tag -> [(updates done, value)], as the event file holds it (a 32-bit float): a fresh
+        #: run's summary reads it instead of the events.
         self.val_history: dict[str, list[tuple[int, float]]] = {}
         self.group_names = group_names
         self.updates_per_epoch = updates_per_epoch

@@ -31,9 +31,10 @@ def build_optimizers_without_dynamo() -> None:
     its first call imports ``torch._dynamo`` to wrap the method in ``torch._dynamo.disable``, and
     caches that on the method as ``__dynamo_disable``. That wrapper only keeps a compiled function
     from tracing into the method; a preview compiles and steps nothing, so the cache is given the
-    method itself and the optimizer is built exactly as training builds it. Training never does
-    this. Should torch cache it otherwise, the preview imports ``torch._dynamo`` as before (the
-    same rows, slower), which ``tests/test_startup.py`` reports.
+    method itself and the optimizer is built exactly as training builds it. It lasts for the whole
+    process, so only the preview's entry point calls this (never :func:`write_preview`, which
+    tests call in their own process). Should torch cache it otherwise, the preview imports
+    ``torch._dynamo`` as before (the same rows, slower), which ``tests/test_startup.py`` reports.
     """
     import torch
 
@@ -50,7 +51,6 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     from trainer.optim import group_names
     from trainer.run import build_for_preview
 
-    build_optimizers_without_dynamo()
     optimizer, schedule, plan = build_for_preview(cfg)
     rows = lr_rows(optimizer, schedule, plan.max_updates)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +96,7 @@ class CombinedPlot(Callback):
 @hydra.main(config_path=str(CONFIG_DIR), config_name="preview", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    build_optimizers_without_dynamo()
     try:
         write_preview(cfg, out_dir)
     except ConfigError as error:

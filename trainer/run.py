@@ -246,17 +246,6 @@ def build_loop(
     """The loop (with its step and logger) exactly as ``python -m trainer`` runs it; the overhead
     benchmark builds it here too, so it times what users run."""
     world = world or World()
-    logger = RunLogger(
-        run_dir,
-        log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
-        read_every_n_steps=cfg.logger.read_every_n_steps,
-        max_updates=plan.max_updates,
-        updates_per_epoch=plan.updates_per_epoch,
-        group_names=group_names(optimizer),
-        progress_bar=cfg.logger.progress_bar,
-        start_update=start_update,
-        world=world,
-    )
     t = cfg.trainer
     device = next(model.parameters()).device
     step = TrainStep(
@@ -270,36 +259,52 @@ def build_loop(
         grad_spike=None if t.grad_spike.factor is None else GradSpike(**t.grad_spike, device=device),
         ema=None if t.ema_decay is None else WeightEMA(model, t.ema_decay),  # from the weights the run starts with
     )
-    return Loop(
-        model=model,
-        optimizer=optimizer,
-        schedule=schedule,
-        step=step,
-        dataset=dataset,
-        plan=plan,
-        logger=logger,
-        precision=precision,
-        checkpointer=Checkpointer(
-            run_dir,
-            every_n_steps=cfg.trainer.checkpoint_every_n_steps,
-            every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
-            keep_last_n=cfg.trainer.keep_last_n,
-            config=config,
-            fingerprint=fingerprint,
-        ),
-        batch_size=cfg.data.batch_size,
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        val_every_n_epochs=cfg.trainer.val_every_n_epochs,
-        seed=cfg.seed,
-        device=device,
-        loader_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
-        flip_test=getattr(dataset, "flip_test", False),  # a source validates on mirrored images when it says so
-        objective=cfg.trainer.objective,
-        nonfinite=cfg.trainer.nonfinite,
-        range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
-        early_stopping=None if t.early_stopping.patience is None else EarlyStopping(**t.early_stopping),
+    # Last, and closed if the loop cannot be built: its event file is open from here on.
+    logger = RunLogger(
+        run_dir,
+        log_every_n_steps=1 if cfg.schedule.name == "lr_range_test" else cfg.logger.log_every_n_steps,
+        read_every_n_steps=cfg.logger.read_every_n_steps,
+        max_updates=plan.max_updates,
+        updates_per_epoch=plan.updates_per_epoch,
+        group_names=group_names(optimizer),
+        progress_bar=cfg.logger.progress_bar,
+        start_update=start_update,
         world=world,
     )
+    try:
+        return Loop(
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            step=step,
+            dataset=dataset,
+            plan=plan,
+            logger=logger,
+            precision=precision,
+            checkpointer=Checkpointer(
+                run_dir,
+                every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+                every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
+                keep_last_n=cfg.trainer.keep_last_n,
+                config=config,
+                fingerprint=fingerprint,
+            ),
+            batch_size=cfg.data.batch_size,
+            accumulate_grad_batches=plan.accumulate_grad_batches,
+            val_every_n_epochs=cfg.trainer.val_every_n_epochs,
+            seed=cfg.seed,
+            device=device,
+            loader_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
+            flip_test=getattr(dataset, "flip_test", False),  # a source validates on mirrored images when it says so
+            objective=cfg.trainer.objective,
+            nonfinite=cfg.trainer.nonfinite,
+            range_test=RangeTestMonitor() if cfg.schedule.name == "lr_range_test" else None,
+            early_stopping=None if t.early_stopping.patience is None else EarlyStopping(**t.early_stopping),
+            world=world,
+        )
+    except BaseException:
+        logger.close()
+        raise
 
 
 def train(
