@@ -153,6 +153,25 @@ def test_the_spike_window_resumes_exactly():
     assert seen == expected and expected.count(True) == 2 and int(resumed.spikes) == 2
 
 
+@pytest.mark.parametrize("window, judged", [
+    # window 2 is full at once with the newest two, [3, 1] (lower middle 1): 3 > 2 × 1 is a spike
+    (2, [True, False]),
+    # window 5 holds the four saved norms [1, 1, 3, 1] and needs one more before it judges: 3 enters
+    # unjudged, then the median of [1, 1, 3, 1, 3] is 1 and 1 is no spike
+    (5, [False, False]),
+])
+def test_a_resume_with_another_window_keeps_the_newest_norms_and_the_count(window, judged):
+    first = GradSpike(factor=2, window=4, action="skip", device=torch.device("cpu"))
+    # 9 fills the window unjudged; 3 is judged against median [1, 9, 1, 1] = 1: one spike
+    assert judge([1, 1, 9, 1, 1, 3, 1], factor=2, window=4, spike=first) == [False] * 5 + [True, False]
+    resumed = GradSpike(factor=2, window=window, action="skip", device=torch.device("cpu"))
+    resumed.load_state_dict(first.state_dict())
+    saved = [1.0, 1.0, 3.0, 1.0]
+    assert int(resumed.filled) == min(4, window) and int(resumed.spikes) == 1
+    assert resumed.norms[-min(4, window):].tolist() == saved[-min(4, window):]
+    assert judge([3, 1], factor=2, window=window, spike=resumed) == judged
+
+
 OUTLIER = int(epoch_order(256, seed=0, epoch=0)[5 * 32])  # in update 5's batch: the window of 4 is full by then
 SPIKE = ["schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=3", "trainer.grad_spike.factor=10",
          "trainer.grad_spike.window=4"]

@@ -353,3 +353,21 @@ def test_sigterm_to_every_task_of_a_slurm_step_exits_3_on_each(tmp_path):
     assert [task.returncode for task in tasks] == [EXIT_PREEMPTED] * 2, [err[-2000:] for _, err in outputs]
     assert "stopped by SIGTERM" in outputs[0][1] and outputs[1][1] == ""  # rank 1 prints nothing
     assert 8 <= load_checkpoint(run_dir / "last.pt")["update"] < 400
+
+
+def test_the_weight_ema_under_ddp_is_the_one_process_average(tmp_path):
+    """Every rank averages the same (all-reduced) weights; rank 0's checkpoint holds the average
+    one process computes with the same global batch, and validates with it."""
+    ema = ["trainer.ema_decay=0.9"]
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    run_cli("trainer", [*RUN, *ema, "data.batch_size=8", f"hydra.run.dir={single_dir}"])
+    proc = torchrun(*RUN, *ema, "trainer.strategy=ddp", "data.batch_size=8", f"hydra.run.dir={ddp_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours, theirs = read_scalars(ddp_dir), read_scalars(single_dir)
+    for tag in ("val/loss", "val/acc", "val_raw/loss", "val_raw/acc"):  # the EMA's and the model's own
+        assert [s for s, _ in ours[tag]] == [8, 16], tag
+        assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]], abs=1e-5), tag
+    assert ours["val/loss"] != ours["val_raw/loss"]  # the average is not the weights themselves
+    averages = load_checkpoint(ddp_dir / "last.pt")["ema"]
+    assert_same_parameters(averages, load_checkpoint(single_dir / "last.pt")["ema"])
+    assert averages.keys() >= {k for k, v in model_of(ddp_dir / "last.pt").items() if v.is_floating_point()}

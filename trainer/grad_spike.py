@@ -69,10 +69,14 @@ class GradSpike:
         return {"norms": self.norms.cpu(), "filled": int(self.filled), "spikes": int(self.spikes)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["norms"].shape != self.norms.shape:  # another window: its median means something else
-            return
-        self.norms.copy_(state["norms"])
-        self.filled.fill_(state["filled"])
+        """Resume the window and the count. A run resumed with another ``window`` keeps the newest
+        saved norms that fit (the finite ones are the last ``filled`` of an oldest-first window):
+        a shorter window is full at once, a longer one fills up from them."""
+        kept = min(int(state["filled"]), self.window)
+        self.norms.fill_(float("nan"))
+        if kept:
+            self.norms[-kept:] = state["norms"][-kept:].to(self.norms.device)
+        self.filled.fill_(kept)
         self.spikes.fill_(state["spikes"])
 
 
