@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
+import trainer.run
 from tests.conftest import REPO, TINY, compose_config
-from trainer.checkpoint import FORMAT, load_checkpoint, rng_state, save_atomic
+from trainer.checkpoint import FORMAT, check_free_space, load_checkpoint, rng_state, save_atomic, tensor_bytes
 from trainer.errors import ConfigError, NoSpace
 from trainer.run import train
 from trainer.summary import read_summary
@@ -184,3 +185,22 @@ def test_a_disk_that_fills_during_the_run_keeps_the_last_checkpoint_and_records_
     summary = read_summary(run_dir)
     assert summary["status"] == "failed" and summary["error"].startswith("NoSpace: no space left in")
     assert not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_the_free_space_check_expects_the_checkpoint_the_run_writes(tmp_path, monkeypatch, ema):
+    """The size the run checks for before training (its model, AdamW's two moments and, with
+    trainer.ema_decay, the average) against the tensors of the last.pt it then writes."""
+    checked = []
+
+    def check(run_dir, checkpoint_bytes, **kwargs):
+        checked.append(checkpoint_bytes)
+        return check_free_space(run_dir, checkpoint_bytes, **kwargs)
+
+    monkeypatch.setattr(trainer.run, "check_free_space", check)
+    train(compose_config("schedule=cosine", "trainer.max_epochs=1", *(["trainer.ema_decay=0.9"] if ema else [])), tmp_path)
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert (saved["ema"] is not None) == ema
+    written = tensor_bytes(saved["model"]) + tensor_bytes(saved["optimizer"]["state"]) + tensor_bytes(saved["ema"])
+    steps = 4 * len(saved["optimizer"]["state"])  # Adam's float32 step count per parameter, not in the estimate
+    assert checked == [written - steps]

@@ -180,15 +180,17 @@ def _raise_if_out_of_space(error: BaseException, directory: Path, *, needed: int
 
 
 def expected_checkpoint_bytes(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict[str, Any] | None
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint: dict[str, Any] | None, *,
+    ema: bool = False,
 ) -> int:
     """About how large this run's checkpoints will be: a resumed checkpoint's own tensors, or the
-    model's plus the optimizer state its first step makes (Adam's two moments, SGD's momentum)."""
+    model's plus the optimizer state its first step makes (Adam's two moments, SGD's momentum) and,
+    with ``ema`` (``trainer.ema_decay``), the weight average, another copy of the model."""
     if checkpoint is not None:
         return tensor_bytes(checkpoint)
     defaults = optimizer.defaults
     slots = 2 + bool(defaults.get("amsgrad")) if "betas" in defaults else int(bool(defaults.get("momentum")))
-    return tensor_bytes(model.state_dict()) * (1 + slots)
+    return tensor_bytes(model.state_dict()) * (1 + slots + ema)
 
 
 def check_free_space(run_dir: Path, checkpoint_bytes: int, *, keep_last_n: int) -> None:

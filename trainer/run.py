@@ -398,9 +398,8 @@ def _train(
         if left_out and world.is_main:
             print(left_out)
     if world.is_main:  # the only rank that writes
-        check_free_space(
-            run_dir, expected_checkpoint_bytes(model, optimizer, checkpoint), keep_last_n=cfg.trainer.keep_last_n
-        )
+        expected = expected_checkpoint_bytes(model, optimizer, checkpoint, ema=cfg.trainer.ema_decay is not None)
+        check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
     config = resolved_config(cfg, plan)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
