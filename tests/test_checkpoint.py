@@ -15,7 +15,15 @@ import torch
 
 import trainer.run
 from tests.conftest import REPO, TINY, compose_config
-from trainer.checkpoint import FORMAT, check_free_space, load_checkpoint, rng_state, save_atomic, tensor_bytes
+from trainer.checkpoint import (
+    FORMAT,
+    check_free_space,
+    expected_checkpoint_bytes,
+    load_checkpoint,
+    rng_state,
+    save_atomic,
+    tensor_bytes,
+)
 from trainer.errors import ConfigError, NoSpace
 from trainer.run import train
 from trainer.summary import read_summary
@@ -204,3 +212,13 @@ def test_the_free_space_check_expects_the_checkpoint_the_run_writes(tmp_path, mo
     written = tensor_bytes(saved["model"]) + tensor_bytes(saved["optimizer"]["state"]) + tensor_bytes(saved["ema"])
     steps = 4 * len(saved["optimizer"]["state"])  # Adam's float32 step count per parameter, not in the estimate
     assert checked == [written - steps]
+
+
+def test_a_resume_that_starts_an_ema_expects_the_average_the_checkpoint_lacks():
+    model = torch.nn.Linear(10, 10)  # 110 float32 numbers: 440 bytes
+    optimizer = torch.optim.AdamW(model.parameters())
+    without = {"model": model.state_dict(), "ema": None}
+    assert expected_checkpoint_bytes(model, optimizer, without) == 440
+    assert expected_checkpoint_bytes(model, optimizer, without, ema=True) == 880
+    averaged = {"model": model.state_dict(), "ema": model.state_dict()}
+    assert expected_checkpoint_bytes(model, optimizer, averaged, ema=True) == 880  # already counted

@@ -172,6 +172,16 @@ def test_a_resume_with_another_window_keeps_the_newest_norms_and_the_count(windo
     assert judge([3, 1], factor=2, window=window, spike=resumed) == judged
 
 
+def test_a_resume_from_a_window_still_filling_keeps_only_its_finite_norms():
+    first = GradSpike(factor=2, window=4, action="skip", device=torch.device("cpu"))
+    judge([1, 2], factor=2, window=4, spike=first)  # two of four: nothing judged yet
+    resumed = GradSpike(factor=2, window=3, action="skip", device=torch.device("cpu"))
+    resumed.load_state_dict(first.state_dict())
+    assert int(resumed.filled) == 2 and resumed.norms[1:].tolist() == [1.0, 2.0]
+    # one more fills it unjudged; then 5 > 2 × median [1, 2, 9] = 4 is a spike
+    assert judge([9, 5], factor=2, window=3, spike=resumed) == [False, True]
+
+
 OUTLIER = int(epoch_order(256, seed=0, epoch=0)[5 * 32])  # in update 5's batch: the window of 4 is full by then
 SPIKE = ["schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=3", "trainer.grad_spike.factor=10",
          "trainer.grad_spike.window=4"]

@@ -185,9 +185,10 @@ def expected_checkpoint_bytes(
 ) -> int:
     """About how large this run's checkpoints will be: a resumed checkpoint's own tensors, or the
     model's plus the optimizer state its first step makes (Adam's two moments, SGD's momentum) and,
-    with ``ema`` (``trainer.ema_decay``), the weight average, another copy of the model."""
+    with ``ema`` (``trainer.ema_decay``), the weight average, another copy of the model (which a
+    resumed checkpoint from a run without one lacks)."""
     if checkpoint is not None:
-        return tensor_bytes(checkpoint)
+        return tensor_bytes(checkpoint) + (tensor_bytes(model.state_dict()) if ema and checkpoint.get("ema") is None else 0)
     defaults = optimizer.defaults
     slots = 2 + bool(defaults.get("amsgrad")) if "betas" in defaults else int(bool(defaults.get("momentum")))
     return tensor_bytes(model.state_dict()) * (1 + slots + ema)

@@ -70,8 +70,8 @@ class GradSpike:
 
     def load_state_dict(self, state: dict) -> None:
         """Resume the window and the count. A run resumed with another ``window`` keeps the newest
-        saved norms that fit (the finite ones are the last ``filled`` of an oldest-first window):
-        a shorter window is full at once, a longer one fills up from them."""
+        saved norms that fit (the finite ones are the last ``filled`` of an oldest-first window),
+        and fills up from them when they are fewer than it holds."""
         kept = min(int(state["filled"]), self.window)
         self.norms.fill_(float("nan"))
         if kept:
