@@ -29,11 +29,16 @@ HEAVY = (
 )
 
 
+def import_names(stderr: str) -> set[str]:
+    """The modules ``-X importtime`` listed in ``stderr`` (or in a stretch of it)."""
+    return set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", stderr))
+
+
 def imported(module: str, args: list[str], **kwargs) -> tuple[set[str], str]:
     """Run ``python -m module args``; returns the modules it imported and its stderr without them."""
     proc = run_cli(module, args, env={"PYTHONPROFILEIMPORTTIME": "1"}, **kwargs)
     lines = proc.stderr.splitlines()
-    modules = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    modules = import_names(proc.stderr)
     assert "hydra" in modules  # the list is real: every command imports Hydra
     return modules, "\n".join(line for line in lines if not line.startswith("import time:"))
 
@@ -75,17 +80,18 @@ def test_a_small_run_imports_no_torchvision_and_matplotlib_only_once_it_has_star
     # The progress bar's first line ("0/2") is drawn as training starts; what is imported after it
     # delays no update: a completed run draws lr.png (matplotlib) and writes its HParams summary.
     before, after = proc.stderr.split("0/2", 1)
-    started_with = set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", before))
+    started_with = import_names(before)
     assert "torch" in started_with
     # torch's optimizers import torch._dynamo (torch.optim.Optimizer's methods are dynamo-disabled).
     assert heavy(started_with, allowed=("torch._dynamo",)) == []
-    imported_after = set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", after))
+    imported_after = import_names(after)
     assert "matplotlib" in imported_after
     assert (run_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert not any(_within(m, (READER,)) for m in started_with | imported_after)
     # Its summary, without the reader, gives what the event file holds (32-bit floats).
+    logged = read_scalars(run_dir)
     for line, (tag, best) in zip(proc.stdout.splitlines()[-3:-1], [("val/loss", min), ("val/acc", max)]):
-        points = read_scalars(run_dir)[tag]
+        points = logged[tag]
         step, value = best(points, key=lambda p: p[1])
         assert line == f"  {tag:<9} final {points[-1][1]:.4f}  best {value:.4f} (after {step} updates)"
 
@@ -98,7 +104,7 @@ def test_a_resumed_runs_summary_reads_its_earlier_validations_from_the_events(tm
     # The second part at 1000x the LR: its validation is the worse, so the best is the first part's.
     again = run_cli("trainer", [*common, "trainer.resume=auto", "trainer.resume_schedule=override", "optimizer.lr=1.0"],
                     env={"PYTHONPROFILEIMPORTTIME": "1"})
-    modules = set(re.findall(r"import time:[^|]*\|[^|]*\| *(\S+)", again.stderr))
+    modules = import_names(again.stderr)
     assert any(_within(m, (READER,)) for m in modules)
     points = read_scalars(run_dir)["val/loss"]
     assert [step for step, _ in points] == [8, 16]  # one validation in each part
