@@ -14,7 +14,7 @@ CUDA and train on random data of the real shapes, resident on the device.
 
 Both sides train the same model from the same initial weights on the same batches with the same
 features (autocast dtype, gradient clipping, optimizer, warmup + cosine schedule). The harness
-side is ``trainer.loop.Loop.run`` as ``python -m trainer`` builds it, logging every update to
+side is ``trainer.training.loop.Loop.run`` as ``python -m trainer`` builds it, logging every update to
 TensorBoard. Each run's first ``--warmup`` updates are not timed (compilation, cuDNN autotuning,
 optimizer state); the rest are, with device synchronisation at both ends. Runs are repeated with
 raw and harness (and Lightning, when installed) alternating, after one untimed run of each; the
@@ -55,14 +55,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.config import plan_run
+from trainer.app.build import build_loop, build_optimization, build_training
+from trainer.components import CONFIG_DIR
 from trainer.data import Dataset, ExampleDataset, build_dataset
 from trainer.data.text import TokenDataset
 from trainer.errors import one_line
-from trainer.hydra_app import CONFIG_DIR
-from trainer.loop import TrainStep
-from trainer.precision import resolve_precision
-from trainer.run import build_loop, build_optimization
+from trainer.plan import plan_run
+from trainer.training.precision import resolve_precision
+from trainer.training.step import TrainStep
 
 
 def random_images(shape: tuple[int, int, int]) -> Callable[..., ExampleDataset]:
@@ -160,17 +160,16 @@ def harness_run(cfg, dataset, device: torch.device, run_dir: Path, warmup: int) 
     """Seconds for updates ``warmup..`` of ``Loop.run`` as ``python -m trainer`` builds it, to the
     end of its last update (the validation and checkpoint after it are left out: the raw loop has
     neither)."""
-    model, optimizer, schedule, plan = build_optimization(
+    built = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
     )
-    loop = build_loop(
-        cfg, model=model, optimizer=optimizer, schedule=schedule, plan=plan, dataset=dataset,
-        precision=resolve_precision(cfg.trainer.precision, device), run_dir=run_dir,
-        config=OmegaConf.to_container(cfg), fingerprint={},
-    )
+    config = OmegaConf.to_container(cfg)
+    training = build_training(cfg, built, dataset=dataset, precision=resolve_precision(cfg.trainer.precision, device),
+                              run_dir=run_dir, config=config, fingerprint={})
+    loop = build_loop(cfg, training, plan=built.plan, run_dir=run_dir, config=config)
     loop.step.__class__ = TimedStep  # the same step, which also notes the times
-    loop.step.first_timed, loop.step.last_update, loop.step.marks = warmup, plan.max_updates - 1, []
+    loop.step.first_timed, loop.step.last_update, loop.step.marks = warmup, built.plan.max_updates - 1, []
     loop.run()
     loop.logger.close()
     start, end = loop.step.marks
@@ -179,10 +178,11 @@ def harness_run(cfg, dataset, device: torch.device, run_dir: Path, warmup: int) 
 
 def raw_run(cfg, dataset, device: torch.device, warmup: int) -> float:
     """Seconds for updates ``warmup..`` written by hand: the classic loop, no logging."""
-    model, optimizer, schedule, plan = build_optimization(
+    built = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
     )
+    model, optimizer, schedule, plan = built.model, built.optimizer, built.schedule, built.plan
     dtype = resolve_precision(cfg.trainer.precision, device).dtype
     params = [p for p in model.parameters()]
     lrs = [schedule.lr(u) for u in range(plan.max_updates)]
@@ -211,10 +211,11 @@ def lightning_run(cfg, dataset, device: torch.device, run_dir: Path, warmup: int
     start of update ``warmup`` to the end of the last, device synchronised."""
     import lightning as L  # noqa: N812 (Lightning's own convention); optional, not a dependency
 
-    model, optimizer, schedule, plan = build_optimization(
+    built = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device,
     )
+    model, optimizer, schedule, plan = built.model, built.optimizer, built.schedule, built.plan
     peak = cfg.optimizer.lr
     marks: list[float] = []
 

@@ -37,7 +37,7 @@ def commands(out: Path) -> dict[str, list[str]]:
         'python -c "import torch, hydra, matplotlib.figure"': [
             sys.executable, "-c", "import torch, hydra, matplotlib.figure"],
         'python -c "import torch, torch._dynamo"': [sys.executable, "-c", "import torch, torch._dynamo"],
-        # The commands above freeze the heap as they exit (trainer.hydra_app.run_as_process), which
+        # The commands above freeze the heap as they exit (trainer.app.cli.run_as_process), which
         # the baseline does not: this is the baseline without its final garbage collections.
         'python -c "import torch, gc; gc.freeze()"': [sys.executable, "-c", "import torch, gc; gc.freeze()"],
     }

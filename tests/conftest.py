@@ -47,7 +47,7 @@ def compose_config(*overrides: str, base: list[str] = TINY):
     """The config ``python -m trainer`` would get for ``base + overrides`` (Hydra's compose API)."""
     from hydra import compose, initialize_config_dir
 
-    from trainer.hydra_app import CONFIG_DIR
+    from trainer.components import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=[*base, *overrides])

@@ -49,7 +49,7 @@ def _child(request: dict, write_fd: int) -> None:
 def serve() -> None:
     # Imported before any fork (they start no thread): the CLI, and the run it imports when a job starts.
     import trainer.__main__  # noqa: F401
-    import trainer.run  # noqa: F401
+    import trainer.app.run  # noqa: F401
 
     for request_line in sys.stdin:
         request = json.loads(request_line)

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 import trainer
 from tests.conftest import QUIET, TINY, compose_config, run_cli
 from tests.test_experiments import text_file
-from trainer.config import validate
+from trainer.app.build import build_for_preview
+from trainer.app.validate import validate
 from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.run import build_for_preview
-from trainer.schedules import build_schedule
+from trainer.rundir.events import read_scalars
+from trainer.schedules.registry import build_schedule
 
 
 def make_chain(phases, *, peak_lr, total_steps, interval="step", updates_per_epoch=1):

@@ -13,28 +13,31 @@ import sys
 import pytest
 import torch
 
-import trainer.run
+import trainer.app.run
 from tests.conftest import REPO, TINY, compose_config
-from trainer.checkpoint import (
+from trainer.app.run import train
+from trainer.controls import Controls
+from trainer.controls.ema import WeightEMA
+from trainer.errors import ConfigError, NoSpace
+from trainer.rundir.atomic import save_atomic, tensor_bytes
+from trainer.rundir.checkpoint import (
     FORMAT,
+    LAYOUT_KEYS,
     check_free_space,
     expected_checkpoint_bytes,
     load_checkpoint,
     rng_state,
-    save_atomic,
-    tensor_bytes,
 )
-from trainer.errors import ConfigError, NoSpace
-from trainer.run import train
-from trainer.summary import read_summary
+from trainer.rundir.summary import read_summary
 
 WEIGHTS = torch.arange(1000, dtype=torch.float32) + 0.5  # bytes that occur once in the file
 
 
 def a_checkpoint(**extra) -> dict:
-    """The smallest dict load_checkpoint accepts, holding WEIGHTS."""
-    return {"format": FORMAT, "update": 3, "model": {"w": WEIGHTS.clone()}, "optimizer": {}, "scaler": {},
-            "schedule": {}, "rng": rng_state(), "config": {"seed": 0}, **extra}
+    """The smallest dict load_checkpoint accepts, holding WEIGHTS: every key of the layout."""
+    state = {key: {} for key in LAYOUT_KEYS}
+    return {**state, "format": FORMAT, "update": 3, "model": {"w": WEIGHTS.clone()}, "rng": rng_state(),
+            "config": {"seed": 0}, **extra}
 
 
 @pytest.fixture
@@ -205,20 +208,24 @@ def test_the_free_space_check_expects_the_checkpoint_the_run_writes(tmp_path, mo
         checked.append(checkpoint_bytes)
         return check_free_space(run_dir, checkpoint_bytes, **kwargs)
 
-    monkeypatch.setattr(trainer.run, "check_free_space", check)
+    monkeypatch.setattr(trainer.app.run, "check_free_space", check)
     train(compose_config("schedule=cosine", "trainer.max_epochs=1", *(["trainer.ema_decay=0.9"] if ema else [])), tmp_path)
     saved = load_checkpoint(tmp_path / "last.pt")
-    assert (saved["ema"] is not None) == ema
-    written = tensor_bytes(saved["model"]) + tensor_bytes(saved["optimizer"]["state"]) + tensor_bytes(saved["ema"])
+    assert ("ema" in saved["controls"]) == ema
+    written = tensor_bytes(saved["model"]) + tensor_bytes(saved["optimizer"]["state"]) + tensor_bytes(saved["controls"])
     steps = 4 * len(saved["optimizer"]["state"])  # Adam's float32 step count per parameter, not in the estimate
     assert checked == [written - steps]
 
 
-def test_a_resume_that_starts_an_ema_expects_the_average_the_checkpoint_lacks():
+def test_the_expected_size_counts_the_controls_states_and_a_resume_that_starts_an_ema():
     model = torch.nn.Linear(10, 10)  # 110 float32 numbers: 440 bytes
     optimizer = torch.optim.AdamW(model.parameters())
-    without = {"model": model.state_dict(), "ema": None}
-    assert expected_checkpoint_bytes(model, optimizer, without) == 440
-    assert expected_checkpoint_bytes(model, optimizer, without, ema=True) == 880
-    averaged = {"model": model.state_dict(), "ema": model.state_dict()}
-    assert expected_checkpoint_bytes(model, optimizer, averaged, ema=True) == 880  # already counted
+    assert expected_checkpoint_bytes(model, optimizer, None) == 440 * 3  # the model and Adam's two moments
+    resumed = {"optimizer": {"state": {0: {"exp_avg": torch.zeros(10, 10)}}, "param_groups": []}}
+    assert expected_checkpoint_bytes(model, optimizer, resumed) == 440 + 400  # the checkpoint's own moments
+    ema = WeightEMA(model, 0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # the weights a resume restored, after the EMA was built
+    ema.load_state_dict(None)  # its checkpoint's run had no EMA: it starts from the restored weights
+    assert torch.equal(ema.state_dict()["weight"], model.weight)
+    assert expected_checkpoint_bytes(model, optimizer, resumed, controls=Controls([ema])) == 440 + 400 + 440

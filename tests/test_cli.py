@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, run_cli
-from trainer.events import read_scalars
-from trainer.lr_curve import read_lr_csv
+from trainer.rundir.events import read_scalars
+from trainer.schedules.curve import read_lr_csv
 
 
 def seed000_get_lr(step: int, warmup_steps: int, total_steps: int, lr_max: float, lr_min: float) -> float:
@@ -181,7 +181,7 @@ def test_help_names_the_app_its_tools_readme_and_completion():
     proc = run_cli("trainer", ["--help"])
     header = proc.stdout.split("== Configuration groups ==")[0]
     assert header.startswith("trainer: ") and "__main__" not in proc.stdout
-    for named in ("python -m trainer.preview", "python -m trainer.compare", "python -m trainer.sample", "README.md",
+    for named in ("python -m trainer.preview", "python -m trainer.compare", "python -m trainer.sample", "README.md", "docs/reference/keys.md",
                   'eval "$(trainer -sc install=bash)"'):
         assert named in header, named
     assert "schedule: chain, constant, cosine" in proc.stdout  # Hydra's own listing follows

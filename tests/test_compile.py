@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
-from trainer.checkpoint import load_checkpoint
-from trainer.run import train
+from trainer.app.run import train
+from trainer.rundir.checkpoint import load_checkpoint
 
 
 def test_compiled_run_matches_eager_and_its_checkpoint_loads_into_an_eager_run(tmp_path):

@@ -19,12 +19,11 @@ from tests.data.test_map_style import write_image_folder
 from tests.test_resume import preempt_after
 from tests.userpkg.data import Blobs, blob_tensors
 from tests.userpkg.nets import WideNet
-from trainer.checkpoint import load_checkpoint
+from trainer.app.run import train
 from trainer.data import build_dataset
-from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.run import train
-from trainer.stopping import Preempted
+from trainer.errors import ConfigError, Preempted
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
 
 USER_CONF = REPO / "tests" / "userpkg" / "conf"
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import QUIET, REPO, compose_config
-from trainer.config import plan_run, validate, warmup_warning
+from trainer.app.build import build_for_preview
+from trainer.app.validate import validate, warmup_warning
 from trainer.errors import ConfigError
-from trainer.run import build_for_preview
+from trainer.plan import plan_run
 
 # Files of schedule=chain with set phases (tests/test_chain.py checks their values).
 CHAIN_PRESETS = ["flat_cosine", "nanogpt", "preset_finetune"]
@@ -19,7 +20,7 @@ LONG = ["trainer.max_epochs=50"]
 
 
 def test_every_schedule_in_conf_is_registered():
-    from trainer.schedules import schedule_names
+    from trainer.schedules.registry import schedule_names
 
     assert SCHEDULES == schedule_names()
     assert len(SCHEDULES) == 19

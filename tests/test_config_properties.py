@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import compose_config
-from trainer.config import plan_run, validate
+from trainer.app.run import train
+from trainer.app.validate import validate
 from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.run import train
-from trainer.schedules import schedule_names
+from trainer.plan import plan_run
+from trainer.rundir.events import read_scalars
+from trainer.schedules.registry import schedule_names
 
 UPDATES_PER_EPOCH = 8  # the tiny job: 256 examples / batch 32
 

@@ -13,19 +13,21 @@ from tests.conftest import TINY, compose_config, run_cli
 from tests.test_components import run_user_cli
 from tests.test_loop import batch, linear_setup, make_step
 from tests.test_resume import preempt_after, straight_and_resumed
-from trainer import run as run_module
-from trainer.checkpoint import load_checkpoint
-from trainer.compare import Job, sweep_exit_code
-from trainer.config import validate
+from trainer.app import run as run_module
+from trainer.app.run import train
+from trainer.app.validate import validate
+from trainer.controls.early_stopping import EarlyStopping
+from trainer.controls.ema import WeightEMA
+from trainer.controls.grad_spike import GradSpike
+from trainer.controls.nonfinite import NonFinite
 from trainer.data.batches import epoch_order
-from trainer.ema import WeightEMA
-from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.grad_spike import GradSpike, vetoing
-from trainer.loop import apply_schedule
-from trainer.precision import unit_grad_scaler
-from trainer.run import train
-from trainer.stopping import EarlyStopping, GradSpikeStop, Preempted
+from trainer.distributed import World
+from trainer.errors import ConfigError, GradSpikeStop, Preempted
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
+from trainer.schedules.schedule import apply_schedule
+from trainer.training.precision import unit_grad_scaler
+from trainer.training.step import vetoing
 
 # ---------------------------------------------------------------- early stopping
 
@@ -111,17 +113,10 @@ def test_early_stopping_across_a_resume_stops_at_the_same_update(tmp_path, monke
     metrics = train(compose_config(*EARLY, "trainer.resume=auto"), resumed)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert metrics["updates"] == b["update"] == stop
-    assert a["early_stopping"] == b["early_stopping"] and a["early_stopping"]["stopped_at"] == stop
+    a_stop, b_stop = a["controls"]["early_stopping"], b["controls"]["early_stopping"]
+    assert a_stop == b_stop and a_stop["stopped_at"] == stop
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-
-
-def test_a_sweep_counts_early_stopped_jobs_as_completed_and_spike_stops_as_4():
-    def job(status):
-        return Job(name=status, schedule="cosine", overrides=[], status=status)
-
-    assert sweep_exit_code([job("completed"), job("early_stopped")]) == 0
-    assert sweep_exit_code([job("early_stopped"), job("stopped_grad_spike")]) == 4
 
 
 # ---------------------------------------------------------------- gradient-norm spikes
@@ -223,7 +218,7 @@ def test_a_spike_in_the_data_is_skipped_like_a_non_finite_update_and_counted(tmp
     spiked, nan = load_checkpoint(tmp_path / "spike/last.pt"), load_checkpoint(tmp_path / "nan/last.pt")
     for name, tensor in spiked["model"].items():
         assert torch.equal(tensor, nan["model"][name]), name
-    assert spiked["grad_spike"]["spikes"] == len(expected)
+    assert spiked["controls"]["grad_spike"]["spikes"] == len(expected)
 
 
 def test_action_log_applies_the_spike_and_counts_it(tmp_path, monkeypatch):
@@ -240,7 +235,7 @@ def test_action_stop_saves_and_stops(tmp_path, monkeypatch):
     with pytest.raises(GradSpikeStop, match="1 gradient-norm spike"):
         train(compose_config(*SPIKE, "trainer.grad_spike.action=stop"), tmp_path)
     state = load_checkpoint(tmp_path / "last.pt")
-    assert state["update"] == 6 and state["grad_spike"]["spikes"] == 1  # logged every update: read after update 5
+    assert state["update"] == 6 and state["controls"]["grad_spike"]["spikes"] == 1  # logged every update: read after update 5
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "stopped_grad_spike"
 
 
@@ -256,7 +251,7 @@ def test_action_stop_through_the_cli_exits_4(tmp_path):
     assert proc.returncode == 4, proc.stderr
     assert "gradient-norm spike" in proc.stderr and "\n" not in proc.stderr.strip().split("stopped: ", 1)[1]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "stopped_grad_spike"
-    assert load_checkpoint(run_dir / "last.pt")["grad_spike"]["spikes"] >= 1
+    assert load_checkpoint(run_dir / "last.pt")["controls"]["grad_spike"]["spikes"] >= 1
 
 
 # ---------------------------------------------------------------- weight EMA
@@ -265,8 +260,8 @@ def test_action_stop_through_the_cli_exits_4(tmp_path):
 def test_ema_equals_a_hand_computed_average_and_skipped_updates_leave_it():
     model, optimizer, schedule = linear_setup(lr=0.1, total=8)
     start = [p.detach().clone().double() for p in model.parameters()]
-    step = make_step(model, optimizer, schedule)
-    step.ema = WeightEMA(model, 0.9)
+    ema, nonfinite = WeightEMA(model, 0.9), NonFinite("skip", device=torch.device("cpu"), world=World())
+    step = make_step(model, optimizer, schedule, controls=[ema, nonfinite])
     apply_schedule(optimizer, schedule, 0)
     average = start
     for update in range(8):
@@ -276,8 +271,8 @@ def test_ema_equals_a_hand_computed_average_and_skipped_updates_leave_it():
         step([(x, y)], update)
         if update != 3:
             average = [0.9 * a + 0.1 * p.detach().double() for a, p in zip(average, model.parameters())]
-    assert int(step.skipped_updates) == 1
-    for got, want in zip(step.ema.averages, average):
+    assert int(nonfinite.skipped_updates) == 1
+    for got, want in zip(ema.averages, average):
         assert torch.allclose(got.double(), want, rtol=0, atol=1e-7)
         assert not torch.allclose(got.double(), start[0] if got.shape == start[0].shape else start[1])
 
@@ -300,12 +295,13 @@ def test_ema_and_spike_window_resume_bit_identical(tmp_path, monkeypatch, stop_a
     run = ["schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=3", "trainer.ema_decay=0.8",
            "trainer.grad_spike.factor=1.05", "trainer.grad_spike.window=3"]  # a low factor: spikes happen
     a, b = straight_and_resumed(tmp_path, monkeypatch, run, stop_after)
-    assert a["grad_spike"]["spikes"] > 0
-    assert a["grad_spike"]["filled"] == b["grad_spike"]["filled"] and a["grad_spike"]["spikes"] == b["grad_spike"]["spikes"]
-    assert torch.equal(a["grad_spike"]["norms"], b["grad_spike"]["norms"])
-    for part in ("model", "ema"):
-        for name, tensor in a[part].items():
-            assert torch.equal(tensor, b[part][name]), (part, name)
+    spike_a, spike_b = a["controls"]["grad_spike"], b["controls"]["grad_spike"]
+    assert spike_a["spikes"] > 0
+    assert spike_a["filled"] == spike_b["filled"] and spike_a["spikes"] == spike_b["spikes"]
+    assert torch.equal(spike_a["norms"], spike_b["norms"])
+    for part_a, part_b in ((a["model"], b["model"]), (a["controls"]["ema"], b["controls"]["ema"])):
+        for name, tensor in part_a.items():
+            assert torch.equal(tensor, part_b[name]), name
     logs_a, logs_b = read_scalars(tmp_path / "straight"), read_scalars(tmp_path / "resumed")
     for tag in ("val/loss", "val_raw/loss", "train/loss", "train/spike_skips"):
         assert logs_a[tag] == logs_b[tag], tag
@@ -313,7 +309,7 @@ def test_ema_and_spike_window_resume_bit_identical(tmp_path, monkeypatch, stop_a
 
 def test_ema_under_fsdp_is_refused_naming_the_key():
     with pytest.raises(ConfigError) as error:
-        validate(compose_config("trainer.strategy=fsdp", "trainer.ema_decay=0.999"))
+        validate(compose_config("trainer.strategy=fsdp", "trainer.ema_decay=0.999"), strategy="fsdp")
     assert error.value.key == "trainer.ema_decay" and "fsdp" in str(error.value)
 
 
@@ -326,9 +322,10 @@ def test_a_bad_control_value_is_one_line_and_exit_2(train_cli):
 def test_a_vetoed_step_is_skipped_inside_the_grad_scaler():
     """The CUDA path (the skip decided on the device), run through a CPU GradScaler of scale 1 (bf16/fp32's)."""
     model, optimizer, schedule = linear_setup(lr=0.1, total=8)
-    step = make_step(model, optimizer, schedule)
+    spike = GradSpike(factor=10, window=3, action="skip", device=torch.device("cpu"))
+    nonfinite = NonFinite("skip", device=torch.device("cpu"), world=World())
+    step = make_step(model, optimizer, schedule, controls=[spike, nonfinite])
     step.scaler = unit_grad_scaler("cpu")
-    step.grad_spike = GradSpike(factor=10, window=3, action="skip", device=torch.device("cpu"))
     apply_schedule(optimizer, schedule, 0)
     moved = []
     for update in range(6):
@@ -336,8 +333,8 @@ def test_a_vetoed_step_is_skipped_inside_the_grad_scaler():
         before = [p.detach().clone() for p in model.parameters()]
         step([(x * 1000 if update == 4 else x, y)], update)
         moved.append(any(not torch.equal(p, q) for p, q in zip(model.parameters(), before)))
-    assert moved == [True, True, True, True, False, True] and int(step.grad_spike.spikes) == 1
-    assert int(step.skipped_updates) == 0 and step.scaler.get_scale() == 1.0
+    assert moved == [True, True, True, True, False, True] and int(spike.spikes) == 1
+    assert int(nonfinite.skipped_updates) == 0 and step.scaler.get_scale() == 1.0
 
 
 def test_a_veto_does_not_back_off_a_dynamic_loss_scale():

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import QUIET, REPO, TINY, compose_config, run_cli
-from trainer.checkpoint import load_checkpoint
-from trainer.config import plan_run, validate
+from trainer.app.validate import validate
 from trainer.data.loading import rank_batches
 from trainer.distributed import (
     Launch,
@@ -28,10 +27,11 @@ from trainer.distributed import (
     resolve_backend,
     resolve_strategy,
 )
-from trainer.errors import ConfigError
-from trainer.events import read_scalars
+from trainer.errors import EXIT_PREEMPTED, ConfigError
 from trainer.models import build_model
-from trainer.stopping import EXIT_PREEMPTED
+from trainer.plan import plan_run
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
 
 LAUNCH_TIMEOUT = 240  # seconds: a launch that hangs fails instead of stalling CI
 # 8 updates per epoch of 32 examples; each run below reaches them as batch × ranks × accumulation.
@@ -327,8 +327,10 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_update_and_resumes_in_one_p
     lrs = read_scalars(run_dir)["train/lr"]
     assert [s for s, _ in lrs] == list(range(400))  # every update logged once across the restart
     assert [v for _, v in lrs] == pytest.approx([0.01 * (1 - t / 400) for t in range(400)], abs=1e-9)
+    # Uninterrupted in one process with the same micro-batches of 16: the same sums as DDP's two ranks
+    # (its average halves each rank's gradient exactly, as accumulating halves each micro-batch's loss).
     uninterrupted = tmp_path / "uninterrupted"
-    run_cli("trainer", [*args[:-1], "data.batch_size=32", f"hydra.run.dir={uninterrupted}"])
+    run_cli("trainer", [*args[:-1], "data.batch_size=16", f"hydra.run.dir={uninterrupted}"])
     assert_same_parameters(model_of(run_dir / "last.pt"), model_of(uninterrupted / "last.pt"))
 
 
@@ -368,6 +370,6 @@ def test_the_weight_ema_under_ddp_is_the_one_process_average(tmp_path):
         assert [s for s, _ in ours[tag]] == [8, 16], tag
         assert [v for _, v in ours[tag]] == pytest.approx([v for _, v in theirs[tag]], abs=1e-5), tag
     assert ours["val/loss"] != ours["val_raw/loss"]  # the average is not the weights themselves
-    averages = load_checkpoint(ddp_dir / "last.pt")["ema"]
-    assert_same_parameters(averages, load_checkpoint(single_dir / "last.pt")["ema"])
+    averages = load_checkpoint(ddp_dir / "last.pt")["controls"]["ema"]
+    assert_same_parameters(averages, load_checkpoint(single_dir / "last.pt")["controls"]["ema"])
     assert averages.keys() >= {k for k, v in model_of(ddp_dir / "last.pt").items() if v.is_floating_point()}

@@ -7,8 +7,8 @@ import os
 
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 
-from trainer import events
-from trainer.events import EventWriter, crc32c, masked_crc32c, read_scalars
+from trainer.rundir import events
+from trainer.rundir.events import EventWriter, crc32c, masked_crc32c, read_scalars
 
 
 def test_crc32c_check_value_and_tensorboards_mask():

@@ -14,8 +14,8 @@ from tests.conftest import QUIET, REPO, compose_config, run_cli
 from tests.data.test_cifar10 import write_cifar
 from tests.data.test_fashion_mnist import make_fashion
 from tests.data.test_map_style import write_image_folder
-from trainer.events import read_scalars
-from trainer.run import build_for_preview
+from trainer.app.build import build_for_preview
+from trainer.rundir.events import read_scalars
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 

@@ -15,14 +15,17 @@ from torch import nn
 
 from tests.conftest import REPO, TINY, compose_config
 from tests.test_loop import batch, linear_setup, make_step
-from trainer import run as run_module
-from trainer.checkpoint import load_checkpoint
+from trainer.app import run as run_module
+from trainer.app.run import train
+from trainer.controls.nonfinite import NonFinite
+from trainer.controls.signals import StopOnSignal
 from trainer.data.batches import epoch_order
-from trainer.events import read_scalars
-from trainer.loop import apply_schedule
-from trainer.precision import unit_grad_scaler
-from trainer.run import train
-from trainer.stopping import EXIT_PREEMPTED, NonFiniteError, NonFiniteStop, StopOnSignal
+from trainer.distributed import World
+from trainer.errors import EXIT_PREEMPTED, NonFiniteError, NonFiniteStop
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
+from trainer.schedules.schedule import apply_schedule
+from trainer.training.precision import unit_grad_scaler
 
 POISONED = (5, 77, 140)  # training examples set to NaN
 
@@ -90,7 +93,7 @@ def test_stop_policy_keeps_the_last_checkpoint_before_the_first_bad_update_and_s
            f"{tmp_path / 'last.pt'}; the last checkpoint before it is {good} (update 9): resume from it with " \
            f"trainer.resume={good}" in str(stop.value)
     assert load_checkpoint(good)["update"] == 9 and load_checkpoint(tmp_path / "last.pt")["update"] == 12
-    assert load_checkpoint(good)["counters"]["skipped_updates"] == 0
+    assert load_checkpoint(good)["controls"]["nonfinite"]["skipped_updates"] == 0
 
 
 def test_raise_policy_raises(tmp_path, poisoned_data):
@@ -103,13 +106,14 @@ def test_a_unit_scale_stays_one_through_skipped_updates():
     skipped updates must not halve its scale, or later updates would shrink by 2^-skips."""
     model, optimizer, schedule = linear_setup(lr=0.1, total=10)
     reference = copy.deepcopy(model)
-    step = make_step(model, optimizer, schedule)
+    nonfinite = NonFinite("skip", device=torch.device("cpu"), world=World())
+    step = make_step(model, optimizer, schedule, controls=[nonfinite])
     step.scaler = unit_grad_scaler("cpu")
     apply_schedule(optimizer, schedule, 0)
     x, y = batch()
     for update in range(3):
         step([(torch.full_like(x, float("nan")), y)], update)
-    assert step.scaler.get_scale() == 1.0 and int(step.skipped_updates) == 3
+    assert step.scaler.get_scale() == 1.0 and int(nonfinite.skipped_updates) == 3
     step([(x, y)], 3)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=schedule.lr(3))  # the slot of update 3
     nn.functional.cross_entropy(reference(x), y).backward()
@@ -122,7 +126,8 @@ def test_fp16_overflow_skips_are_counted_and_advance_the_schedule_once():
     """A loss scale of 2**127 on a large loss overflows fp32 at first; the scaler halves it until
     steps succeed."""
     model, optimizer, schedule = linear_setup(lr=0.1, total=40)
-    step = make_step(model, optimizer, schedule, clip=None)
+    nonfinite = NonFinite("skip", device=torch.device("cpu"), world=World())
+    step = make_step(model, optimizer, schedule, clip=None, controls=[nonfinite])
     step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=10**6)
     apply_schedule(optimizer, schedule, 0)
     moved = []
@@ -134,7 +139,7 @@ def test_fp16_overflow_skips_are_counted_and_advance_the_schedule_once():
     skipped = moved.count(False)
     assert 0 < skipped < 30
     assert moved[:skipped] == [False] * skipped and all(moved[skipped:])  # skips first, then real steps
-    assert int(step.skipped_updates) == skipped
+    assert int(nonfinite.skipped_updates) == skipped
     # One schedule advance per update, skipped or not: after 30 updates the LR is the one for t=30.
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 30 / 40))
 

@@ -13,15 +13,15 @@ from omegaconf import OmegaConf
 
 from tests.conftest import QUIET, TINY, compose_config, run_cli
 from tests.test_resume import straight_and_resumed
-from trainer.checkpoint import load_checkpoint
-from trainer.config import validate
+from trainer.app.run import train
+from trainer.app.validate import validate
 from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.finetune import check_unfreeze_strategy
 from trainer.models.gpt import build_gpt
 from trainer.models.resnet import build_resnet18, build_resnet20
-from trainer.optim import GROUPS_FILE, parameter_groups
-from trainer.run import train
+from trainer.optim.groups import GROUPS_FILE, parameter_groups
+from trainer.optim.unfreeze import check_unfreeze_strategy
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
 
 # A warmup from 0: update 0 runs at LR 0, so it leaves the loaded weights exactly as they were.
 WARMUP = ["schedule=warmup_cosine", "schedule.warmup_steps=4", "schedule.total_steps=8", "trainer.clip_grad_norm=null"]

@@ -3,20 +3,28 @@ never been killed: bit-identical parameters, every logged step exactly once, no 
 
 from __future__ import annotations
 
+import csv
 import random
 
 import torch
 
 from tests.conftest import REPO, TINY, compose_config, run_cli
 from tests.forked_cli import ForkedCLI
-from trainer.checkpoint import KILL_HOOK, load_checkpoint
-from trainer.events import read_scalars
-from trainer.run import train
+from trainer.app.run import train
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
+from trainer.rundir.kill_hook import KILL_HOOK
 
 EPOCHS = 56  # 448 updates: more than 22 kills get through (18 updates each at most), so each kills a live run
 RUN = [*TINY, "schedule=cosine", f"trainer.max_epochs={EPOCHS}", "trainer.checkpoint_every_n_steps=3",
-       "trainer.keep_last_n=2"]
-CHECKPOINT_BYTES = 49_264  # TINY's MLP with AdamW's moments, the RNG states and the config
+       "trainer.keep_last_n=2", "logger.writers=[tensorboard,csv]"]
+CHECKPOINT_BYTES = 51_000  # about TINY's MLP with AdamW's moments, the RNG states and the config
+
+
+def rows(run_dir):
+    """metrics.csv's (step, tag, value) rows, in the order written (wall times aside)."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [row[:3] for row in csv.reader(f)]
 
 
 def test_twenty_two_kills_then_a_resume_end_as_if_nothing_happened(tmp_path):
@@ -59,6 +67,7 @@ def test_twenty_two_kills_then_a_resume_end_as_if_nothing_happened(tmp_path):
     assert resumed.keys() == reference.keys()
     for tag in reference:  # each step once, in order, with the same value
         assert resumed[tag] == reference[tag], tag
+    assert rows(run_dir) == rows(straight) and len(rows(straight)) > 8 * EPOCHS * 5  # metrics.csv: the same, row for row
     assert [step for step, _ in resumed["train/loss"]] == list(range(8 * EPOCHS))
     assert [step for step, _ in resumed["val/loss"]] == list(range(8, 8 * EPOCHS + 1, 8))
     assert leftovers > 0 and not list(run_dir.glob(".*")), "temp or lock files left"
@@ -73,4 +82,4 @@ def test_a_kill_between_best_and_last_leaves_best_pt_in_place_and_the_resume_wri
     assert load_checkpoint(run_dir / "best.pt")["update"] == 16 and load_checkpoint(run_dir / "last.pt")["update"] == 8
     run_cli("trainer", args)
     best, last = load_checkpoint(run_dir / "best.pt"), load_checkpoint(run_dir / "last.pt")
-    assert last["update"] == 24 and best["update"] in (16, 24) and best["counters"]["best"] == last["counters"]["best"]
+    assert last["update"] == 24 and best["update"] in (16, 24) and best["checkpoints"]["best"] == last["checkpoints"]["best"]

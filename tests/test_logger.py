@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import compose_config
-from trainer.events import read_scalars
-from trainer.logger import RunLogger
-from trainer.run import train
+from trainer.app.run import train
+from trainer.rundir.events import read_scalars
+from trainer.rundir.logger import RunLogger
 
 TAGS = ("train/lr", "train/loss", "train/grad_norm", "train/epoch", "train/skipped_updates")
 

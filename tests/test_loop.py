@@ -10,12 +10,14 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from tests.conftest import compose_config
-from trainer.events import read_scalars
-from trainer.loop import TrainStep, apply_schedule
-from trainer.optim import build_optimizer
-from trainer.precision import resolve_precision
-from trainer.run import train
-from trainer.schedules import build_schedule
+from trainer.app.run import train
+from trainer.controls import Controls
+from trainer.optim.factory import build_optimizer
+from trainer.rundir.events import read_scalars
+from trainer.schedules.registry import build_schedule
+from trainer.schedules.schedule import apply_schedule
+from trainer.training.precision import resolve_precision
+from trainer.training.step import TrainStep
 
 CPU = torch.device("cpu")
 
@@ -32,15 +34,16 @@ def record_step_lrs(optimizer):
     return seen
 
 
-def make_step(model, optimizer, schedule, clip=None):
-    return TrainStep(model, optimizer, schedule, resolve_precision("fp32", CPU), nn.CrossEntropyLoss(), clip)
+def make_step(model, optimizer, schedule, clip=None, controls=()):
+    return TrainStep(model, optimizer, schedule, resolve_precision("fp32", CPU), nn.CrossEntropyLoss(), clip,
+                     controls=Controls(list(controls)))
 
 
 def linear_setup(lr=0.1, total=10, name="linear", warmup_steps=0):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3))
-    opt_cfg = OmegaConf.create({"name": "sgd", "lr": lr, "weight_decay": 0.0, "momentum": 0.0, "nesterov": False,
-                                "no_decay_bias_and_norm": True})
+    opt_cfg = OmegaConf.create({"name": "sgd", "_target_": "torch.optim.SGD", "lr": lr, "weight_decay": 0.0,
+                                "momentum": 0.0, "nesterov": False, "no_decay_bias_and_norm": True})
     optimizer = build_optimizer(opt_cfg, model, CPU)
     sched_cfg = OmegaConf.create({"name": name, "interval": "step", "warmup_steps": warmup_steps,
                                   "min_lr": 0.0})
@@ -168,8 +171,8 @@ def test_adamw_weight_decay_follows_the_scheduled_lr():
     p ← p·(1 − lr_t·weight_decay) in the decay group, and nothing in the no_decay group."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3))
-    opt_cfg = OmegaConf.create({"name": "adamw", "lr": 0.1, "weight_decay": 0.5, "betas": [0.9, 0.999],
-                                "eps": 1e-8, "no_decay_bias_and_norm": True})
+    opt_cfg = OmegaConf.create({"name": "adamw", "_target_": "torch.optim.AdamW", "lr": 0.1, "weight_decay": 0.5,
+                                "betas": [0.9, 0.999], "eps": 1e-8, "no_decay_bias_and_norm": True})
     optimizer = build_optimizer(opt_cfg, model, CPU)
     sched_cfg = OmegaConf.create({"name": "cosine", "interval": "step", "warmup_steps": 0, "min_lr": 0.0})
     schedule = build_schedule(sched_cfg, peak_lr=0.1, total_steps=4, updates_per_epoch=4)

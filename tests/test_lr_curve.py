@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import compose_config
-from trainer.loop import applied_lrs
-from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_columns, lr_rows, read_lr_csv, write_lr_csv
-from trainer.run import build_for_preview
+from trainer.app.build import build_for_preview
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_columns, lr_rows, read_lr_csv, write_lr_csv
+from trainer.schedules.schedule import applied_lrs
 
 
 def test_rows_follow_the_schedule_and_leave_the_optimizer_alone():

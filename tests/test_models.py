@@ -6,10 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.conftest import compose_config
 from trainer.components import shipped_targets
 from trainer.errors import ConfigError
-from trainer.models import SEQUENCE_MODELS, build_model
-from trainer.optim import parameter_groups
+from trainer.models import SEQUENCE_MODELS, build_model, check_model
+from trainer.optim.groups import parameter_groups
 
 IMAGE_MODELS = sorted(set(shipped_targets("model")) - set(SEQUENCE_MODELS))
 
@@ -27,7 +28,7 @@ def test_forward_backward_shapes(name, input_shape):
 
 
 def test_resnet20_has_the_papers_size():
-    model = build_model(OmegaConf.create({"name": "resnet20", "blocks_per_stage": 3}),
+    model = build_model(compose_config("model=resnet20", "model.blocks_per_stage=3", "data=cifar10", base=[]).model,
                         input_shape=(3, 32, 32), num_classes=10)
     n_params = sum(p.numel() for p in model.parameters())
     # He et al. 2016 report 0.27M. By hand, option-A shortcuts (no parameters): stem conv 3*16*9
@@ -41,14 +42,15 @@ def test_resnet20_has_the_papers_size():
 
 
 def test_resnet18_keeps_small_images_at_full_size_in_the_first_stage():
-    model = build_model(OmegaConf.create({"name": "resnet18"}), input_shape=(3, 32, 32), num_classes=10)
+    model = build_model(compose_config("model=resnet18").model, input_shape=(3, 32, 32), num_classes=10)
     features = model.layer1(model.relu(model.bn1(model.conv1(torch.randn(1, 3, 32, 32)))))
     assert features.shape == (1, 64, 32, 32)
 
 
-def test_unknown_model_lists_known_ones():
-    with pytest.raises(ConfigError, match="known: cnn, gpt, mlp, resnet18, resnet20"):
-        build_model(OmegaConf.create({"name": "vgg"}), input_shape=(1, 28, 28), num_classes=10)
+def test_a_model_without_a_target_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="model=cnn | gpt | mlp | resnet18 | resnet20") as error:
+        check_model(OmegaConf.create({"name": "vgg"}))
+    assert error.value.key == "model._target_"
 
 
 def gpt(vocab, **overrides):

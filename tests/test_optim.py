@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
+from trainer.app.run import train
 from trainer.errors import ConfigError
-from trainer.events import read_scalars
 from trainer.models import build_model
-from trainer.optim import build_optimizer, load_optimizer_state, optimizer_state, parameter_groups
-from trainer.run import train
+from trainer.optim.factory import build_optimizer, load_optimizer_state, optimizer_state
+from trainer.optim.groups import parameter_groups
+from trainer.rundir.events import read_scalars
 
 CPU = torch.device("cpu")
 

@@ -11,20 +11,22 @@ import copy
 import math
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+import trainer
 from tests.conftest import REPO, compose_config
+from trainer.app.build import build_for_preview
+from trainer.app.validate import SEED, trainer_params, validate
 from trainer.components import locate, shipped_targets
-from trainer.config import FSDP, LOGGER, SEED, TRAINER, validate
 from trainer.data import LOOP_PARAMS
 from trainer.errors import ConfigError
-from trainer.grad_spike import GRAD_SPIKE
-from trainer.optim import optimizer_params
+from trainer.optim.factory import optimizer_params
 from trainer.params import Param, check_params, declared
-from trainer.schedules import COMMON, COMMON_KEYS, build_schedule, schedule_names, schedule_params
-from trainer.stopping import EARLY_STOPPING
+from trainer.rundir.writers import LOGGER, writer_nodes
+from trainer.schedules.registry import COMMON, COMMON_KEYS, schedule_names, schedule_params, spec_of
 
 
 def wrong_values(param: Param) -> list:
@@ -71,6 +73,13 @@ def test_schedule_yaml_holds_exactly_the_declared_parameters_at_their_defaults(n
     assert own_keys(cfg.schedule) == declared
 
 
+@pytest.mark.parametrize("name", schedule_names())
+def test_schedule_yaml_holds_its_own_common_defaults(name):
+    """warmup_cosine's 100-update warmup, step's epochs: declared with the schedule, not only in YAML."""
+    cfg = compose_config(f"schedule={name}", base=[]).schedule
+    assert {key: cfg[key] for key in COMMON} == spec_of(name).common_defaults
+
+
 def test_schedule_common_yaml_holds_the_common_declarations():
     common = OmegaConf.to_container(OmegaConf.load(REPO / "conf/schedule_common.yaml"))
     assert common == {key: p.default for key, p in COMMON.items()}
@@ -96,16 +105,21 @@ def test_every_schedule_parameter_refuses_what_its_declaration_excludes(name):
             assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("name", schedule_names())
-def test_python_defaults_give_the_yaml_schedule(name):
-    """A schedule built from its name alone (the Python API) equals the one the YAML composes."""
-    cfg = compose_config(f"schedule={name}", base=[]).schedule
-    cfg.interval, cfg.warmup_steps = "step", 8 if name == "inverse_sqrt" else 0
-    bare = OmegaConf.create({key: cfg[key] for key in COMMON_KEYS})
-    kwargs = {"peak_lr": 0.1, "total_steps": 1000, "updates_per_epoch": 1}
-    from_yaml, from_defaults = build_schedule(cfg, **kwargs), build_schedule(bare, **kwargs)
-    updates = range(0, 1000, 7)
-    assert [from_defaults.lr(u) for u in updates] == [from_yaml.lr(u) for u in updates]
+@pytest.mark.parametrize("name", [n for n in schedule_names() if not spec_of(n).metric_driven])
+def test_the_python_api_with_only_a_name_gives_the_yaml_schedule(name):
+    """``trainer.lr_scheduler(optimizer, NAME, total_steps=T)``, every other parameter left out (the
+    warmup too), gives the LR of every update that ``schedule=NAME`` gives a run of T updates."""
+    run = compose_config(f"schedule={name}", "schedule.interval=step", "trainer.max_steps=1000", "optimizer.lr=0.1")
+    _, from_yaml, plan = build_for_preview(run)  # 1000 updates (the range test's own default length: 200)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = trainer.lr_scheduler(optimizer, name, total_steps=plan.max_updates)
+    seen = []
+    for _ in range(plan.max_updates):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # LambdaLR applies lr(t) as η × (lr(t) / η): two roundings, a few ulps at most.
+    assert seen == pytest.approx([from_yaml.lr(update) for update in range(plan.max_updates)], rel=1e-14, abs=0)
 
 
 def _model_overrides(name):
@@ -114,11 +128,10 @@ def _model_overrides(name):
 
 #: (node, overrides that select it, its declarations) for every component but the schedules.
 NODES = [
-    ("trainer", [], TRAINER),
-    ("trainer.fsdp", [], FSDP),
-    ("trainer.early_stopping", [], EARLY_STOPPING),
-    ("trainer.grad_spike", [], GRAD_SPIKE),
+    ("trainer", [], trainer_params()[0]),
+    *[(f"trainer.{node}", [], params) for node, params in trainer_params()[1].items()],
     ("logger", [], LOGGER),
+    *[(f"logger.{node}", [], params) for node, params in writer_nodes().items()],
     *[("optimizer", [f"optimizer={name}"], optimizer_params(name)) for name in ("adamw", "sgd")],
     *[("model", _model_overrides(name), declared(locate(target, "model")))
       for name, target in sorted(shipped_targets("model").items())],

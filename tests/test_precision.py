@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
+from trainer.app.run import train
 from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.precision import resolve_device, resolve_precision
-from trainer.run import train
+from trainer.rundir.events import read_scalars
+from trainer.training.precision import resolve_device, resolve_precision
 
 CPU = torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -62,11 +62,11 @@ def test_mixed_precision_trains_on_cuda(tmp_path, precision):
 
 @needs_cuda
 def test_convnets_run_channels_last_with_cudnn_autotuning_on_cuda():
-    from trainer.run import build_optimization
+    from trainer.app.build import build_optimization
 
     cfg = compose_config("model=cnn", "trainer.device=cuda", "trainer.tf32=false", base=[])
-    model, *_ = build_optimization(cfg, num_train=60_000, input_shape=(1, 28, 28), num_classes=10,
-                                   device=torch.device("cuda"))
+    model = build_optimization(cfg, num_train=60_000, input_shape=(1, 28, 28), num_classes=10,
+                               device=torch.device("cuda")).model
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32

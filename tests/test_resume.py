@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from tests.conftest import QUIET, TINY, compose_config
-from trainer.checkpoint import load_checkpoint, save_atomic
-from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.loop import Loop, TrainStep
-from trainer.optim import load_optimizer_state
-from trainer.run import train
-from trainer.stopping import Preempted
+from trainer.app.run import train
+from trainer.errors import ConfigError, Preempted
+from trainer.optim.factory import load_optimizer_state, optimizer_state
+from trainer.rundir.atomic import save_atomic
+from trainer.rundir.checkpoint import load_checkpoint
+from trainer.rundir.events import read_scalars
+from trainer.training.evaluate import Validation
+from trainer.training.step import TrainStep
 
 # 8 updates per epoch with the tiny synthetic job; 5 epochs = 40 updates.
 CASES = {
@@ -107,7 +108,7 @@ def test_best_checkpoint_tracks_the_objective(tmp_path):
     best_update = min(val, key=val.get)
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["update"] == best_update
-    assert best["counters"]["best"] == pytest.approx(val[best_update], rel=1e-6)
+    assert best["checkpoints"]["best"] == pytest.approx(val[best_update], rel=1e-6)
 
 
 def test_changed_schedule_is_refused_with_the_difference_unless_overridden(tmp_path):
@@ -137,22 +138,16 @@ def test_a_changed_lr_scale_or_warmup_start_is_a_changed_schedule(tmp_path, late
         train(compose_config(*run, *later, "trainer.max_epochs=2", "trainer.resume=auto"), tmp_path)
 
 
-def test_a_checkpoint_older_than_the_newer_schedule_keys_resumes_strictly(tmp_path):
-    """Checkpoints written before warmup_start_lr, temperature, the LR scales, the optimizer's
-    settings and kind, and the groups' parameter names were saved resume under the strict policy."""
-    run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
-    train(compose_config(*run), tmp_path)
-    state = load_checkpoint(tmp_path / "last.pt")
-    fingerprint = state["schedule"]["fingerprint"]
-    for key in ["warmup_start_lr", "temperature", "lr_scale", "group_lr_scales"] + [
-            k for k in fingerprint if k.startswith("optimizer.")]:
-        del fingerprint[key]
-    del state["precision"], state["optimizer"]["kind"]
-    for group in state["optimizer"]["param_groups"]:
-        del group["param_names"]
-    save_atomic(state, tmp_path / "last.pt")
-    metrics = train(compose_config(*run, "trainer.max_epochs=2", "trainer.resume=auto"), tmp_path)
-    assert [step for step, _ in read_scalars(tmp_path)["train/lr"]] == list(range(16)) and metrics["val/loss"] > 0
+def test_a_checkpoint_of_the_first_format_is_refused_in_one_line(tmp_path):
+    """trainer-checkpoint/1 (flat keys, before the named states) is not read: nothing was released."""
+    train(compose_config("schedule=cosine", "trainer.max_epochs=1"), tmp_path / "ok")
+    state = load_checkpoint(tmp_path / "ok" / "last.pt")
+    old = {key: state[key] for key in ("update", "model", "optimizer", "rng", "config")}
+    save_atomic({**old, "format": "trainer-checkpoint/1", "scaler": {}, "schedule": {}}, tmp_path / "old.pt")
+    with pytest.raises(ConfigError) as error:
+        train(compose_config("schedule=cosine", f"trainer.resume={tmp_path / 'old.pt'}"), tmp_path / "new")
+    assert error.value.key == "trainer.resume" and "trainer-checkpoint/1" in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(("later", "diff"), [
@@ -168,14 +163,9 @@ def test_a_changed_optimizer_setting_is_refused_like_a_schedule_change(tmp_path,
     assert error.value.key == "trainer.resume_schedule" and diff in str(error.value)
 
 
-@pytest.mark.parametrize("recorded", [True, False])  # False: a checkpoint from before the kind was saved
-def test_another_optimizers_state_is_refused_even_when_overriding(tmp_path, recorded):
+def test_another_optimizers_state_is_refused_even_when_overriding(tmp_path):
     run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
     train(compose_config(*run), tmp_path)
-    if not recorded:
-        state = load_checkpoint(tmp_path / "last.pt")
-        del state["optimizer"]["kind"]
-        save_atomic(state, tmp_path / "last.pt")
     with pytest.raises(ConfigError) as error:
         train(compose_config(*run, "optimizer=sgd", "optimizer.lr=0.001", "trainer.max_epochs=2",
                              "trainer.resume=auto", "trainer.resume_schedule=override"), tmp_path)
@@ -246,7 +236,7 @@ def test_resuming_a_finished_run_trains_and_validates_nothing_and_reports_its_me
     def no_more(*args, **kwargs):
         raise AssertionError("a finished run was evaluated again")
 
-    monkeypatch.setattr(Loop, "evaluate", no_more)
+    monkeypatch.setattr(Validation, "__call__", no_more)
     again = train(compose_config(*overrides, "trainer.resume=auto"), tmp_path)
     assert again["updates"] == first["updates"] == (16 if "epochs" in end else 20)
     assert again["val/loss"] == first["val/loss"]
@@ -273,7 +263,7 @@ def test_a_checkpoint_from_another_device_keeps_this_runs_optimizer_kernels_and_
     resumed on the CPU, or a CPU run's (foreach) resumed on a GPU, must step with this run's kernels
     (a fused optimizer takes the GradScaler's skip flag; foreach refuses it)."""
     def make(lr_scale, **kernels):
-        groups = [{"params": [torch.nn.Parameter(torch.ones(3))], "lr_scale": lr_scale}]
+        groups = [{"params": [torch.nn.Parameter(torch.ones(3))], "param_names": ["w"], "lr_scale": lr_scale}]
         if name == "sgd":
             return torch.optim.SGD(groups, lr=0.1, momentum=0.9, **kernels)
         return torch.optim.AdamW(groups, lr=0.1, **kernels)
@@ -282,7 +272,7 @@ def test_a_checkpoint_from_another_device_keeps_this_runs_optimizer_kernels_and_
     fused.param_groups[0]["params"][0].grad = torch.ones(3)
     fused.step()
     here = make(1.0, foreach=True)  # as build_optimizer makes it on the CPU
-    load_optimizer_state(here, fused.state_dict())
+    load_optimizer_state(here, optimizer_state(fused))
     assert (here.param_groups[0]["fused"], here.param_groups[0]["foreach"]) == (None, True)
     assert here.param_groups[0]["lr_scale"] == 1.0  # scales come from this run's config (optimizer.lr_scales)
     assert here.state_dict()["state"][0].keys() == fused.state_dict()["state"][0].keys()  # the state itself came over

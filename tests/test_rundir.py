@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY, compose_config, run_cli
+from trainer.app.run import train
 from trainer.errors import ConfigError
-from trainer.run import train
-from trainer.rundir import LOCK_FILE, check_writable
+from trainer.rundir.lock import LOCK_FILE, check_writable
 
-HOLD = "import sys; from pathlib import Path; from trainer.rundir import hold_run_dir\n" \
+HOLD = "import sys; from pathlib import Path; from trainer.rundir.lock import hold_run_dir\n" \
        "with hold_run_dir(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()"
 
 

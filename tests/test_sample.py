@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import QUIET, TINY, compose_config, run_cli
-from trainer.run import train
+from trainer.app.run import train
 from trainer.sample import generate, load_model
 
 TEXT = "to be or not to be that is the question\n" * 60
@@ -54,7 +54,7 @@ def test_a_trained_model_has_learned_its_text(gpt_run):
 
 def test_a_prompt_with_unseen_characters_is_one_clear_error(gpt_run):
     proc = run_cli("trainer.sample", [str(gpt_run), "--prompt", "TO BE"], check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --prompt: 'BEOT' never occur in the training text")
 
 
@@ -62,4 +62,4 @@ def test_a_classifier_run_is_refused(tmp_path):
     train(compose_config("schedule=cosine", "trainer.max_epochs=1", base=TINY), tmp_path)
     (tmp_path / "vocab.json").write_text('{"chars": "ab", "size": 2}')
     proc = run_cli("trainer.sample", [str(tmp_path)], check=False)
-    assert proc.returncode == 1 and "trained model=mlp, which does not generate text" in proc.stderr
+    assert proc.returncode == 2 and "trained model=mlp, which does not generate text" in proc.stderr

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
 from trainer.errors import ConfigError
-from trainer.schedules import build_schedule, cosine
+from trainer.schedules.formulas import cosine
+from trainer.schedules.registry import COMMON, build_schedule, check_schedule_params
 
 L = torch.optim.lr_scheduler
 
@@ -30,10 +31,12 @@ ALL_NAMES = [
 
 def make(name, *, peak_lr, total_steps, warmup_steps=0, warmup_from_zero=True, interval="step",
          updates_per_epoch=1, **params):
-    """build_schedule on a config as the YAML would give it (common keys + the schedule's own)."""
+    """A config as the YAML would give it (common keys + the schedule's own), checked as a run's
+    config is, then bound by build_schedule."""
     cfg = OmegaConf.create({"name": name, "interval": interval, "warmup_steps": warmup_steps,
                             "warmup_ratio": None, "warmup_from_zero": warmup_from_zero,
                             "total_steps": None, **params})
+    check_schedule_params(name, {k: v for k, v in params.items() if k not in COMMON})
     return build_schedule(cfg, peak_lr=peak_lr, total_steps=total_steps, updates_per_epoch=updates_per_epoch)
 
 

@@ -15,9 +15,9 @@ import pytest
 
 import trainer.__main__ as trainer_cli
 from tests.conftest import TINY, run_cli
+from trainer.app.cli import run_as_process
 from trainer.errors import ConfigError
-from trainer.events import read_scalars
-from trainer.hydra_app import run_as_process
+from trainer.rundir.events import read_scalars
 
 #: Each takes from a few tenths of a second to seconds to import, and no command below needs it.
 HEAVY = (

@@ -17,8 +17,8 @@ from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
 
 from tests.conftest import TINY, compose_config, run_cli
 from trainer.compare import collect, write_report
-from trainer.events import read_scalars
-from trainer.hparams import hparam_infos, hyperparameters
+from trainer.rundir.events import read_scalars
+from trainer.rundir.hparams import hparam_infos, hyperparameters
 
 needs_sweep_extra = pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None
@@ -296,7 +296,7 @@ def test_parallel_local_jobs_share_the_cores(tmp_path):
 
 
 def test_range_test_that_diverges_at_once_reports_no_suggestion(tmp_path):
-    from trainer.lr_find import RangeTestMonitor, write_lr_find
+    from trainer.controls.range_test import RangeTestMonitor, write_lr_find
 
     monitor = RangeTestMonitor(lrs=[1e-3, 1e-2, 1e-1], losses=[2.3, float("nan"), float("nan")], stopped_early_at=2)
     found = write_lr_find(tmp_path, monitor)

@@ -142,7 +142,7 @@ def test_plateau_is_refused_for_torch_reduce_lr_on_plateau():
         ("onecycle", {"base_momentum": 1.5}, "schedule.base_momentum", "got 1.5"),
         ("exponential", {"gamma": 10}, "schedule.gamma", "got 10"),
         ("onecycle", {"pct_start": 0.01}, "schedule.pct_start", "of 100 updates"),
-        ("inverse_sqrt", {}, "schedule.warmup_steps", "warmup_steps >= 1"),
+        ("inverse_sqrt", {"warmup_steps": 0}, "schedule.warmup_steps", "warmup_steps >= 1"),
         ("cosine", {"total_steps_": 3}, "schedule.total_steps_", "not a parameter"),
     ],
 )

@@ -7,7 +7,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: Public names imported only when first used, so ``import trainer`` stays light.
-_LAZY = {"fit": "trainer.api", "lr_scheduler": "trainer.torch_scheduler"}
+_LAZY = {"fit": "trainer.api", "lr_scheduler": "trainer.schedules.torch_adapter"}
 
 
 def __getattr__(name: str) -> Any:

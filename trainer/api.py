@@ -36,10 +36,10 @@ def fit(
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from trainer.app.run import train
+    from trainer.components import CONFIG_DIR
     from trainer.data.map_style import map_dataset
-    from trainer.hydra_app import CONFIG_DIR
-    from trainer.precision import resolve_device
-    from trainer.run import train
+    from trainer.training.precision import resolve_device
 
     label = f"{type(model).__module__}.{type(model).__qualname__}"  # names the model in logs and config.yaml
     base = ["data=torch_dataset", "model=target", f"model._target_='{label}'"]

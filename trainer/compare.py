@@ -1,6 +1,6 @@
 """``python -m trainer.compare SWEEP_DIR``: one report for every job of a sweep.
 
-Reads each job directory's event files, ``config.yaml``, ``overrides.yaml`` and ``metrics.json``
+Reads each job directory's logs (through its log writers), ``config.yaml``, ``overrides.yaml`` and ``metrics.json``
 and writes, into SWEEP_DIR (or ``--out``): ``report.md`` (jobs sorted by the objective),
 ``report.csv``, ``lr.png`` (LR against update, one line per job) and ``loss.png`` (train and val
 loss). Jobs still running or that failed are listed with their status instead of breaking it.
@@ -22,11 +22,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.events import read_scalars
-from trainer.hparams import write_sweep_experiment
-from trainer.lr_curve import read_lr_csv
-from trainer.stopping import EXIT_NONFINITE
-from trainer.summary import FINISHED, SUMMARY_FILE, read_summary
+from trainer.errors import FINISHED, sweep_exit_code
+from trainer.rundir.summary import SUMMARY_FILE, read_summary
+from trainer.rundir.writers import read_scalars, writer_class, writers_of
+from trainer.schedules.curve import read_lr_csv
+from trainer.schedules.registry import metric_driven
 
 NO_OUTPUT = "failed (no output)"  # a job directory with neither metrics.json nor event files
 COLUMNS = ("job", "schedule", "overrides", "status", "final val/loss", "best val/loss", "final val/acc",
@@ -65,20 +65,21 @@ class Job:
 def read_job(job_dir: Path) -> Job:
     """Whatever a job left: a finished run, a running one, or only a failure note."""
     summary = read_summary(job_dir)
-    has_events = any(job_dir.glob("events.out.tfevents.*"))
+    scalars = read_scalars(job_dir, writers_of(job_dir))
     if summary is not None:
         status = summary["status"]
     else:
-        status = "incomplete (running or killed)" if has_events else NO_OUTPUT
+        status = "incomplete (running or killed)" if scalars is not None else NO_OUTPUT
     config_path, overrides_path = job_dir / "config.yaml", job_dir / "overrides.yaml"
-    schedule = OmegaConf.load(config_path).schedule.name if config_path.is_file() else "?"
+    config = OmegaConf.load(config_path) if config_path.is_file() else None
+    schedule = config.schedule.name if config is not None else "?"
     overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
     if not overrides and "_" in job_dir.name:  # sweep dirs are named NUM_OVERRIDES
         overrides = job_dir.name.split("_", 1)[1].split(",")
     if schedule == "?":
         schedule = next((o.split("=", 1)[1] for o in overrides if o.startswith("schedule=")), "?")
     lr_curve = []
-    if (job_dir / "lr.csv").is_file() and schedule != "plateau":
+    if (job_dir / "lr.csv").is_file() and not (config is not None and metric_driven(config.schedule)):
         rows = read_lr_csv(job_dir / "lr.csv")
         column = next(k for k in rows[0] if k.startswith("lr/"))  # the first group's, as train/lr
         ran = (summary or {}).get("metrics", {}).get("updates", len(rows))  # a range test may stop early
@@ -88,7 +89,7 @@ def read_job(job_dir: Path) -> Job:
         schedule=schedule,
         overrides=overrides,
         status=status,
-        scalars=read_scalars(job_dir) if has_events else {},
+        scalars=scalars or {},
         wall_time_s=None if summary is None else summary.get("wall_time_s"),
         error=None if summary is None else summary.get("error"),
         lr_curve=lr_curve,
@@ -239,19 +240,6 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
     return out_dir / "report.md"
 
 
-def sweep_exit_code(jobs: list[Job]) -> int:
-    """What a finished sweep exits with: 0 if every job completed (early stopping included); else 2
-    if a job failed (as one run with a bad config does), 4 if one stopped on a non-finite loss or a
-    gradient-norm spike (``trainer.nonfinite=stop``, ``trainer.grad_spike.action=stop``, as one run
-    does), and 1 for any other unfinished job."""
-    statuses = {job.status for job in jobs}
-    if any(status.startswith("failed") for status in statuses):
-        return 2
-    if statuses & {"stopped_nonfinite", "stopped_grad_spike"}:
-        return EXIT_NONFINITE
-    return 0 if statuses <= set(FINISHED) else 1
-
-
 class SweepReport(Callback):
     """After a ``-m`` training sweep: write the report of its jobs into the sweep directory, name
     the jobs that did not complete, and exit non-zero if any failed, so scripts and CI notice.
@@ -270,13 +258,16 @@ class SweepReport(Callback):
         if not jobs:
             return  # not a training sweep, or no job got as far as its first logged update
         report = write_report(sweep_dir, jobs=jobs)
-        write_sweep_experiment(sweep_dir)
+        for name in dict.fromkeys(name for job in jobs for name in writers_of(sweep_dir / job.name)):
+            sweep_end = getattr(writer_class(name), "sweep_end", None)
+            if sweep_end is not None:
+                sweep_end(sweep_dir)
         done = sum(job.status in FINISHED for job in jobs)
         print(f"sweep: {done} of {len(jobs)} jobs completed; report: {report}")
         for job in jobs:
             if job.status not in FINISHED:
                 print(f"  job {job.name}: {job.status}" + (f": {job.error}" if job.error else ""), file=sys.stderr)
-        code = sweep_exit_code(jobs)
+        code = sweep_exit_code({job.status for job in jobs})
         if code:
             sys.exit(code)
 

@@ -12,13 +12,22 @@ never a stack trace from deep inside the target.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import ConfigError, one_line
+
+_PACKAGE = Path(__file__).resolve().parent
+#: ``conf/`` of a source checkout or editable install, else the copy installed inside the package.
+CONFIG_DIR = _PACKAGE.parent / "conf" if (_PACKAGE.parent / "conf" / "config.yaml").exists() else _PACKAGE / "conf"
+
+#: Dotted paths of ours that moved, as saved ``config.yaml`` files still name them.
+MOVED = {"trainer.loop.CrossEntropy": "trainer.training.loss.CrossEntropy"}
 
 #: Hydra's own keys in a node: they steer ``instantiate`` and are not the target's arguments.
 _HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_convert_", "_recursive_")
@@ -35,7 +44,7 @@ def locate(path: str, key: str) -> Callable:
     from hydra.utils import get_object
 
     try:
-        found = get_object(path)
+        found = get_object(MOVED.get(path, path))
     except Exception as error:  # ImportError, AttributeError, ValueError for an empty path
         cause = error.__cause__ or error
         raise ConfigError(f"{key}._target_", f"cannot import {path} ({one_line(cause)})") from None
@@ -63,22 +72,17 @@ def names_parameter(target: Callable, name: str) -> bool:
 def shipped_targets(group: str) -> dict[str, str]:
     """``conf/GROUP/NAME.yaml`` -> its ``_target_``, for the components this package ships (the
     ``target`` entry, whose ``_target_`` the user gives, is left out)."""
-    from trainer.hydra_app import CONFIG_DIR
-
     paths = sorted((CONFIG_DIR / group).glob("*.yaml"))
     targets = {path.stem: OmegaConf.load(path).get("_target_") for path in paths}
     return {name: str(target) for name, target in targets.items() if target not in (None, "???")}
 
 
 def target_of(cfg: DictConfig, group: str) -> str:
-    """``GROUP._target_``; a config without one (a run directory's ``config.yaml`` from before
-    targets) takes it from the shipped ``conf/GROUP/NAME.yaml`` by ``GROUP.name``."""
-    if cfg.get("_target_") is not None:
-        return str(cfg._target_)
-    known = shipped_targets(group)
-    if cfg.get("name") not in known:
-        raise ConfigError(group, f"unknown {group} {cfg.get('name')!r}; known: {', '.join(known)}")
-    return known[cfg.name]
+    """``GROUP._target_``: what builds the component (a ConfigError naming the shipped ones when missing)."""
+    if cfg.get("_target_") is None:
+        raise ConfigError(f"{group}._target_", f"missing: pick a shipped {group} ({group}={' | '.join(shipped_targets(group))}) "
+                                               f"or name what to build, e.g. {group}._target_=mypackage.build")
+    return str(cfg._target_)
 
 
 def build(
@@ -106,6 +110,7 @@ def build(
     if path is None:
         raise ConfigError(f"{key}._target_", "missing: name what to build, e.g. _target_=torch.nn.Linear")
     target = locate(path, key)
+    config["_target_"] = MOVED.get(path, path)
     kwargs = {k: v for k, v in config.items() if k not in _HYDRA_KEYS}
     extra = {name: value for name, value in (runtime or {}).items()
              if name not in kwargs and names_parameter(target, name)}
@@ -139,3 +144,29 @@ def build(
         raise
     except Exception as error:
         raise ConfigError(key, f"{path} failed: {one_line(error)}") from None
+
+
+# ---------------------------------------------------------------- the configs' own resolvers
+
+MAX_JOB_NAME = 200  # bytes, under the 255 most file systems allow for one name
+
+
+def job_name(number: int, overrides: Sequence[str]) -> str:
+    """``NUM_k=v,k=v`` for a sweep job's directory, overrides in command-line order (a sweeper's
+    own parameters come first); long names are cut and end in a hash of the full name."""
+    name = f"{number}_" + ",".join(overrides).replace("/", "_")
+    if len(name.encode()) <= MAX_JOB_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name.encode()[: MAX_JOB_NAME - 9].decode(errors="ignore") + "~" + digest
+
+
+def multiply(a: float, b: float) -> float:
+    """``${mul:${optimizer.lr},0.01}``: a value that follows another, e.g. final LR = peak / 100."""
+    return a * b
+
+
+# Used by the configs in CONFIG_DIR (hydra.sweep.subdir, schedule presets): registered with it,
+# before anything composes them (the CLI, trainer.fit, Hydra's compose API).
+OmegaConf.register_new_resolver("job_name", job_name, replace=True)
+OmegaConf.register_new_resolver("mul", multiply, replace=True)

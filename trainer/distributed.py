@@ -281,12 +281,10 @@ class World:
 
 def blocks_to_shard(model: nn.Module, class_names: tuple[str, ...]) -> list[nn.Module]:
     """The modules FSDP2 shards one by one (each gathers its parameters only for its own
-    forward and backward): the shipped models' residual blocks (ResNet, GPT) and the modules whose
-    class is named in ``trainer.fsdp.shard_modules``. The root takes the rest."""
-    from trainer.models.gpt import Block
-    from trainer.models.resnet import _BasicBlock
-
+    forward and backward): the residual blocks a model's classes mark with ``is_block = True``
+    (the shipped ResNet's and GPT's) and the modules whose class is named in
+    ``trainer.fsdp.shard_modules``. The root takes the rest."""
     return [
         m for m in model.modules()
-        if m is not model and (isinstance(m, (Block, _BasicBlock)) or type(m).__name__ in class_names)
+        if m is not model and (getattr(type(m), "is_block", False) or type(m).__name__ in class_names)
     ]

@@ -1,12 +1,36 @@
-"""The errors users see: bad configuration or missing data (exit 2), and a full disk (exit 5)."""
+"""The errors users see, and how every run ends: one table from an exception to its status (in
+``metrics.json`` and sweep reports) and the exit code of ``python -m trainer``.
+
+| how the run ended | status | exit code |
+|---|---|---|
+| trained to the end | ``completed`` | 0 |
+| ``trainer.early_stopping`` ended it | ``early_stopped`` | 0 |
+| a bad config, missing data, an unusable or busy run directory (:class:`ConfigError`) | ``failed`` | 2 |
+| SIGTERM/SIGINT; ``last.pt`` written (:class:`Preempted`) | ``preempted`` | 3 |
+| a non-finite loss with ``trainer.nonfinite=stop`` (:class:`NonFiniteStop`) | ``stopped_nonfinite`` | 4 |
+| a gradient-norm spike with ``trainer.grad_spike.action=stop`` (:class:`GradSpikeStop`) | ``stopped_grad_spike`` | 4 |
+| the disk is full; the checkpoints already written are intact | ``failed`` | 5 |
+| anything else (a crash, ``trainer.nonfinite=raise``) | ``failed`` | 1 |
+"""
 
 from __future__ import annotations
 
 import errno
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-#: ``python -m trainer``'s exit code when the run directory's disk is full (see trainer.stopping).
+EXIT_CRASH = 1
+EXIT_CONFIG = 2
+EXIT_PREEMPTED = 3
+EXIT_STOPPED = 4
 EXIT_NO_SPACE = 5
+
+#: Every status a run can end with (``metrics.json``'s ``status``).
+STATUSES = ("completed", "early_stopped", "preempted", "stopped_nonfinite", "stopped_grad_spike", "failed")
+#: The statuses of a run that ended as planned: a sweep counts them as completed.
+FINISHED = ("completed", "early_stopped")
 
 
 class ConfigError(ValueError):
@@ -21,6 +45,10 @@ class ConfigError(ValueError):
         self.key = key
 
 
+class RunDirInUse(ConfigError):
+    """Another live process holds the run directory: nothing may be written there."""
+
+
 class NoSpace(OSError):
     """Checkpoints do not fit on the disk of ``directory``; the files already there are intact."""
 
@@ -31,6 +59,81 @@ class NoSpace(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT arrived; the current update finished and ``last.pt`` was written."""
+
+    def __init__(self, signal_name: str, update: int) -> None:
+        super().__init__(f"stopped by {signal_name} after {update} updates")
+        self.signal_name, self.update = signal_name, update
+
+
+class NonFiniteStop(Exception):
+    """``trainer.nonfinite=stop`` saw a NaN/inf; ``last.pt`` holds the last finite parameters."""
+
+
+class GradSpikeStop(NonFiniteStop):
+    """``trainer.grad_spike.action=stop`` saw a spike; the spiking updates were skipped, so
+    ``last.pt`` holds parameters no spike reached."""
+
+
+class NonFiniteError(RuntimeError):
+    """``trainer.nonfinite=raise`` saw a NaN/inf: a crash with its traceback, for debugging."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: its status and the exit code of ``python -m trainer``."""
+
+    status: str
+    exit_code: int
+
+
+#: The first row whose exception type matches decides (subclasses before their bases).
+OUTCOMES: tuple[tuple[type[BaseException], Outcome], ...] = (
+    (Preempted, Outcome("preempted", EXIT_PREEMPTED)),
+    (GradSpikeStop, Outcome("stopped_grad_spike", EXIT_STOPPED)),
+    (NonFiniteStop, Outcome("stopped_nonfinite", EXIT_STOPPED)),
+    (ConfigError, Outcome("failed", EXIT_CONFIG)),
+)
+
+
+def outcome(error: BaseException | None, *, early_stopped: bool = False) -> Outcome:
+    """The status and exit code of a run that raised ``error`` (None: it ended as planned)."""
+    if error is None:
+        return Outcome("early_stopped" if early_stopped else "completed", 0)
+    if is_out_of_space(error):
+        return Outcome("failed", EXIT_NO_SPACE)
+    return next((found for kind, found in OUTCOMES if isinstance(error, kind)), Outcome("failed", EXIT_CRASH))
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """A full disk or an exhausted quota, whoever raised it (a checkpoint's write, a log's)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def sweep_exit_code(statuses: set[str]) -> int:
+    """What a finished sweep exits with: 0 if every job finished (early stopping included); else
+    2 if a job failed (as one run with a bad config does), 4 if one stopped on a non-finite loss or
+    a gradient-norm spike (as one run does), and 1 for any other unfinished job."""
+    if any(status.startswith("failed") for status in statuses):
+        return EXIT_CONFIG
+    if statuses & {"stopped_nonfinite", "stopped_grad_spike"}:
+        return EXIT_STOPPED
+    return 0 if statuses <= set(FINISHED) else EXIT_CRASH
+
+
+def refuse(error: ConfigError | str) -> NoReturn:
+    """How every door refuses bad input: one line on stderr, exit code 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError(key, message)`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(key, message)
 
 
 def format_bytes(n: float) -> str:

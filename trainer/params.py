@@ -96,7 +96,7 @@ class Param:
                 what += ", strictly increasing"
             if self.min_items:
                 what += f", at least {self.min_items}"
-            if self.default:
+            if self.default and self.default is not REQUIRED:
                 what += f", e.g. {_show(self.default)}"
         elif self.kind is dict:
             what = f"names mapped to {_plural(self._item_words())}, e.g. {{layer1: 0.1}}"

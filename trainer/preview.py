@@ -18,9 +18,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trainer.errors import ConfigError
-from trainer.hydra_app import CONFIG_DIR, remove_created_run_dir, run_as_process
-from trainer.lr_curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
+from trainer.app.cli import run_as_process
+from trainer.components import CONFIG_DIR
+from trainer.errors import ConfigError, refuse
+from trainer.rundir.lock import remove_created_run_dir
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
 def build_optimizers_without_dynamo() -> None:
@@ -48,8 +50,8 @@ def build_optimizers_without_dynamo() -> None:
 def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     """Compute every update's LRs through the same code path training uses; write CSV and PNG."""
     # Only here: --help and --cfg never call this, and need not wait for torch.
-    from trainer.optim import group_names
-    from trainer.run import build_for_preview
+    from trainer.app.build import build_for_preview
+    from trainer.optim.groups import group_names
 
     optimizer, schedule, plan = build_for_preview(cfg)
     rows = lr_rows(optimizer, schedule, plan.max_updates)
@@ -101,9 +103,9 @@ def main(cfg: DictConfig) -> None:
         write_preview(cfg, out_dir)
     except ConfigError as error:
         remove_created_run_dir()
-        print(f"error: {error}", file=sys.stderr)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:  # in a sweep, skip this job only
-            sys.exit(2)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            refuse(error)
+        print(f"error: {error}", file=sys.stderr)  # in a sweep, skip this job only
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainer.checkpoint import load_checkpoint
 from trainer.data.text import decode, encode
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, refuse
 from trainer.models import SEQUENCE_MODELS, build_model
+from trainer.rundir.checkpoint import load_checkpoint
 
 
 def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module, str]:
@@ -70,10 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model, vocab = load_model(args.run_dir, args.checkpoint)
     except ConfigError as error:
-        sys.exit(f"error: {error}")
+        refuse(error)
     unknown = sorted(set(args.prompt) - set(vocab))
     if unknown:
-        sys.exit(f"error: --prompt: {''.join(unknown)!r} never occur in the training text; the vocabulary is {vocab!r}")
+        refuse(f"--prompt: {''.join(unknown)!r} never occur in the training text; the vocabulary is {vocab!r}")
     prompt = encode(args.prompt, vocab)
     tokens = generate(model, prompt, args.chars, temperature=args.temperature, top_k=args.top_k,
                       generator=torch.Generator().manual_seed(args.seed))

@@ -11,12 +11,11 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose_config
 from tests.test_resume import preempt_after
-from trainer.checkpoint import load_checkpoint
+from trainer.app.run import train
 from trainer.data import build_dataset, data_spec
 from trainer.data.augment import crop_and_flip
-from trainer.errors import ConfigError
-from trainer.run import train
-from trainer.stopping import Preempted
+from trainer.errors import ConfigError, Preempted
+from trainer.rundir.checkpoint import load_checkpoint
 
 
 def write_cifar(root, per_batch=6, test=4, seed=0):
@@ -35,7 +34,7 @@ def write_cifar(root, per_batch=6, test=4, seed=0):
 
 
 def cfg_for(root, **extra):
-    return OmegaConf.create({"name": "cifar10", "root": None if root is None else str(root), "batch_size": 4,
+    return OmegaConf.create({"name": "cifar10", "_target_": "trainer.data.cifar10.cifar10", "root": None if root is None else str(root), "batch_size": 4,
                              "download": False,
                              "augment": False, **extra})
 

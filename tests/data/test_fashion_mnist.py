@@ -54,7 +54,7 @@ def make_fashion(directory: Path, *, gz: bool | dict[str, bool]) -> dict[str, to
 
 def fashion_cfg(root: Path | None, *, download: bool = False):
     return OmegaConf.create(
-        {"name": "fashion_mnist", "root": None if root is None else str(root), "batch_size": 4, "download": download}
+        {"name": "fashion_mnist", "_target_": "trainer.data.fashion_mnist.fashion_mnist", "root": None if root is None else str(root), "batch_size": 4, "download": download}
     )
 
 

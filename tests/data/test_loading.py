@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tests.conftest import compose_config
-from trainer.checkpoint import load_checkpoint
+from trainer.app.run import train
 from trainer.data.augment import crop_and_flip
 from trainer.data.batches import example_epoch
 from trainer.data.loading import train_batches
 from trainer.data.text import split_text
-from trainer.run import train
+from trainer.rundir.checkpoint import load_checkpoint
 
 
 def image_epoch():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainer.data import build_dataset, data_spec
+from trainer.data import build_dataset, check_data, data_spec
 from trainer.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic.yaml"
@@ -75,7 +75,7 @@ def test_a_linear_model_learns_it_far_above_chance():
 def test_bad_values_are_config_errors_naming_the_key(key, value):
     cfg = synthetic_cfg(**{key: value})
     with pytest.raises(ConfigError, match=f"data.{key}: got {value!r}; expected") as error:
-        data_spec(cfg)  # checked before anything is generated
+        check_data(cfg)  # the check validate runs before anything is generated
     assert error.value.key == f"data.{key}"
 
 
@@ -83,10 +83,10 @@ def test_name_labels_the_run_and_the_target_builds():
     assert build_dataset(synthetic_cfg(name="my_label", train_size=8), seed=0).num_train == 8
 
 
-def test_a_config_without_target_and_an_unknown_name_lists_the_shipped_sources():
+def test_a_config_without_target_lists_the_shipped_sources():
     cfg = synthetic_cfg(name="imagenet")
-    del cfg["_target_"]  # e.g. a config.yaml written before sources had targets
-    with pytest.raises(ConfigError, match="unknown data 'imagenet'; known: cifar10, fashion_mnist, shakespeare_char, "
-                                          "synthetic") as error:
-        build_dataset(cfg, seed=0)
-    assert error.value.key == "data"
+    del cfg["_target_"]
+    with pytest.raises(ConfigError, match="missing: pick a shipped data .data=cifar10 | fashion_mnist | "
+                                          "shakespeare_char | synthetic.") as error:
+        check_data(cfg)
+    assert error.value.key == "data._target_"

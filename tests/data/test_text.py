@@ -118,7 +118,8 @@ def test_validation_reads_every_whole_window_once_in_order():
 
 
 def text_cfg(path, block_size=8):
-    return OmegaConf.create({"name": "shakespeare_char", "path": str(path), "batch_size": 4, "block_size": block_size,
+    return OmegaConf.create({"name": "shakespeare_char", "_target_": "trainer.data.shakespeare_char.shakespeare_char",
+                             "path": str(path), "batch_size": 4, "block_size": block_size,
                              "loader": "device", "num_workers": 0})
 
 
@@ -129,7 +130,7 @@ def test_a_utf8_file_is_read_as_it_is(tmp_path):
     assert set(data.vocab) == set("Où est le château?\n")
     assert data_spec(text_cfg(path)) == ((8,), len(data.vocab), data.num_train)
     assert data.num_train == (int(0.9 * 380) - 1) // 8
-    written = data.save_vocab(tmp_path)
+    written = data.write_files(tmp_path)
     assert json.loads(written.read_text(encoding="utf-8")) == {"chars": data.vocab, "size": len(data.vocab)}
 
 

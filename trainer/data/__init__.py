@@ -61,10 +61,9 @@ def _builder_config(cfg: DictConfig) -> DictConfig:
 
 
 def data_spec(cfg: DictConfig) -> DataSpec:
-    """Shape, classes and epoch size of ``cfg``'s data without loading it where its builder says
-    them (:func:`~trainer.data.source.with_spec`); other sources (text, map-style, a user's) are
-    built to be measured."""
-    check_data(cfg)
+    """Shape, classes and epoch size of ``cfg``'s (checked) data without loading it where its
+    builder says them (:func:`~trainer.data.source.with_spec`); other sources (text, map-style, a
+    user's) are built to be measured."""
     if not is_map_style(cfg):
         builder = locate(target_of(cfg, "data"), "data")
         spec = spec_of(builder)
@@ -76,9 +75,9 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 
 
 def build_dataset(cfg: DictConfig, seed: int, *, pin_memory: bool = False) -> Dataset:
-    """Build ``cfg``'s data; ``seed`` goes to a builder that takes it (synthetic data is generated
-    from it). ``pin_memory``: a map-style source's DataLoaders pin batches (for a CUDA device)."""
-    check_data(cfg)
+    """Build ``cfg``'s (checked: :func:`check_data`) data; ``seed`` goes to a builder that takes it
+    (synthetic data is generated from it). ``pin_memory``: a map-style source's DataLoaders pin
+    batches (for a CUDA device)."""
     if is_map_style(cfg):
         return build_map_dataset(cfg, pin_memory=pin_memory)
     dataset = build(_builder_config(cfg), "data", runtime={"seed": seed}, ours=_LOOP_KEYS)

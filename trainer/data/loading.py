@@ -15,7 +15,9 @@ text windows draw from a generator on the tensors' device, so on a GPU the two p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +28,7 @@ from trainer.data.map_style import MapDataset, MapEpoch
 from trainer.params import Param
 
 if TYPE_CHECKING:
-    from trainer.data import Dataset
+    from trainer.data.source import Dataset
 
 LOADERS = ("device", "dataloader")
 #: Keys every data source takes (conf/data_common.yaml).
@@ -76,6 +78,32 @@ def train_batches(
     )
     for inputs, targets in loader:
         yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class TrainBatches:
+    """This rank's micro-batches of every epoch, from any update: ``epoch(e, update)`` yields one
+    list of ``accumulate`` micro-batches per update, from ``update`` (which lies in epoch ``e``).
+    ``num_workers`` None: batches gathered on the device; else DataLoader workers."""
+
+    dataset: Dataset
+    batch_size: int
+    seed: int
+    device: torch.device
+    updates_per_epoch: int
+    accumulate: int = 1
+    num_workers: int | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    def epoch(self, epoch: int, update: int) -> Iterator[list[Batch]]:
+        batches = train_batches(
+            self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch),
+            start_batch=(update - epoch * self.updates_per_epoch) * self.accumulate, device=self.device,
+            num_workers=self.num_workers, rank=self.rank, world_size=self.world_size, accumulate=self.accumulate,
+        )
+        while len(update_batches := list(itertools.islice(batches, self.accumulate))) == self.accumulate:
+            yield update_batches
 
 
 def val_batches(

@@ -23,7 +23,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @runtime_checkable
 class Dataset(Protocol):
-    """What the loop needs of a data source: its shape, training epochs and the validation split."""
+    """What the loop needs of a data source: its shape, training epochs and the validation split.
+
+    Optional: ``flip_test`` (True: validate each image with its mirror too) and ``write_files(run_dir)``
+    (what the run directory must keep of the data, e.g. a tokenizer's vocabulary), called once on
+    rank 0 before training.
+    """
 
     @property
     def num_classes(self) -> int:

@@ -107,8 +107,9 @@ class TokenDataset:
         for start in range(0, count, batch_size):
             yield inputs[start : start + batch_size], targets[start : start + batch_size]
 
-    def save_vocab(self, run_dir: Path) -> Path:
-        """Write ``vocab.json`` (the characters in id order) so samples can be decoded later."""
+    def write_files(self, run_dir: Path) -> Path:
+        """Write ``vocab.json`` (the characters in id order) so samples can be decoded later (a
+        dataset's ``write_files`` is called once, on rank 0, before training starts)."""
         path = run_dir / "vocab.json"
         path.write_text(json.dumps({"chars": self.vocab, "size": len(self.vocab)}, ensure_ascii=False) + "\n")
         return path

@@ -32,8 +32,7 @@ def check_model(cfg: DictConfig) -> None:
 
 def build_model(cfg: DictConfig, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build ``cfg`` for inputs of one example's ``input_shape`` and ``num_classes`` outputs, each
-    passed when the target's signature names it."""
-    check_model(cfg)
+    passed when the target's signature names it. ``cfg`` is checked (:func:`check_model`)."""
     cfg = OmegaConf.merge(cfg, {"_target_": target_of(cfg, "model")})
     model = build(cfg, "model", runtime={"input_shape": tuple(input_shape), "num_classes": num_classes})
     if not isinstance(model, nn.Module):

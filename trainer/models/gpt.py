@@ -36,6 +36,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
+    #: A repeated residual block: FSDP2 shards it on its own (trainer.distributed.blocks_to_shard).
+    is_block = True
+
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
@@ -64,7 +67,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
-        # Depths for optimizer.layer_decay (trainer.layer_decay): the embeddings, each block, the
+        # Depths for optimizer.layer_decay (trainer.optim.layer_decay): the embeddings, each block, the
         # final norm (the tied head's weight is wte's, at depth 0).
         self.layer_order = (("wte", "wpe"), *(f"blocks.{i}" for i in range(n_layer)), "ln_f")
         self.apply(self._init)

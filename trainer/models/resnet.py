@@ -20,7 +20,7 @@ def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
-    # Depths for optimizer.layer_decay (trainer.layer_decay): stem, the four stages, the head.
+    # Depths for optimizer.layer_decay (trainer.optim.layer_decay): stem, the four stages, the head.
     model.layer_order = (("conv1", "bn1"), "layer1", "layer2", "layer3", "layer4", "fc")
     return model
 
@@ -28,6 +28,9 @@ def build_resnet18(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
 class _BasicBlock(nn.Module):
     """Two 3x3 convs with BN; the shortcut subsamples and zero-pads channels (He et al.'s option A,
     parameter-free, as in their CIFAR experiments)."""
+
+    #: A repeated residual block: FSDP2 shards it on its own (trainer.distributed.blocks_to_shard).
+    is_block = True
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -55,7 +58,7 @@ def build_resnet20(*, input_shape: tuple[int, ...], num_classes: int, blocks_per
         nn.Conv2d(require_images("resnet20", input_shape)[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
     ]
     in_channels = 16
-    # Depths for optimizer.layer_decay (trainer.layer_decay): the stem's conv and BN, each stage's
+    # Depths for optimizer.layer_decay (trainer.optim.layer_decay): the stem's conv and BN, each stage's
     # blocks, the head (nn.Sequential names its modules by position).
     layer_order: list[tuple[str, ...]] = [("0", "1")]
     for stage, channels in enumerate((16, 32, 64)):

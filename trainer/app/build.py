@@ -1,0 +1,217 @@
+"""Builds the parts of a run from a checked config: loss, model, optimizer, schedule, controls and
+the loop. Shared by training, the preview and the overhead benchmark, so each runs what users run."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from trainer.app.validate import validate
+from trainer.components import MOVED, build
+from trainer.controls import Controls, Parts
+from trainer.data import Dataset, data_spec
+from trainer.data.batches import Batch
+from trainer.data.loading import TrainBatches
+from trainer.distributed import World
+from trainer.errors import ConfigError, one_line
+from trainer.models import build_model
+from trainer.optim.factory import build_optimizer
+from trainer.optim.groups import group_names
+from trainer.optim.unfreeze import Stage, unfreeze_stages
+from trainer.plan import RunPlan, plan_run
+from trainer.rundir.checkpoint import Checkpointer, Contents
+from trainer.rundir.logger import RunLogger
+from trainer.schedules.registry import build_schedule, spec_of
+from trainer.schedules.schedule import Schedule
+from trainer.training.evaluate import Validation
+from trainer.training.loop import Loop
+from trainer.training.loss import Loss
+from trainer.training.precision import Precision, configure_cuda
+from trainer.training.step import TrainStep
+
+#: ``loss=cross_entropy``'s target: its errors are the model's (its outputs), not the loss's.
+CROSS_ENTROPY = "trainer.training.loss.CrossEntropy"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's generators (CPU and every CUDA device)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_loss(cfg: DictConfig) -> Loss:
+    """``loss._target_``, given ``trainer.label_smoothing`` when its signature names it."""
+    loss_fn = build(cfg.loss, "loss", runtime={"label_smoothing": cfg.trainer.label_smoothing})
+    if not callable(loss_fn):
+        raise ConfigError("loss._target_", f"{cfg.loss._target_} built a {type(loss_fn).__name__}, which cannot be called")
+    return loss_fn
+
+
+def check_model_fits(model: nn.Module, loss_fn: Loss, batch: Batch, device: torch.device, loss_key: str) -> None:
+    """One forward pass and loss on ``batch`` in eval mode without gradients (no parameter, buffer
+    or generator changes): a model that does not take the data's inputs, or whose outputs the loss
+    cannot score, is a config error before anything is written."""
+    inputs, targets = (tensor.to(device) for tensor in batch)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                outputs = model(inputs)
+            except Exception as error:
+                raise ConfigError(
+                    "model", f"does not take the data's inputs of shape {tuple(inputs.shape)}: {one_line(error)}"
+                ) from None
+            shape = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
+            try:
+                loss = loss_fn(outputs, targets)
+            except Exception as error:
+                raise ConfigError(
+                    loss_key, f"cannot score the model's outputs ({shape}) against targets of shape "
+                    f"{tuple(targets.shape)}: {one_line(error)}",
+                ) from None
+            if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
+                raise ConfigError(loss_key, f"returned {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}, "
+                                  "not a scalar floating-point tensor")
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """What decides every update: the model, its optimizer and schedule, the derived plan, and the
+    unfreeze stages the optimizer's groups were made for."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    plan: RunPlan
+    stages: list[Stage]
+
+
+def build_optimization(
+    cfg: DictConfig, *, num_train: int, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
+    model: nn.Module | None = None, fit_check: tuple[Loss, Batch] | None = None, world: World | None = None,
+) -> Optimization:
+    """Model, optimizer, schedule and the derived plan: shared by training and the preview.
+
+    ``model``: a module to train instead of building ``cfg.model`` (``trainer.fit``).
+    ``fit_check``: (loss, a batch) for :func:`check_model_fits`, run before the model is compiled.
+    Under FSDP2 the model is sharded over ``world`` before the optimizer sees its parameters.
+    """
+    world = world or World()
+    run_length = spec_of(cfg.schedule.name).run_length  # a schedule that sets the run's length itself
+    plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None)
+    seed_everything(cfg.seed)
+    if model is None:
+        model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
+    model = model.to(device)
+    if fit_check is not None:
+        loss_fn, batch = fit_check
+        target = MOVED.get(cfg.loss._target_, cfg.loss._target_)
+        check_model_fits(model, loss_fn, batch, device, "loss" if target != CROSS_ENTROPY else "model")
+    if device.type == "cuda":
+        configure_cuda(tf32=cfg.trainer.tf32)
+        if len(input_shape) == 3:
+            # NHWC lets cuDNN pick its Tensor Core convolution kernels without transposing each layer.
+            model = model.to(memory_format=torch.channels_last)
+    model = world.parallelize(model)
+    if cfg.trainer.compile:
+        # In place: the state_dict keys stay those of the eager model, so checkpoints load either way.
+        model.compile(mode=None if cfg.trainer.compile is True else cfg.trainer.compile)
+    stages = unfreeze_stages(cfg.trainer.unfreeze, interval=cfg.schedule.interval,
+                             updates_per_epoch=plan.updates_per_epoch)
+    optimizer = build_optimizer(cfg.optimizer, model, device, unfreeze=stages)
+    schedule = build_schedule(
+        cfg.schedule,
+        peak_lr=cfg.optimizer.lr,
+        total_steps=plan.total_steps,
+        warmup_steps=plan.warmup_steps,
+        updates_per_epoch=plan.updates_per_epoch,
+        lr_scale=plan.lr_scale,
+    )
+    return Optimization(model, optimizer, schedule, plan, stages)
+
+
+def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule, RunPlan]:
+    """What the preview needs, from the config alone: no data is loaded, nothing is trained."""
+    validate(cfg)
+    spec = data_spec(cfg.data)
+    built = build_optimization(
+        cfg, num_train=spec.num_train, input_shape=spec.input_shape, num_classes=spec.num_classes,
+        device=torch.device("cpu"),
+    )
+    return built.optimizer, built.schedule, built.plan
+
+
+@dataclass(frozen=True)
+class Training:
+    """The parts of the loop that hold state, built before a checkpoint is restored into them."""
+
+    step: TrainStep
+    controls: Controls
+    checkpoints: Checkpointer
+    batches: TrainBatches
+    validation: Validation
+
+
+def build_training(
+    cfg: DictConfig, built: Optimization, *, dataset: Dataset, precision: Precision, run_dir: Path, config: dict,
+    fingerprint: dict, loss_fn: Loss | None = None, world: World | None = None,
+) -> Training:
+    """The step, the controls, the checkpointer, the batches and the validation, exactly as
+    ``python -m trainer`` runs them; the overhead benchmark builds them here too, so it times what
+    users run."""
+    world = world or World()
+    model, optimizer, plan = built.model, built.optimizer, built.plan
+    device = next(model.parameters()).device
+    loss_fn = build_loss(cfg) if loss_fn is None else loss_fn
+    controls = Controls.build(cfg, Parts(model, optimizer, built.schedule, device, world,
+                                         scales_loss=precision.uses_grad_scaler))
+    step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
+                     cfg.trainer.clip_grad_norm, world, controls=controls)
+    contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed,
+                        plan.updates_per_epoch, plan.accumulate_grad_batches)
+    checkpoints = Checkpointer(
+        run_dir, contents, every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+        every_n_epochs=cfg.trainer.checkpoint_every_n_epochs, keep_last_n=cfg.trainer.keep_last_n,
+    )
+    batches = TrainBatches(
+        dataset, cfg.data.batch_size, cfg.seed, device, plan.updates_per_epoch, plan.accumulate_grad_batches,
+        num_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
+        rank=world.rank, world_size=world.world_size,
+    )
+    validation = Validation(model, dataset, cfg.data.batch_size, precision, device, loss_fn=loss_fn,
+                            flip=getattr(dataset, "flip_test", False), world=world)
+    return Training(step, controls, checkpoints, batches, validation)
+
+
+def build_loop(
+    cfg: DictConfig, training: Training, *, plan: RunPlan, run_dir: Path, config: dict, start_update: int = 0,
+    resumed_val: dict[str, float] | None = None, world: World | None = None,
+) -> Loop:
+    """The loop over ``training``'s parts, with its logger: built last, as its files open here."""
+    world = world or World()
+    logger = RunLogger(
+        run_dir,
+        log_every_n_steps=1 if training.controls.logs_every_update else cfg.logger.log_every_n_steps,
+        read_every_n_steps=cfg.logger.read_every_n_steps,
+        max_updates=plan.max_updates,
+        updates_per_epoch=plan.updates_per_epoch,
+        group_names=group_names(training.step.optimizer),
+        writers=list(cfg.logger.writers),
+        config=config,
+        progress_bar=cfg.logger.progress_bar,
+        start_update=start_update,
+        resumed_val=resumed_val,
+        world=world,
+    )
+    return Loop(
+        training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,
+        val_every_n_epochs=cfg.trainer.val_every_n_epochs, objective=cfg.trainer.objective, world=world,
+    )

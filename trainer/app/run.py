@@ -1,0 +1,224 @@
+"""Trains a checked config: the body of ``python -m trainer`` and ``trainer.fit``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from trainer.app.build import Optimization, Training, build_loop, build_loss, build_optimization, build_training
+from trainer.app.validate import validate, warmup_warning
+from trainer.data import Dataset, build_dataset, first_batch
+from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
+from trainer.errors import FINISHED, one_line, outcome
+from trainer.optim.groups import custom_groups, write_group_table
+from trainer.optim.unfreeze import describe_stages
+from trainer.plan import RunPlan
+from trainer.rundir.checkpoint import check_free_space, expected_checkpoint_bytes, load_checkpoint
+from trainer.rundir.hparams import hyperparameters
+from trainer.rundir.init_from import init_weights
+from trainer.rundir.lock import hold_run_dir, remove_if_empty
+from trainer.rundir.resume import check_schedule_unchanged, resume_path, schedule_fingerprint
+from trainer.rundir.summary import describe_run, write_summary
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, write_lr_csv
+from trainer.training.precision import Precision, resolve_device, resolve_precision
+
+
+def cpu_threads(setting: int | str) -> int:
+    """Intra-op threads: a number, or ``auto`` = $OMP_NUM_THREADS (parallel launchers set it per
+    job), else the CPUs this process may run on (a SLURM task's allocation, not the whole node)."""
+    if setting != "auto":
+        return int(setting)
+    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+
+def resolved_config(cfg: DictConfig, plan: RunPlan) -> DictConfig:
+    """The config as run: interpolations resolved, derived schedule lengths filled in, and the
+    intra-op threads this process was given (``auto``: a parallel launcher's share of the cores)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(out):
+        out.trainer.num_threads = torch.get_num_threads()
+        out.schedule.total_steps = plan.total_steps
+        out.schedule.warmup_steps = plan.warmup_steps
+        out.schedule.warmup_ratio = None
+    return out
+
+
+def train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, *, hparams_experiment: bool = True,
+    model: nn.Module | None = None, dataset: Dataset | None = None,
+) -> dict[str, float]:
+    """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
+
+    Every check that can fail on user input runs before the first file is written. The run
+    directory gets ``config.yaml`` (resolved), ``overrides.yaml`` (the command line's overrides,
+    which name sweep jobs in reports), ``lr.csv`` (at the start) and ``lr.png`` (once completed):
+    the LR of every update, from the schedule (:mod:`trainer.schedules.curve`), the logs,
+    checkpoints and ``metrics.json``; this run holds it (:mod:`trainer.rundir.lock`) from before it
+    reads a checkpoint there until it ends.
+    ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
+    ``model`` and ``dataset``: objects to train instead of building ``cfg.model`` and ``cfg.data``
+    (``trainer.fit``).
+    Under torchrun or SLURM every rank runs this; rank 0 alone writes (see :mod:`trainer.distributed`).
+    """
+    started = time.perf_counter()
+    launch = launch_from_env(os.environ)
+    strategy = resolve_strategy(cfg.trainer.strategy, launch)
+    validate(cfg, strategy=strategy)
+    torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
+    device = device_of(launch if strategy != "single" else None, resolve_device(cfg.trainer.device))
+    backend = resolve_backend(cfg.trainer.dist_backend, device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    world = World.start(
+        strategy, launch, backend=backend, shard_modules=tuple(cfg.trainer.fsdp.shard_modules),
+        bf16_params=precision.dtype is torch.bfloat16,
+    )
+    try:
+        own_dir, run_dir = run_dir, Path(world.broadcast(str(run_dir)))  # each rank's Hydra named it by its clock
+        if own_dir != run_dir:
+            remove_if_empty(own_dir)
+        # Every rank works in rank 0's directory and only rank 0 writes there, so only it holds the lock.
+        with hold_run_dir(run_dir) if world.is_main else contextlib.nullcontext():
+            return _train(
+                cfg, run_dir, overrides, world=world, device=device, precision=precision, started=started,
+                hparams_experiment=hparams_experiment, model=model, dataset=dataset,
+            )
+    finally:
+        world.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run built, restored and checked, its files written: what the loop starts from."""
+
+    built: Optimization
+    training: Training
+    config: DictConfig  # as run: resolved, derived lengths filled in
+    lrs: list[dict[str, float]]  # lr.csv's rows: the LR of every update
+    start_update: int
+    resumed_val: dict[str, float] | None  # val/* logged at the resumed checkpoint's own update
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, world: World, device: torch.device,
+    precision: Precision, started: float, hparams_experiment: bool, model: nn.Module | None,
+    dataset: Dataset | None,
+) -> dict[str, float]:
+    run = _prepare(cfg, run_dir, overrides, world=world, device=device, precision=precision, model=model,
+                   dataset=dataset)
+    loop = build_loop(
+        cfg, run.training, plan=run.built.plan, run_dir=run_dir, config=OmegaConf.to_container(run.config),
+        start_update=run.start_update, resumed_val=run.resumed_val, world=world,
+    )
+    status, metrics, error_text = "failed", None, None
+    try:
+        metrics = loop.run(run.start_update)
+        status = loop.ending.status if loop.ending is not None else "completed"
+        if world.is_main:
+            _finish(cfg, run, run_dir, metrics, loop.logger.write)
+        loop.logger.log_hparams(hyperparameters(run.config, overrides or []), experiment=hparams_experiment)
+        return metrics
+    except Exception as error:
+        status = outcome(error).status
+        if status == "failed":
+            error_text = f"{type(error).__name__}: {one_line(error)}"
+        raise
+    finally:
+        # On a failure (a full disk above all) closing the logs or writing metrics.json may fail
+        # too: that must not hide the error that ended the run.
+        quiet = contextlib.suppress(OSError) if status == "failed" else contextlib.nullcontext()
+        with quiet:
+            loop.logger.close(status)
+        if world.is_main:
+            wall_time_s = round(time.perf_counter() - started, 3)
+            with quiet:
+                write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
+            if status in FINISHED:
+                # A resumed run's earlier validations are in its logs only.
+                history = loop.logger.val_history if run.start_update == 0 else None
+                print(describe_run(run_dir, metrics, wall_time_s, status=status, history=history,
+                                   writers=list(cfg.logger.writers)))
+
+
+def _prepare(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, world: World, device: torch.device,
+    precision: Precision, model: nn.Module | None, dataset: Dataset | None,
+) -> Prepared:
+    """Build the run, restore its checkpoint (or ``init_from``'s weights) and check that its
+    checkpoints fit on the disk, all before writing anything; then write the run's files."""
+    checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    if dataset is None:
+        dataset = build_dataset(cfg.data, cfg.seed, pin_memory=device.type == "cuda")
+    if cfg.data.loader == "device":
+        dataset = dataset.to(device)
+    loss_fn = build_loss(cfg)
+    built = build_optimization(
+        cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
+        device=device, model=model, fit_check=(loss_fn, first_batch(dataset)), world=world,
+    )
+    fingerprint = schedule_fingerprint(cfg, built.plan)
+    # The exact LR of every update (the plateau schedule's before any cut, so before a resume
+    # restores its cuts): lr.csv now, lr.png once the run completes (matplotlib would delay the start).
+    lrs = lr_rows(built.optimizer, built.schedule, built.plan.max_updates)
+    if checkpoint is not None:
+        check_schedule_unchanged(checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path,
+                                 cfg.trainer.resume_schedule)
+    elif cfg.trainer.init_from is not None:  # weights only: the optimizer and the schedule start at update 0
+        left_out = init_weights(built.model, Path(cfg.trainer.init_from).expanduser(), strict=cfg.trainer.init_strict,
+                                model_state=world.model_state(built.model), load=world.load_model_state)
+        if left_out and world.is_main:
+            print(left_out)
+    warning = warmup_warning(cfg, built.schedule)
+    if warning and checkpoint is None and world.is_main:
+        print(warning, file=sys.stderr)
+    config = resolved_config(cfg, built.plan)
+    training = build_training(
+        cfg, built, dataset=dataset, precision=precision, run_dir=run_dir, config=OmegaConf.to_container(config),
+        fingerprint=fingerprint, loss_fn=loss_fn, world=world,
+    )
+    # A checkpoint of another model is a config error here, before anything is written.
+    start_update = training.checkpoints.restore(checkpoint, checkpoint_path) if checkpoint is not None else 0
+    if world.is_main:  # the only rank that writes
+        expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
+        check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
+        write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs)
+    resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
+    return Prepared(built, training, config, lrs, start_update, resumed_val)
+
+
+def _finish(cfg: DictConfig, run: Prepared, run_dir: Path, metrics: dict[str, float], write: Callable[[str], None]) -> None:
+    """After the last update, on rank 0: ``lr.png``, and what each control leaves (``lr_find.json``)."""
+    schedule = run.built.schedule
+    draw_lr(run.lrs, run_dir / "lr.png", title=lr_title(cfg, run.built.plan),
+            note=PLATEAU_NOTE if schedule.plateau is not None else None, joins=schedule.phase_starts())
+    for control in run.training.controls:
+        control.finish(run_dir, metrics, write)
+
+
+def write_run_files(
+    cfg: DictConfig, config: DictConfig, overrides: list[str] | None, built: Optimization, dataset: Dataset,
+    run_dir: Path, lrs: list[dict[str, float]],
+) -> None:
+    """What the run directory holds besides logs and checkpoints, written on rank 0 before training:
+    ``config.yaml``, ``overrides.yaml``, ``lr.csv`` (``lrs``), ``param_groups.md``, and what the
+    data keeps there (a vocabulary)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, run_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
+    if hasattr(dataset, "write_files"):
+        dataset.write_files(run_dir)
+    write_lr_csv(lrs, run_dir / "lr.csv")
+    table = write_group_table(built.optimizer, run_dir)
+    if custom_groups(cfg.optimizer, cfg.trainer.unfreeze):
+        print(f"parameter groups (also in {run_dir / 'param_groups.md'}):\n{table}")
+    if built.stages:
+        print(describe_stages(built.stages, built.plan.updates_per_epoch))

@@ -1,0 +1,1 @@
+"""Parameter groups and the optimizer: which parameters train, at which LR scale and weight decay."""

@@ -1,0 +1,126 @@
+"""The run's derived quantities: updates per epoch, the update budget, the schedule's length and
+warmup, the LR scale and the global batch, computed once from the config and the data size."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from trainer.errors import require
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Quantities derived from the config and the data size.
+
+    ``max_updates`` counts optimizer updates; ``total_steps`` and ``warmup_steps`` are in the
+    schedule's ``interval`` units (updates or epochs).
+    """
+
+    updates_per_epoch: int
+    max_updates: int
+    num_epochs: int
+    total_steps: int
+    warmup_steps: int
+    lr_scale: float = 1.0  # multiplies every LR of the schedule: schedule.temperature × the batch-size rule
+    accumulate_grad_batches: int = 1  # micro-batches of data.batch_size per update on each rank
+    global_batch_size: int = 1  # examples per update over all ranks
+
+
+def accumulation(cfg: DictConfig, world_size: int = 1) -> int:
+    """Micro-batches per update and rank: ``trainer.accumulate_grad_batches``, or what
+    ``trainer.global_batch_size`` = data.batch_size × ``world_size`` × accumulation gives."""
+    trainer, batch_size = cfg.trainer, cfg.data.batch_size
+    if trainer.global_batch_size is None:
+        return trainer.accumulate_grad_batches
+    require(
+        trainer.global_batch_size >= world_size,
+        "trainer.global_batch_size",
+        f"{trainer.global_batch_size} examples per update cannot give each of {world_size} ranks one: "
+        "raise it or launch fewer processes",
+    )
+    per_rank, rest = divmod(trainer.global_batch_size, batch_size * world_size)
+    require(
+        rest == 0 and per_rank >= 1,
+        "trainer.global_batch_size",
+        f"{trainer.global_batch_size} is not a multiple of data.batch_size={batch_size} × {world_size} ranks "
+        f"= {batch_size * world_size}: use a multiple of it (e.g. {batch_size * world_size * max(per_rank, 1)}) "
+        "or another data.batch_size",
+    )
+    return per_rank
+
+
+def plan_run(cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, run_length: int | None = None) -> RunPlan:
+    """Derive updates per epoch, the update budget and the schedule length; check they fit.
+    ``run_length``: the updates a schedule that sets the run's length itself gives (the range test).
+
+    The train loader drops the last partial batch and an epoch ends on the last whole update,
+    so updates per epoch = floor(floor(N / batch_size) / (accumulation × world_size)) = floor(N /
+    global batch): the same at any world size for the same global batch.
+    """
+    trainer, schedule = cfg.trainer, cfg.schedule
+    accumulate = accumulation(cfg, world_size)
+    global_batch = cfg.data.batch_size * accumulate * world_size
+    batches = num_train_examples // cfg.data.batch_size
+    updates_per_epoch = batches // (accumulate * world_size)
+    require(
+        updates_per_epoch >= 1,
+        "data.batch_size",
+        f"{num_train_examples} training examples give {batches} batches of {cfg.data.batch_size}, "
+        f"fewer than the {accumulate * world_size} of one update ({accumulate} accumulated × {world_size} ranks): "
+        "lower the batch or the accumulation",
+    )
+    if run_length is not None:
+        max_updates = run_length
+    elif trainer.max_steps is not None:
+        max_updates = trainer.max_steps
+    else:
+        max_updates = trainer.max_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_updates / updates_per_epoch)
+    derived_total = max_updates if schedule.interval == "step" else num_epochs
+    total_steps = schedule.total_steps if schedule.total_steps is not None else derived_total
+    warmup_steps = warmup_length(schedule.warmup_steps, schedule.warmup_ratio, total_steps, unit=schedule.interval)
+    lr_scale = schedule.temperature * batch_lr_factor(cfg, global_batch)
+    require(
+        math.isfinite(lr_scale) and lr_scale > 0,
+        "schedule.temperature",
+        f"schedule.temperature × the optimizer.lr_scaling factor is {lr_scale}, not a usable LR multiplier",
+    )
+    return RunPlan(
+        updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale,
+        accumulate_grad_batches=accumulate, global_batch_size=global_batch,
+    )
+
+
+def check_one_warmup(warmup_steps: int, warmup_ratio: float | None) -> None:
+    """A warmup is given as ``schedule.warmup_steps`` or ``schedule.warmup_ratio``, not both."""
+    require(
+        warmup_ratio is None or warmup_steps == 0,
+        "schedule.warmup_ratio",
+        "set either schedule.warmup_steps or schedule.warmup_ratio, not both "
+        "(e.g. schedule.warmup_steps=0 schedule.warmup_ratio=0.1)",
+    )
+
+
+def warmup_length(warmup_steps: int, warmup_ratio: float | None, total_steps: int, *, unit: str = "step") -> int:
+    """W: ``schedule.warmup_steps``, or ``round(warmup_ratio × total_steps)`` (checked: one of the
+    two, :func:`check_one_warmup`), at most T."""
+    if warmup_ratio is not None:
+        warmup_steps = round(warmup_ratio * total_steps)
+    require(
+        warmup_steps <= total_steps,
+        "schedule.warmup_steps",
+        f"warmup of {warmup_steps} {unit}s exceeds schedule.total_steps={total_steps}: shorten the warmup or train longer",
+    )
+    return warmup_steps
+
+
+def batch_lr_factor(cfg: DictConfig, global_batch_size: int) -> float:
+    """``optimizer.lr_scaling``: (B / reference_batch_size)^p with B the examples per update over
+    all ranks (the global batch); p = 1 (linear, Goyal et al.), ½ (sqrt, seed 002: batch 1024
+    against 256 runs at 2η), or 0 (none)."""
+    optimizer = cfg.optimizer
+    power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[optimizer.lr_scaling]
+    return (global_batch_size / optimizer.reference_batch_size) ** power

@@ -1,0 +1,66 @@
+"""Resuming: which checkpoint, and whether it continues this run (the restore itself is
+:meth:`trainer.rundir.checkpoint.Checkpointer.restore`).
+
+A resume must continue the run it stopped as if it never had: the schedule fingerprint (every
+setting that fixes the LR of an update, and the optimizer's own settings) must match, unless
+``trainer.resume_schedule=override`` says a change is meant (e.g. a WSD cooldown branched from a
+running job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.errors import ConfigError
+from trainer.plan import RunPlan
+
+
+def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
+    """What fixes the LR of every update (the schedule's keys, η, the derived lengths and scales) and
+    the optimizer settings the update uses with it."""
+    resolved = OmegaConf.to_container(cfg.schedule, resolve=True)
+    resolved.update(
+        peak_lr=cfg.optimizer.lr,
+        total_steps=plan.total_steps,
+        warmup_steps=plan.warmup_steps,
+        warmup_ratio=None,
+        updates_per_epoch=plan.updates_per_epoch,
+        lr_scale=plan.lr_scale,
+        group_lr_scales={str(k): v for k, v in (cfg.optimizer.lr_scales or {}).items()},
+        unfreeze=OmegaConf.to_container(cfg.trainer.unfreeze, resolve=True),
+        # The examples per update over all ranks: any world size with the same global batch
+        # continues the same run.
+        global_batch_size=plan.global_batch_size,
+    )
+    # The optimizer's own settings (η and the scales are above): a resume with another weight
+    # decay, betas or momentum would quietly change the run as much as a schedule change.
+    resolved.update({
+        f"optimizer.{k}": v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items()
+        if k not in ("lr", "lr_scales", "lr_scaling", "reference_batch_size")
+    })
+    return resolved
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """``trainer.resume``: null = fresh run; ``auto`` = the run dir's last.pt if there is one."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "last.pt"
+        return last if last.exists() else None  # a last.pt that is a directory fails to load, loudly
+    return Path(resume).expanduser()
+
+
+def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str) -> None:
+    """Refuse to resume onto a different schedule unless ``trainer.resume_schedule=override``."""
+    if saved == current or policy == "override":
+        return
+    keys = sorted(set(saved) | set(current), key=str)
+    diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k))
+    raise ConfigError(
+        "trainer.resume_schedule",
+        f"{path} was trained with another schedule or optimizer setting ({diff}); resuming would change "
+        "every later update. Pass trainer.resume_schedule=override to continue with the new settings "
+        "(e.g. to branch a WSD cooldown)",
+    )

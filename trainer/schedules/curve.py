@@ -1,0 +1,105 @@
+"""The LR of every update, from the schedule itself: ``lr.csv`` and ``lr.png``.
+
+What ``python -m trainer.preview`` writes, what every run writes into its directory (the exact
+curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report draws per job.
+``lr.csv`` has one row per optimizer update (0-based): ``update``, ``t`` (the schedule index, in
+``schedule.interval`` units), ``lr/<group>`` for every parameter group, and ``momentum`` when the
+schedule sets it. matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the sweep report reads lr.csv files without torch
+    import torch
+    from omegaconf import DictConfig
+
+    from trainer.plan import RunPlan
+    from trainer.schedules.schedule import Schedule
+
+
+#: Shown on every plot of a ``plateau`` schedule, whose cuts come from validation at run time.
+PLATEAU_NOTE = "plateau: the LR cuts depend on validation and are not drawn"
+
+Row = dict[str, float]
+
+
+def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: int) -> list[Row]:
+    """Every update's LRs (and momentum) as training applies them, through the same
+    :func:`~trainer.schedules.schedule.apply_schedule`, on a copy of the groups' settings: the optimizer
+    itself is left as it was. A ``plateau`` schedule gives its LR before any cut."""
+    from trainer.optim.groups import group_names
+    from trainer.schedules.schedule import applied_lrs, applied_momentum, apply_schedule
+
+    groups = SimpleNamespace(param_groups=[{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups])
+    names = group_names(optimizer)
+    scheduled_momentum = schedule.momentum_fn is not None
+    rows = []
+    for update in range(num_updates):
+        apply_schedule(groups, schedule, update)
+        row = {"update": update, "t": schedule.position(update)}
+        row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(groups))})
+        if scheduled_momentum:
+            row["momentum"] = applied_momentum(groups)
+        rows.append(row)
+    return rows
+
+
+def lr_title(cfg: DictConfig, plan: RunPlan) -> str:
+    """``NAME (interval, T=total_steps, W=warmup_steps)``: the schedule as the run derived it."""
+    return f"{cfg.schedule.name} ({cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps})"
+
+
+def write_lr_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0])
+        writer.writerows(row.values() for row in rows)
+
+
+def read_lr_csv(path: Path) -> list[Row]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def lr_columns(rows: list[Row]) -> list[list[str]]:
+    """The ``lr/<group>`` columns, those with identical values together: one curve each."""
+    curves: dict[tuple[float, ...], list[str]] = {}
+    for column in (k for k in rows[0] if k.startswith("lr/")):
+        curves.setdefault(tuple(r[column] for r in rows), []).append(column)
+    return list(curves.values())
+
+
+def draw_lr(
+    rows: list[Row], path: Path, *, title: str, note: str | None = None, joins: Sequence[tuple[int, str]] = ()
+) -> None:
+    """Plot ``rows`` (from :func:`lr_rows`) to ``path``: one line per distinct group curve, labelled
+    with every group it stands for (``lr/decay = lr/no_decay``), momentum on a second axis; a
+    dotted vertical line at each of a chain's ``joins`` (first update, phase name), labelled."""
+    from matplotlib.figure import Figure  # the object API needs no GUI backend
+
+    fig = Figure(figsize=(7, 4.4), layout="constrained")
+    ax = fig.subplots()
+    updates = [r["update"] for r in rows]
+    for columns in lr_columns(rows):
+        ax.plot(updates, [r[columns[0]] for r in rows], label=" = ".join(columns))
+    ax.set_xlabel("optimizer update")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title if note is None else f"{title}\n{note}", fontsize="medium")
+    for update, name in joins:
+        ax.axvline(update, color="gray", linestyle=":", linewidth=1)
+        ax.annotate(name, (update, 1), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                    textcoords="offset points", va="top", fontsize="x-small", color="gray")
+    handles = ax.get_lines()
+    if "momentum" in rows[0]:
+        ax2 = ax.twinx()
+        handles += ax2.plot(updates, [r["momentum"] for r in rows], color="gray", linestyle="--", label="momentum")
+        ax2.set_ylabel("momentum / beta1")
+    # Below the axes, where it covers no curve.
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), fontsize="small", frameon=False)
+    fig.savefig(path, dpi=110)

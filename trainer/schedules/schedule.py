@@ -1,0 +1,102 @@
+"""A schedule bound to a run (:class:`Schedule`) and how it is applied to an optimizer.
+
+:func:`apply_schedule` is the one place that writes LRs (and scheduled momentum) into the
+optimizer's groups; training, the preview and ``lr.csv`` all go through it, so the LR that is
+logged is the LR that was applied."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trainer.optim.unfreeze import freeze_until_due
+from trainer.schedules.plateau import ReduceOnPlateau
+
+if TYPE_CHECKING:  # applying a schedule needs only the optimizer's groups, not torch itself
+    import torch
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
+    """Set every group's LR (and scheduled momentum / beta1) for optimizer update ``update``, and
+    which groups are frozen then (``trainer.unfreeze``: LR 0, no gradients)."""
+    lr = schedule.lr(update)
+    momentum = schedule.momentum(update)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+        if momentum is not None:
+            set_momentum(group, momentum)
+    freeze_until_due(optimizer.param_groups, update)
+
+
+def applied_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """The LR each group will use in its next step, read from the optimizer itself."""
+    return [group["lr"] for group in optimizer.param_groups]
+
+
+def applied_momentum(optimizer: torch.optim.Optimizer) -> float:
+    group = optimizer.param_groups[0]
+    return group["betas"][0] if "betas" in group else group["momentum"]
+
+
+@dataclass
+class Schedule:
+    """A resolved schedule: everything needed to give the LR (and momentum) of any update.
+
+    ``interval='epoch'`` maps update index u to epoch ``u // updates_per_epoch``, so the LR is
+    constant within an epoch and changes exactly at epoch boundaries.
+
+    A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
+    validations from ``plateau_start`` (in t units) on.
+    """
+
+    name: str
+    interval: str
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int
+    updates_per_epoch: int
+    lr_fn: Callable[[int], float]
+    momentum_fn: Callable[[int], float] | None = None
+    plateau: ReduceOnPlateau | None = None
+    monitor: str | None = None
+    lr_scale: float = 1.0
+    phases: tuple[tuple[str, int], ...] = ()
+    plateau_start: int = 0
+
+    def position(self, update: int) -> int:
+        """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
+        return update if self.interval == "step" else update // self.updates_per_epoch
+
+    def lr(self, update: int) -> float:
+        """LR for the reference group (base LR = η) at optimizer update ``update``, times
+        :attr:`lr_scale`."""
+        t = self.position(update)
+        value = self.lr_fn(t)
+        if self.plateau is not None and t >= self.plateau_start:
+            value *= self.plateau.lr / self.plateau.peak_lr
+        return value * self.lr_scale
+
+    def observe(self, metrics: Mapping[str, float], update: int) -> None:
+        """Show the plateau the validation ``metrics`` taken after ``update`` updates; those from
+        before a chain's plateau phase are not its business (no cut during a warmup)."""
+        if self.plateau is not None and self.position(update) >= self.plateau_start:
+            self.plateau.observe(metrics[self.monitor])
+
+    def phase_starts(self) -> list[tuple[int, str]]:
+        """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
+        per_t = 1 if self.interval == "step" else self.updates_per_epoch
+        return [(start * per_t, name) for name, start in self.phases[1:]]
+
+    def momentum(self, update: int) -> float | None:
+        """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""
+        return None if self.momentum_fn is None else self.momentum_fn(self.position(update))
+
+
+
+def set_momentum(group: dict[str, Any], momentum: float) -> None:
+    """Give an optimizer parameter group the scheduled momentum: Adam's beta1, else SGD's momentum."""
+    if "betas" in group:
+        group["betas"] = (momentum, group["betas"][1])
+    else:
+        group["momentum"] = momentum

@@ -1,0 +1,103 @@
+"""Validation: ``val/loss`` and ``val/acc`` over a whole split, summed over the ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from trainer.data import Dataset
+from trainer.data.batches import Batch
+from trainer.data.loading import val_batches
+from trainer.distributed import World
+from trainer.training.loss import CrossEntropy, Loss
+from trainer.training.precision import Precision
+
+#: Validation batches hold this many training batches: with no activations kept for a backward
+#: pass they take less memory than a training step, and fewer, larger batches run faster.
+VAL_BATCH_MULTIPLE = 2
+
+
+def class_scores(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether ``outputs`` are scores of C >= 2 classes (..., C) for ``targets`` that are class
+    indices (...); a single output per example (a regression) is not."""
+    integer_targets = not targets.is_floating_point() and not targets.is_complex() and targets.dtype != torch.bool
+    shapes_fit = outputs.dim() >= 1 and outputs.shape[-1] >= 2 and outputs.shape[:-1] == targets.shape
+    return outputs.is_floating_point() and integer_targets and shapes_fit
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False,
+    loss_fn: Loss | None = None, world: World | None = None,
+) -> dict[str, float]:
+    """``val/loss`` and, when the outputs are class scores and the targets class indices,
+    ``val/acc`` (top-1) over every batch; one device sync at the end. An empty split gives {}.
+    Under ``world``, each rank passes its own shard of the split and the sums (loss, correct
+    answers, counts) are added over the ranks, so every rank gets the same numbers.
+
+    ``val/loss`` with the built-in cross-entropy (``loss_fn`` None or a :class:`CrossEntropy`) is
+    the unsmoothed cross-entropy in nats per target (per example, or per character for text);
+    with another loss, that loss's mean over the examples (each batch's value weighted by its
+    example count). ``flip=True`` (test-time augmentation for images) scores each image by the
+    mean of its outputs and its horizontal mirror's.
+    """
+    builtin = loss_fn is None or isinstance(loss_fn, CrossEntropy)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = scored = 0
+    for inputs, targets in batches:
+        with precision.autocast():
+            outputs = model(inputs)
+            if flip:
+                # clone: under CUDA graphs (compile mode reduce-overhead) the second call reuses
+                # the first one's output memory.
+                outputs = (outputs.clone() + model(inputs.flip(-1))) / 2
+        outputs = outputs.float()
+        if builtin:
+            flat = targets.flatten()
+            loss_sum += F.cross_entropy(outputs.flatten(0, -2), flat, reduction="sum")
+            count += flat.numel()
+        else:
+            loss_sum += loss_fn(outputs, targets).float() * len(targets)
+            count += len(targets)
+        if class_scores(outputs, targets):
+            correct += (outputs.argmax(dim=-1) == targets).sum()
+            scored += targets.numel()
+    model.train(was_training)
+    sums = torch.tensor([count, scored], dtype=torch.float64, device=device)
+    sums = (world or World()).sum(torch.cat([torch.stack([loss_sum.double(), correct.double()]), sums]))
+    loss_total, correct_total, count, scored = sums.tolist()
+    if count == 0:
+        return {}
+    metrics = {"val/loss": loss_total / count}
+    if scored:
+        metrics["val/acc"] = correct_total / scored
+    return metrics
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation over the whole split, in batches of ``VAL_BATCH_MULTIPLE × batch_size`` per rank
+    (see :func:`~trainer.data.loading.val_batches`): all ranks run the same number of forwards, as
+    FSDP2 needs, and the sums are reduced over them. Calling it scores the model as it is now."""
+
+    model: nn.Module
+    dataset: Dataset
+    batch_size: int
+    precision: Precision
+    device: torch.device
+    loss_fn: Loss | None = None
+    flip: bool = False  # a source validates on mirrored images too when it says so (``flip_test``)
+    world: World = field(default_factory=World)
+
+    def __call__(self) -> dict[str, float]:
+        batches = val_batches(self.dataset, VAL_BATCH_MULTIPLE * self.batch_size, device=self.device,
+                              rank=self.world.rank, world_size=self.world.world_size)
+        return evaluate(self.model, batches, self.precision, flip=self.flip, loss_fn=self.loss_fn, world=self.world)

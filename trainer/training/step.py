@@ -1,0 +1,132 @@
+"""One optimizer update: the one place that owns the step order.
+
+autocast forward -> (scaled) backward -> unscale -> clip -> the controls judge the norm (a spike
+may veto the update) -> optimizer step -> the controls see what was applied (the weight EMA) ->
+schedule update -> zero_grad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from trainer.controls import Controls, Update
+from trainer.data.batches import Batch
+from trainer.distributed import World
+from trainer.optim.groups import trainable_parameters
+from trainer.schedules.schedule import Schedule, apply_schedule
+from trainer.training.loss import Loss
+from trainer.training.precision import Precision
+
+
+class TrainStep:
+    """One optimizer update over ``accumulate_grad_batches`` micro-batches (on each rank).
+
+    ``model`` is the module to call: under DDP its wrapper, which averages the gradients over the
+    ranks in the backward of the last micro-batch (the others skip the all-reduce), so clipping
+    and the finiteness check see the same global gradient on every rank.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        precision: Precision,
+        loss_fn: Loss,
+        clip_grad_norm: float | None,
+        world: World | None = None,
+        *,
+        controls: Controls | None = None,
+    ) -> None:
+        self.world = world or World()
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.controls = controls or Controls([])
+        self.precision, self.loss_fn, self.clip_grad_norm = precision, loss_fn, clip_grad_norm
+        self.params = list(trainable_parameters(optimizer))
+        # Under FSDP2 a rank's scaler sees only its own gradient shard, so ranks could skip
+        # different updates: there the global norm decides, on the host (one sync per update).
+        self.sharded = self.world.strategy == "fsdp"
+        device = self.params[0].device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False) if self.sharded else precision.grad_scaler()
+
+    def __call__(self, micro_batches: Sequence[Batch], update: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run update ``update``; returns its mean loss and pre-clip gradient norm as device tensors.
+
+        An update whose gradients are not finite (a NaN/inf loss, or an fp16 overflow) is skipped
+        by the GradScaler, as is one a control vetoes (a gradient-norm spike); it still uses up its
+        schedule slot, so the schedule advances exactly once per update, skipped or not.
+        """
+        # Dividing each micro-batch loss by their count makes the summed gradient the mean over
+        # the whole update, so the LR means the same thing at any accumulation.
+        count = len(micro_batches)
+        total_loss = None
+        for index, (inputs, targets) in enumerate(micro_batches):
+            with self.world.gradient_sync(self.model, enabled=index == count - 1):
+                with self.precision.autocast():
+                    loss = self.loss_fn(self.model(inputs), targets)
+                if count > 1:
+                    loss = loss / count
+                self.scaler.scale(loss).backward()
+            total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+        # Unscale before clipping: under fp16 the gradients are multiplied by the loss scale, and
+        # clipping (or logging) scaled gradients would compare the wrong norm with max_norm.
+        self.scaler.unscale_(self.optimizer)
+        if self.clip_grad_norm is not None:
+            grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip_grad_norm, foreach=True)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
+        if self.sharded:  # a DTensor: the norm over every rank's shards
+            grad_norm = grad_norm.full_tensor()
+        finite = torch.isfinite(grad_norm)
+        veto = self.controls.veto(grad_norm)  # judged on the pre-clip norm
+        if self.scaler.is_enabled():
+            with vetoing(self.scaler, self.optimizer, veto):
+                self.scaler.step(self.optimizer)  # skips non-finite gradients (and a veto) on the device
+            # fp16 adapts its loss scale; the others keep a scale of exactly 1 (a device fill,
+            # no sync), which a skip would otherwise halve for good.
+            self.scaler.update(None if self.precision.uses_grad_scaler else 1.0)
+            applied = finite if veto is None else finite & ~veto
+        else:  # CPU (see Precision.grad_scaler) or FSDP2: the host check is free, or already paid
+            applied = bool(finite) and not (veto is not None and bool(veto))
+            if applied:
+                self.optimizer.step()
+        self.controls.after_step(Update(total_loss, grad_norm, finite, applied))
+        # The schedule advances once per optimizer update (never per micro-batch), right after
+        # the step that used the current LR, so update t always runs with the schedule's LR at t.
+        apply_schedule(self.optimizer, self.schedule, update + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, grad_norm
+
+    def state_dict(self) -> dict:
+        """The loss scale, and the precision it belongs to."""
+        return {"precision": self.precision.name, "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
+        # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
+        if state["precision"] == self.precision.name and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+@contextlib.contextmanager
+def vetoing(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, veto: torch.Tensor | None) -> Iterator[None]:
+    """Make ``scaler.step(optimizer)`` skip the step when ``veto`` (a device bool) is set, on the
+    device, as it skips non-finite gradients: the veto is added to the inf flags that
+    ``scaler.unscale_`` recorded (what the fused optimizers read), and taken out again before
+    ``scaler.update``, so fp16's loss scale does not back off for a spike.
+    """
+    if veto is None:
+        yield
+        return
+    # GradScaler keeps these per optimizer, per device; there is no public way to add a flag.
+    flags = list(scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values())
+    vetoes = [veto.to(flag.device, flag.dtype) for flag in flags]
+    torch._foreach_add_(flags, vetoes)
+    try:
+        yield
+    finally:
+        torch._foreach_sub_(flags, vetoes)
