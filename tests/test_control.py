@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 
 import pytest
 import torch
@@ -13,9 +14,11 @@ from tests.conftest import TINY, compose_config, run_cli
 from tests.test_components import run_user_cli
 from tests.test_loop import batch, linear_setup, make_step
 from tests.test_resume import preempt_after, straight_and_resumed
+from trainer import controls as controls_package
 from trainer.app import run as run_module
 from trainer.app.run import train
 from trainer.app.validate import validate
+from trainer.controls import Control, Read, Stop
 from trainer.controls.early_stopping import EarlyStopping
 from trainer.controls.ema import WeightEMA
 from trainer.controls.grad_spike import GradSpike
@@ -23,6 +26,7 @@ from trainer.controls.nonfinite import NonFinite
 from trainer.data.batches import epoch_order
 from trainer.distributed import World
 from trainer.errors import ConfigError, GradSpikeStop, Preempted
+from trainer.params import Param
 from trainer.rundir.checkpoint import load_checkpoint
 from trainer.rundir.events import read_scalars
 from trainer.schedules.schedule import apply_schedule
@@ -350,3 +354,47 @@ def test_a_veto_does_not_back_off_a_dynamic_loss_scale():
     scaler.update()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert scaler.get_scale() == 2.0**10
+
+
+# ---------------------------------------------------------------- a new control: its module and its key
+
+
+def test_a_new_control_needs_only_its_module_and_its_key(tmp_path, monkeypatch):
+    """docs/control-by-metrics.md's sketch, as a module the discovery finds: its key is checked
+    and declared like every other, it stops the run through the protocol, and its state is saved."""
+    module = types.ModuleType("trainer.controls.loss_floor")
+
+    class LossFloor(Control):
+        name = "loss_floor"
+
+        def __init__(self, bound: float) -> None:
+            self.bound, self.reads = bound, 0
+
+        def on_read(self, read: Read) -> Stop | None:
+            self.reads += 1
+            losses = [record["train/loss"] for record in read.records]
+            if losses and losses[-1] < self.bound:
+                return Stop(f"train/loss {losses[-1]:.4g} < {self.bound} after {read.updates_done} updates")
+            return None
+
+        def state_dict(self) -> dict:
+            return {"reads": self.reads}
+
+    module.KEYS = {"loss_floor": Param(None, "stop once train/loss falls below this", float, low=0, extra=(None,))}
+    module.build = lambda cfg, parts: None if cfg.trainer.loss_floor is None else LossFloor(cfg.trainer.loss_floor)
+    found = controls_package.control_modules()
+    monkeypatch.setattr(controls_package, "control_modules", lambda: [*found, module])
+
+    with pytest.raises(ConfigError, match="trainer.loss_floor: got -1"):
+        validate(compose_config("+trainer.loss_floor=-1"))
+    run = ["schedule=constant", "optimizer.lr=0.05", "trainer.max_epochs=20", "logger.read_every_n_steps=1"]
+    straight = train(compose_config(*run, "+trainer.loss_floor=null"), tmp_path / "straight")
+    losses = [v for _, v in read_scalars(tmp_path / "straight")["train/loss"]]
+    bound = sorted(losses)[len(losses) // 2]  # reached about half way
+    first_below = next(i for i, loss in enumerate(losses) if loss < bound)
+    metrics = train(compose_config(*run, f"+trainer.loss_floor={bound}"), tmp_path / "floor")
+    assert straight["updates"] == 160 and metrics["updates"] == first_below + 1
+    assert json.loads((tmp_path / "floor/metrics.json").read_text())["status"] == "completed"
+    state, stop = load_checkpoint(tmp_path / "floor/last.pt"), first_below + 1
+    checkpoints = {*range(8, stop + 1, 8), stop}  # every epoch end, and the stop: each reads first
+    assert state["update"] == stop and state["controls"]["loss_floor"]["reads"] == stop + len(checkpoints)
