@@ -313,7 +313,7 @@ def test_ema_and_spike_window_resume_bit_identical(tmp_path, monkeypatch, stop_a
 
 def test_ema_under_fsdp_is_refused_naming_the_key():
     with pytest.raises(ConfigError) as error:
-        validate(compose_config("trainer.strategy=fsdp", "trainer.ema_decay=0.999"), strategy="fsdp")
+        validate(compose_config("trainer.strategy=fsdp", "trainer.ema_decay=0.999"))  # as the preview checks it, no launch
     assert error.value.key == "trainer.ema_decay" and "fsdp" in str(error.value)
 
 
@@ -368,7 +368,7 @@ def test_a_new_control_needs_only_its_module_and_its_key(tmp_path, monkeypatch):
         name = "loss_floor"
 
         def __init__(self, bound: float) -> None:
-            self.bound, self.reads = bound, 0
+            self.bound, self.reads, self.validations = bound, 0, 0
 
         def on_read(self, read: Read) -> Stop | None:
             self.reads += 1
@@ -377,8 +377,12 @@ def test_a_new_control_needs_only_its_module_and_its_key(tmp_path, monkeypatch):
                 return Stop(f"train/loss {losses[-1]:.4g} < {self.bound} after {read.updates_done} updates")
             return None
 
+        def after_validation(self, metrics, updates_done: int, *, last: bool) -> Stop | None:
+            self.validations += 1  # the last one too, after this control ended the run
+            return None
+
         def state_dict(self) -> dict:
-            return {"reads": self.reads}
+            return {"reads": self.reads, "validations": self.validations}
 
     module.KEYS = {"loss_floor": Param(None, "stop once train/loss falls below this", float, low=0, extra=(None,))}
     module.build = lambda cfg, parts: None if cfg.trainer.loss_floor is None else LossFloor(cfg.trainer.loss_floor)
@@ -398,3 +402,10 @@ def test_a_new_control_needs_only_its_module_and_its_key(tmp_path, monkeypatch):
     state, stop = load_checkpoint(tmp_path / "floor/last.pt"), first_below + 1
     checkpoints = {*range(8, stop + 1, 8), stop}  # every epoch end, and the stop: each reads first
     assert state["update"] == stop and state["controls"]["loss_floor"]["reads"] == stop + len(checkpoints)
+    assert state["controls"]["loss_floor"]["validations"] == len(checkpoints)
+    # At the default cadence the control sees the values at each read: every 50 updates and at each
+    # epoch end (before its validation and checkpoint); it stops at the first whose last loss is below.
+    default = [arg for arg in run if not arg.startswith("logger.read_every_n_steps")]
+    metrics = train(compose_config(*default, f"+trainer.loss_floor={bound}"), tmp_path / "default")
+    reads = sorted({*range(8, 161, 8), *range(50, 161, 50)})
+    assert metrics["updates"] == next(r for r in reads if losses[r - 1] < bound) < 160

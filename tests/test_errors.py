@@ -42,10 +42,6 @@ def test_how_a_run_ended_gives_its_status_and_exit_code(error, status, code):
     assert outcome(error) == Outcome(status, code)
 
 
-def test_early_stopping_is_a_normal_end():
-    assert outcome(None, early_stopped=True) == Outcome("early_stopped", 0) and "early_stopped" in FINISHED
-
-
 def test_every_status_of_the_table_is_one_metrics_json_may_hold():
     assert {found.status for _, found in OUTCOMES} <= set(STATUSES) and set(FINISHED) <= set(STATUSES)
 

@@ -96,6 +96,21 @@ def test_stop_policy_keeps_the_last_checkpoint_before_the_first_bad_update_and_s
     assert load_checkpoint(good)["controls"]["nonfinite"]["skipped_updates"] == 0
 
 
+def test_resuming_from_last_good_and_stopping_again_keeps_last_good(tmp_path, monkeypatch):
+    """The recovery the stop message suggests, run without changing anything: the same bad update
+    stops it again, before its first checkpoint; last_good.pt is not this run's last checkpoint,
+    so it must stay as it was (before, the first run's last.pt replaced it)."""
+    poison(monkeypatch, [int(epoch_order(512, seed=0, epoch=0)[10 * 32])])
+    run = ["schedule=cosine", "data.train_size=512", "trainer.nonfinite=stop", "trainer.max_epochs=1",
+           "trainer.checkpoint_every_n_steps=3", "logger.log_every_n_steps=4"]
+    with pytest.raises(NonFiniteStop):
+        train(compose_config(*run), tmp_path)
+    good = tmp_path / "last_good.pt"
+    with pytest.raises(NonFiniteStop, match="no checkpoint was written before it"):
+        train(compose_config(*run, f"trainer.resume={good}"), tmp_path)
+    assert load_checkpoint(good)["update"] == 9 and load_checkpoint(tmp_path / "last.pt")["update"] == 12
+
+
 def test_raise_policy_raises(tmp_path, poisoned_data):
     with pytest.raises(NonFiniteError):
         train(compose_config("schedule=cosine", "trainer.nonfinite=raise", "trainer.max_epochs=3"), tmp_path)

@@ -26,7 +26,7 @@ from trainer.errors import ConfigError
 from trainer.optim.factory import optimizer_params
 from trainer.params import Param, check_params, declared
 from trainer.rundir.writers import LOGGER, writer_nodes
-from trainer.schedules.registry import COMMON, COMMON_KEYS, schedule_names, schedule_params, spec_of
+from trainer.schedules.registry import COMMON, COMMON_KEYS, build_schedule, schedule_names, schedule_params, spec_of
 
 
 def wrong_values(param: Param) -> list:
@@ -103,6 +103,17 @@ def test_every_schedule_parameter_refuses_what_its_declaration_excludes(name):
             assert error.value.key == f"schedule.{key}", (key, value)
             assert str(error.value).startswith(f"schedule.{key}: got ")
             assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", schedule_names())
+def test_the_declarations_alone_give_the_yaml_schedule_exactly(name):
+    """A schedule bound from its name and declared defaults (common keys included) equals, at every
+    update and bit for bit, the one ``schedule=NAME`` composes from YAML."""
+    from_yaml = compose_config(f"schedule={name}", base=[]).schedule
+    bare = OmegaConf.create({"name": name, **spec_of(name).common_defaults})
+    kwargs = {"peak_lr": 0.1, "total_steps": 1000, "updates_per_epoch": 7, "warmup_steps": None}
+    a, b = build_schedule(from_yaml, **kwargs), build_schedule(bare, **kwargs)
+    assert a.interval == b.interval and [a.lr(u) for u in range(0, 7000, 3)] == [b.lr(u) for u in range(0, 7000, 3)]
 
 
 @pytest.mark.parametrize("name", [n for n in schedule_names() if not spec_of(n).metric_driven])

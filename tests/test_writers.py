@@ -7,16 +7,20 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import TINY, compose_config, run_cli
 from tests.test_components import run_user_cli
 from tests.test_resume import preempt_after
 from trainer.app.run import train
+from trainer.app.validate import validate
 from trainer.compare import read_job
 from trainer.errors import Preempted
 from trainer.rundir.events import read_scalars as read_events
 from trainer.rundir.writers import read_scalars
 from trainer.rundir.writers.csv import FILE, Writer
+from trainer.rundir.writers.mlflow import Writer as MlflowWriter
+from trainer.rundir.writers.mlflow import settings_of
 
 RUN = ["schedule=cosine", "optimizer.lr=0.01", "trainer.max_epochs=2"]
 
@@ -49,6 +53,40 @@ def test_a_resumed_csv_drops_what_was_logged_after_the_checkpoint(tmp_path):
     fresh = Writer(tmp_path, purge_step=0, config={})  # a new run in the same directory starts it afresh
     fresh.close("completed")
     assert read_scalars(tmp_path, ["csv"]) == {}
+
+
+def test_a_row_a_kill_cut_short_is_not_read(tmp_path):
+    writer = Writer(tmp_path, purge_step=0, config={})
+    writer.scalars(0, {"train/loss": 2.0})
+    writer.close("completed")
+    with open(tmp_path / FILE, "a") as f:
+        f.write("1,train/loss")  # the kill came in the middle of the next row
+    assert read_scalars(tmp_path, ["csv"]) == {"train/loss": [(0, 2.0)]}
+
+
+def test_a_logger_config_without_a_writers_settings_takes_their_defaults(tmp_path):
+    cfg = compose_config("logger.writers=[csv,mlflow]")
+    with open_dict(cfg.logger):
+        del cfg.logger["mlflow"]  # a user's own logger config, written before the mlflow writer existed
+    validate(cfg)  # MLflow's default store needs nothing the check refuses here
+    assert settings_of(OmegaConf.to_container(cfg))["experiment"] == "trainer"
+
+
+def test_a_resumed_mlflow_run_keeps_its_first_parameter_values_and_tags_the_changed_ones(tmp_path, monkeypatch):
+    import mlflow.tracking
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    config = {"logger": {"mlflow": {"tracking_uri": f"file:{tmp_path / 'mlruns'}", "experiment": "t"}}}
+    first = MlflowWriter(tmp_path, purge_step=0, config=config)
+    first.hparams({"optimizer.lr": 0.1, "trainer.max_epochs": 3}, experiment=True)
+    first.close("preempted")
+    resumed = MlflowWriter(tmp_path, purge_step=8, config=config)
+    resumed.hparams({"optimizer.lr": 0.1, "trainer.max_epochs": 6, "seed": 0}, experiment=True)
+    resumed.close("completed")
+    run = mlflow.tracking.MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}").get_run(first.run_id)
+    assert resumed.run_id == first.run_id and run.info.status == "FINISHED"
+    assert run.data.params == {"optimizer.lr": "0.1", "trainer.max_epochs": "3", "seed": "0"}
+    assert run.data.tags["resumed/trainer.max_epochs"] == "6"
 
 
 def test_a_csv_only_run_preempted_and_resumed_equals_one_straight_run_and_reports_from_it(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import FINISHED, sweep_exit_code
 from trainer.rundir.summary import SUMMARY_FILE, read_summary
-from trainer.rundir.writers import read_scalars, writer_class, writers_of
+from trainer.rundir.writers import optional_hook, read_scalars, writers_of
 from trainer.schedules.curve import read_lr_csv
 from trainer.schedules.registry import metric_driven
 
@@ -259,7 +259,7 @@ class SweepReport(Callback):
             return  # not a training sweep, or no job got as far as its first logged update
         report = write_report(sweep_dir, jobs=jobs)
         for name in dict.fromkeys(name for job in jobs for name in writers_of(sweep_dir / job.name)):
-            sweep_end = getattr(writer_class(name), "sweep_end", None)
+            sweep_end = optional_hook(name, "sweep_end")
             if sweep_end is not None:
                 sweep_end(sweep_dir)
         done = sum(job.status in FINISHED for job in jobs)

@@ -99,10 +99,11 @@ OUTCOMES: tuple[tuple[type[BaseException], Outcome], ...] = (
 )
 
 
-def outcome(error: BaseException | None, *, early_stopped: bool = False) -> Outcome:
-    """The status and exit code of a run that raised ``error`` (None: it ended as planned)."""
+def outcome(error: BaseException | None) -> Outcome:
+    """The status and exit code of a run that raised ``error``; None: it ended as planned
+    (``completed``, or the status of the control that ended it: ``early_stopped``)."""
     if error is None:
-        return Outcome("early_stopped" if early_stopped else "completed", 0)
+        return Outcome("completed", 0)
     if is_out_of_space(error):
         return Outcome("failed", EXIT_NO_SPACE)
     return next((found for kind, found in OUTCOMES if isinstance(error, kind)), Outcome("failed", EXIT_CRASH))

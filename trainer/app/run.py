@@ -28,7 +28,7 @@ from trainer.rundir.init_from import init_weights
 from trainer.rundir.lock import hold_run_dir, remove_if_empty
 from trainer.rundir.resume import check_schedule_unchanged, resume_path, schedule_fingerprint
 from trainer.rundir.summary import describe_run, write_summary
-from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, write_lr_csv
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.training.precision import Precision, resolve_device, resolve_precision
 
 
@@ -102,7 +102,6 @@ class Prepared:
     built: Optimization
     training: Training
     config: DictConfig  # as run: resolved, derived lengths filled in
-    lrs: list[dict[str, float]]  # lr.csv's rows: the LR of every update
     start_update: int
     resumed_val: dict[str, float] | None  # val/* logged at the resumed checkpoint's own update
 
@@ -114,12 +113,12 @@ def _train(
 ) -> dict[str, float]:
     run = _prepare(cfg, run_dir, overrides, world=world, device=device, precision=precision, model=model,
                    dataset=dataset)
-    loop = build_loop(
-        cfg, run.training, plan=run.built.plan, run_dir=run_dir, config=OmegaConf.to_container(run.config),
-        start_update=run.start_update, resumed_val=run.resumed_val, world=world,
-    )
-    status, metrics, error_text = "failed", None, None
+    status, metrics, error_text, loop = "failed", None, None, None
     try:
+        loop = build_loop(
+            cfg, run.training, plan=run.built.plan, run_dir=run_dir, config=OmegaConf.to_container(run.config),
+            start_update=run.start_update, resumed_val=run.resumed_val, world=world,
+        )
         metrics = loop.run(run.start_update)
         status = loop.ending.status if loop.ending is not None else "completed"
         if world.is_main:
@@ -133,10 +132,16 @@ def _train(
         raise
     finally:
         # On a failure (a full disk above all) closing the logs or writing metrics.json may fail
-        # too: that must not hide the error that ended the run.
-        quiet = contextlib.suppress(OSError) if status == "failed" else contextlib.nullcontext()
-        with quiet:
-            loop.logger.close(status)
+        # too: that must not hide the error that ended the run. A run that ended well but whose
+        # logs fail to close has failed, and says so in metrics.json before the error goes on.
+        close_error = None
+        if loop is not None:
+            try:
+                loop.logger.close(status)
+            except Exception as error:
+                if status in FINISHED:
+                    close_error, status, error_text = error, "failed", f"{type(error).__name__}: {one_line(error)}"
+        quiet = contextlib.suppress(Exception) if status == "failed" else contextlib.nullcontext()
         if world.is_main:
             wall_time_s = round(time.perf_counter() - started, 3)
             with quiet:
@@ -146,6 +151,8 @@ def _train(
                 history = loop.logger.val_history if run.start_update == 0 else None
                 print(describe_run(run_dir, metrics, wall_time_s, status=status, history=history,
                                    writers=list(cfg.logger.writers)))
+        if close_error is not None:
+            raise close_error
 
 
 def _prepare(
@@ -167,8 +174,9 @@ def _prepare(
     )
     fingerprint = schedule_fingerprint(cfg, built.plan)
     # The exact LR of every update (the plateau schedule's before any cut, so before a resume
-    # restores its cuts): lr.csv now, lr.png once the run completes (matplotlib would delay the start).
-    lrs = lr_rows(built.optimizer, built.schedule, built.plan.max_updates)
+    # restores its cuts), rank 0's to write: lr.csv before training, lr.png from it once the run
+    # completes (matplotlib would delay the start; a long run's rows need not stay in memory).
+    lrs = lr_rows(built.optimizer, built.schedule, built.plan.max_updates) if world.is_main else []
     if checkpoint is not None:
         check_schedule_unchanged(checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path,
                                  cfg.trainer.resume_schedule)
@@ -192,13 +200,13 @@ def _prepare(
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
         write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs)
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
-    return Prepared(built, training, config, lrs, start_update, resumed_val)
+    return Prepared(built, training, config, start_update, resumed_val)
 
 
 def _finish(cfg: DictConfig, run: Prepared, run_dir: Path, metrics: dict[str, float], write: Callable[[str], None]) -> None:
     """After the last update, on rank 0: ``lr.png``, and what each control leaves (``lr_find.json``)."""
     schedule = run.built.schedule
-    draw_lr(run.lrs, run_dir / "lr.png", title=lr_title(cfg, run.built.plan),
+    draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, run.built.plan),
             note=PLATEAU_NOTE if schedule.plateau is not None else None, joins=schedule.phase_starts())
     for control in run.training.controls:
         control.finish(run_dir, metrics, write)

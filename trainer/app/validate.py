@@ -81,18 +81,22 @@ def trainer_params() -> tuple[dict[str, Param], dict[str, dict[str, Param]]]:
     return plain, nodes
 
 
-def validate(cfg: DictConfig, *, strategy: str = "single") -> None:
+def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     """Check every key of ``cfg`` (``trainer``, ``optimizer``, ``schedule``, ``logger``, ``data``,
-    ``model`` and ``seed``) and what they cannot do together, under the resolved ``trainer.strategy``."""
+    ``model`` and ``seed``) and what they cannot do together, under ``strategy``: the launch's
+    resolved one, or (None: the preview, no launch) the config's own (``auto`` as ``single``)."""
     for key in cfg:
         if key not in TOP_LEVEL:  # e.g. +foo=1, which nothing reads
             raise ConfigError(str(key), unknown_key_message(str(key), TOP_LEVEL, "the config"))
     SEED.check(cfg.seed, "seed")
     _validate_trainer(cfg.trainer)
-    _check_nodes("logger", LOGGER, writer_nodes(), cfg.logger)
+    # A writer's settings are its business only when it is named; a user's logger config may leave them out.
+    _check_nodes("logger", LOGGER, writer_nodes(), cfg.logger, required=False)
     _validate_data_and_model(cfg.data, cfg.model)
     check_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule, cfg.optimizer)
+    if strategy is None:
+        strategy = cfg.trainer.strategy if cfg.trainer.strategy != "auto" else "single"
     # Checks between keys of different owners, each written beside the code it protects.
     check_writers(cfg.logger.writers, cfg)
     check_controls(cfg, strategy)
@@ -101,10 +105,16 @@ def validate(cfg: DictConfig, *, strategy: str = "single") -> None:
     init_from.check_init_from(cfg.trainer)
 
 
-def _check_nodes(prefix: str, plain: dict[str, Param], nodes: dict[str, dict[str, Param]], values: DictConfig) -> None:
-    """A group's plain keys, and each of its nested nodes (a mapping of its own keys)."""
+def _check_nodes(
+    prefix: str, plain: dict[str, Param], nodes: dict[str, dict[str, Param]], values: DictConfig, *,
+    required: bool = True,
+) -> None:
+    """A group's plain keys, and each of its nested nodes (a mapping of its own keys; without
+    ``required``, a node left out takes its defaults)."""
     check_params(plain, {k: v for k, v in values.items() if k not in nodes}, prefix, owner=prefix)
     for node, params in nodes.items():
+        if not required and node not in values:
+            continue
         require(OmegaConf.is_dict(values.get(node)), f"{prefix}.{node}", f"expected a mapping of {', '.join(params)}")
         check_params(params, values[node], f"{prefix}.{node}", owner=f"{prefix}.{node}")
 

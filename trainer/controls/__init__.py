@@ -179,9 +179,6 @@ class Controls(Sequence[Control]):
     def __iter__(self) -> Iterator[Control]:
         return iter(self._controls)
 
-    def named(self, name: str) -> Control | None:
-        return next((control for control in self._controls if control.name == name), None)
-
     def veto(self, grad_norm: torch.Tensor) -> torch.Tensor | None:
         vetoes = [v for v in (control.veto(grad_norm) for control in self._controls) if v is not None]
         if not vetoes:

@@ -98,6 +98,7 @@ class Checkpointer:
         self.every_n_steps, self.every_n_epochs, self.keep_last_n = every_n_steps, every_n_epochs, keep_last_n
         self.best = math.inf
         self.last_saved: int | None = None  # updates done at the run directory's last.pt, once there is one
+        self._rng: dict[str, Any] | None = None  # a restored checkpoint's generators, until the loop starts
 
     @property
     def last(self) -> Path:
@@ -176,9 +177,18 @@ class Checkpointer:
         except (RuntimeError, ValueError, KeyError) as error:
             raise ConfigError("trainer.resume", f"{path} does not fit this run: {one_line(error)}") from None
         self.best = checkpoint["checkpoints"]["best"]
-        self.last_saved = checkpoint["update"]
-        set_rng_state(checkpoint["rng"])
+        # Only this directory's own last.pt is "the last checkpoint" a stop may keep as last_good.pt:
+        # a run resumed from another file (last_good.pt itself, another run's) has none yet.
+        self.last_saved = checkpoint["update"] if path.resolve() == self.last.resolve() else None
+        self._rng = checkpoint["rng"]
         return checkpoint["update"]
+
+    def resume_rng(self) -> None:
+        """Put back the restored checkpoint's generators, as the loop starts: nothing that runs
+        between the restore and the first update (the writers, the data's files) may shift them."""
+        if self._rng is not None:
+            set_rng_state(self._rng)
+            self._rng = None
 
 
 def expected_checkpoint_bytes(

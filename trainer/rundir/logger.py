@@ -172,6 +172,13 @@ class RunLogger:
             self._show_epoch()
 
     def close(self, status: str = "completed") -> None:
+        """Close every writer, even when one fails (its error is raised once all are closed)."""
         self.bar.close()
+        errors = []
         for writer in self.writers:
-            writer.close(status)
+            try:
+                writer.close(status)
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.monitor import mode_of
-from trainer.rundir.writers import read_scalars, writer_class
+from trainer.rundir.writers import optional_hook, read_scalars
 
 SUMMARY_FILE = "metrics.json"
 
@@ -57,7 +57,7 @@ def describe_run(
         step, best = (min if mode_of(tag) == "min" else max)(finite, key=lambda p: p[1])
         lines.append(f"  {tag:<9} final {metrics[tag]:.4f}  best {best:.4f} (after {step} updates)")
     for name in writers:
-        hint = getattr(writer_class(name), "hint", None)
+        hint = optional_hook(name, "hint")
         if hint is not None:
             lines.append(f"  {hint(run_dir)}")
     return "\n".join(lines)

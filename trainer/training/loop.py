@@ -44,6 +44,7 @@ class Loop:
         the epoch's order is re-created from (seed, epoch), so no example is repeated or skipped.
         A resumed run that had ended (its last update, or a control's stop) trains nothing.
         """
+        self.checkpoints.resume_rng()  # last: nothing before the first update draws from it
         apply_schedule(self.step.optimizer, self.step.schedule, start_update)
         self.step.model.train()
         update, metrics = start_update, {}
@@ -69,7 +70,7 @@ class Loop:
         end = min((epoch + 1) * self.plan.updates_per_epoch, self.plan.max_updates)
         batches = self.batches.epoch(epoch, update)
         while update < end and self.ending is None:
-            self.ending = self._update(update, epoch, next(batches))
+            self._update(update, epoch, next(batches))
             update += 1
             self.logger.advance()
             if update < end and self.ending is None:  # the epoch's end checkpoints its last update
@@ -77,11 +78,13 @@ class Loop:
         last = update >= self.plan.max_updates or self.ending is not None
         improved = False
         if (epoch + 1) % self.val_every_n_epochs == 0 or last:
-            validation = self._validate(update)
+            validation = self._validate(update)  # its read may end the run
+            last = last or self.ending is not None
             metrics.update(validation)
             if self.objective in metrics:
                 improved = self.checkpoints.improves(metrics[self.objective])
-            self.ending = self.ending or self.controls.after_validation(validation, update, last=last)
+            stop = self.controls.after_validation(validation, update, last=last)  # every control sees it
+            self.ending = self.ending or stop
         preempted = self._preempted(signals)
         if self.checkpoints.due_at_epoch_end(epoch, update) or last or improved or preempted or self.ending:
             self._checkpoint(update, improved=improved)
@@ -99,8 +102,8 @@ class Loop:
             self._checkpoint(update)
             raise Preempted(preempted, update)
 
-    def _update(self, update: int, epoch: int, micro_batches: list) -> Stop | None:
-        """One optimizer update with its logging; a control's stop, read after it."""
+    def _update(self, update: int, epoch: int, micro_batches: list) -> None:
+        """One optimizer update with its logging."""
         optimizer, log_now = self.step.optimizer, self.logger.due(update)
         lrs = applied_lrs(optimizer) if log_now else None
         momentum = applied_momentum(optimizer) if log_now and self.step.schedule.momentum_fn is not None else None
@@ -111,24 +114,24 @@ class Loop:
         # Controls that act on each logged update read it at once; otherwise reads are batched,
         # one sync per read.
         if self.logger.read_due(update) or (log_now and self.controls.acts_on_each_log):
-            return self._read(update + 1)
-        return None
+            self._read(update + 1)
 
-    def _read(self, updates_done: int, *, before_checkpoint: bool = False) -> Stop | None:
-        """Write the pending logged updates (one host-device sync) and show them to the controls;
-        a stop with an error checkpoints this update and raises it. Before a checkpoint the
-        controls look even with nothing pending (their counters cover unlogged updates too)."""
+    def _read(self, updates_done: int, *, before_checkpoint: bool = False) -> None:
+        """Write the pending logged updates (one host-device sync) and show them to the controls:
+        a stop with an error checkpoints this update and raises it; one without ends the run at
+        the next epoch end it reaches. Before a checkpoint the controls look even with nothing
+        pending (their counters cover unlogged updates too)."""
         records = self.logger.read()
         if records:
             self.train_loss = records[-1]["train/loss"]
         elif not before_checkpoint:
-            return None
+            return
         read = Read(updates_done, records, self.checkpoints.run_dir, self.checkpoints.last_saved, self.logger.write)
         stop = self.controls.on_read(read)
         if stop is not None and stop.error is not None:
             self._save(updates_done, keep_last_as=stop.keep_last_as)
             raise stop.error
-        return stop
+        self.ending = self.ending or stop
 
     def _validate(self, updates_done: int) -> dict[str, float]:
         self._read(updates_done)

@@ -103,11 +103,20 @@ def open_writers(names: Sequence[str], run_dir: Path, *, purge_step: int, config
     return writers
 
 
+def optional_hook(name: str, hook: str) -> Any:
+    """A writer's optional hook (``read``, ``hint``, ``sweep_end``), or None when it has none or
+    its class no longer imports (a report must not fail for one job's writer)."""
+    try:
+        return getattr(writer_class(name), hook, None)
+    except ConfigError:
+        return None
+
+
 def read_scalars(run_dir: Path, names: Sequence[str]) -> Scalars | None:
     """Every scalar the run logged, from the first of ``names`` whose writer can read its own files
     back and found them; None when none could."""
     for name in names:
-        reader = getattr(writer_class(name), "read", None)
+        reader = optional_hook(name, "read")
         found = reader(run_dir) if reader is not None else None
         if found is not None:
             return found
