@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer.app.cli import as_config_error, run_as_process
+from trainer.app.threads import CpuClock
 from trainer.components import CONFIG_DIR
 from trainer.errors import (
     EXIT_CRASH,
@@ -37,6 +38,7 @@ FAILED_OBJECTIVE = math.inf
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Train one job; returns ``trainer.objective`` so Hydra sweepers can optimise it."""
+    cpu_since = CpuClock.now()  # trainer.num_threads=auto counts what other processes use from here
     # Only here: --help and --cfg never call this, and need not wait for torch to import.
     from trainer.app.run import train
 
@@ -45,7 +47,7 @@ def main(cfg: DictConfig) -> float:
     try:
         # Unresolved: an override such as optimizer.lr=${nope} is the config's error, found by its checks.
         overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-        metrics = train(cfg, run_dir, overrides=overrides, hparams_experiment=not in_sweep)
+        metrics = train(cfg, run_dir, overrides=overrides, hparams_experiment=not in_sweep, cpu_since=cpu_since)
     except Exception as error:
         return ended(error, run_dir, in_sweep=in_sweep)
     objective = metrics.get(cfg.trainer.objective, math.nan)  # NaN: trained without validation data

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from trainer.app.build import Optimization, Training, build_loop, build_loss, build_optimization, build_training
+from trainer.app.threads import CpuClock, pick_threads
 from trainer.app.validate import validate, warmup_warning
 from trainer.data import Dataset, build_dataset, first_batch
 from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
@@ -32,14 +33,6 @@ from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, re
 from trainer.training.precision import Precision, resolve_device, resolve_precision
 
 
-def cpu_threads(setting: int | str) -> int:
-    """Intra-op threads: a number, or ``auto`` = $OMP_NUM_THREADS (parallel launchers set it per
-    job), else the CPUs this process may run on (a SLURM task's allocation, not the whole node)."""
-    if setting != "auto":
-        return int(setting)
-    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
-
-
 def resolved_config(cfg: DictConfig, plan: RunPlan) -> DictConfig:
     """The config as run: interpolations resolved, derived schedule lengths filled in, and the
     intra-op threads this process was given (``auto``: a parallel launcher's share of the cores)."""
@@ -54,7 +47,7 @@ def resolved_config(cfg: DictConfig, plan: RunPlan) -> DictConfig:
 
 def train(
     cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, *, hparams_experiment: bool = True,
-    model: nn.Module | None = None, dataset: Dataset | None = None,
+    model: nn.Module | None = None, dataset: Dataset | None = None, cpu_since: CpuClock | None = None,
 ) -> dict[str, float]:
     """Validate, build and train; returns the final metrics (``val/loss``, ``val/acc``, ...).
 
@@ -66,14 +59,14 @@ def train(
     reads a checkpoint there until it ends.
     ``hparams_experiment=False`` (a sweep's job) leaves the HParams table's columns to the sweep.
     ``model`` and ``dataset``: objects to train instead of building ``cfg.model`` and ``cfg.data``
-    (``trainer.fit``).
+    (``trainer.fit``). ``cpu_since``: when the process started, for ``trainer.num_threads=auto``
+    (:mod:`trainer.app.threads`; default: now).
     Under torchrun or SLURM every rank runs this; rank 0 alone writes (see :mod:`trainer.distributed`).
     """
-    started = time.perf_counter()
+    started, cpu_since = time.perf_counter(), cpu_since or CpuClock.now()
     launch = launch_from_env(os.environ)
     strategy = resolve_strategy(cfg.trainer.strategy, launch)
     validate(cfg, strategy=strategy)
-    torch.set_num_threads(cpu_threads(cfg.trainer.num_threads))
     device = device_of(launch if strategy != "single" else None, resolve_device(cfg.trainer.device))
     backend = resolve_backend(cfg.trainer.dist_backend, device)
     precision = resolve_precision(cfg.trainer.precision, device)
@@ -89,7 +82,7 @@ def train(
         with hold_run_dir(run_dir) if world.is_main else contextlib.nullcontext():
             return _train(
                 cfg, run_dir, overrides, world=world, device=device, precision=precision, started=started,
-                hparams_experiment=hparams_experiment, model=model, dataset=dataset,
+                hparams_experiment=hparams_experiment, model=model, dataset=dataset, cpu_since=cpu_since,
             )
     finally:
         world.close()
@@ -109,10 +102,10 @@ class Prepared:
 def _train(
     cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, world: World, device: torch.device,
     precision: Precision, started: float, hparams_experiment: bool, model: nn.Module | None,
-    dataset: Dataset | None,
+    dataset: Dataset | None, cpu_since: CpuClock | None,
 ) -> dict[str, float]:
     run = _prepare(cfg, run_dir, overrides, world=world, device=device, precision=precision, model=model,
-                   dataset=dataset)
+                   dataset=dataset, cpu_since=cpu_since)
     status, metrics, error_text, loop = "failed", None, None, None
     try:
         loop = build_loop(
@@ -157,12 +150,14 @@ def _train(
 
 def _prepare(
     cfg: DictConfig, run_dir: Path, overrides: list[str] | None, *, world: World, device: torch.device,
-    precision: Precision, model: nn.Module | None, dataset: Dataset | None,
+    precision: Precision, model: nn.Module | None, dataset: Dataset | None, cpu_since: CpuClock | None,
 ) -> Prepared:
     """Build the run, restore its checkpoint (or ``init_from``'s weights) and check that its
     checkpoints fit on the disk, all before writing anything; then write the run's files."""
     checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    resumed_threads = checkpoint["config"]["trainer"]["num_threads"] if checkpoint is not None else None
+    torch.set_num_threads(pick_threads(cfg.trainer.num_threads, since=cpu_since, resumed=resumed_threads))
     if dataset is None:
         dataset = build_dataset(cfg.data, cfg.seed, pin_memory=device.type == "cuda")
     if cfg.data.loader == "device":

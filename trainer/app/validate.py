@@ -59,7 +59,8 @@ TRAINER: dict[str, Param] = {
     "resume": Param(None, "null, auto (this run dir's last.pt, if any) or a checkpoint path", str, extra=(None,)),
     "resume_schedule": Param("strict", "strict: refuse a changed schedule; override: take the new one", str,
                              choices=("strict", "override")),
-    "num_threads": Param("auto", "CPU intra-op threads; auto = $OMP_NUM_THREADS, else the usable CPUs", int, low=1,
+    "num_threads": Param("auto", "CPU intra-op threads; auto = $OMP_NUM_THREADS, else the cores other processes "
+                         "leave free as the run starts (a resumed run: its checkpoint's)", int, low=1,
                          extra=("auto",)),
     "unfreeze": UNFREEZE,
     **init_from.PARAMS,
