@@ -8,7 +8,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, compose_config, run_cli
 from trainer.rundir.events import read_scalars
 from trainer.schedules.curve import read_lr_csv
 
@@ -147,6 +147,25 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, overrides, ke
     assert key in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not run_dir.exists()
+
+
+def test_a_short_run_works_with_the_default_schedule(train_cli):
+    """The first thing people try: the default warmup_cosine over 30 updates warms up for
+    round(30 / 14) = 2 of them (the default job's 1404 updates keep their 100)."""
+    proc, run_dir = train_cli("trainer.max_steps=30")
+    rows = read_lr_csv(run_dir / "lr.csv")
+    eta, floor, warmup, total = 1e-3, 1e-5, 2, 30
+    expected = [eta * t / warmup if t < warmup else
+                floor + 0.5 * (eta - floor) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))) for t in range(30)]
+    assert [r["lr/decay"] for r in rows] == pytest.approx(expected, rel=1e-12)
+    assert OmegaConf.load(run_dir / "config.yaml").schedule.warmup_steps == 2
+
+
+def test_the_default_job_keeps_its_100_warmup_updates():
+    from trainer.app.build import build_for_preview
+
+    _, _, plan = build_for_preview(compose_config(base=[]))  # python -m trainer, nothing overridden
+    assert (plan.total_steps, plan.warmup_steps) == (1404, 100)
 
 
 def test_preview_writes_csv_and_png(tmp_path):

@@ -7,7 +7,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: Public names imported only when first used, so ``import trainer`` stays light.
-_LAZY = {"fit": "trainer.api", "lr_scheduler": "trainer.schedules.torch_adapter"}
+_LAZY = {"fit": "trainer.api", "lr_scheduler": "trainer.schedules.torch_adapter", "Preempted": "trainer.errors",
+         "ConfigError": "trainer.errors"}
 
 
 def __getattr__(name: str) -> Any:

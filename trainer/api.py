@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 
+from trainer.app.threads import CpuClock
 from trainer.errors import ConfigError, one_line
 
 
@@ -25,12 +28,19 @@ def fit(
     and resume; returns the final metrics (``val/loss``, ``val/acc`` when the outputs are class
     scores, ``train/loss``, ``updates``, ...).
 
-    ``overrides`` are the CLI's override strings (``"optimizer=sgd"``, ``"trainer.max_epochs=5"``,
-    ``"trainer.resume=auto"``); the data is read as ``data=torch_dataset`` reads it (seeded order
-    and transforms, ``data.batch_size``, ``data.num_workers``; ``data.num_classes`` when the
-    dataset has no ``classes``). ``run_dir``: where the run writes, by default
-    ``outputs/DATE/TIME`` like the CLI. A bad setting raises :class:`trainer.errors.ConfigError`
-    before anything is written.
+    ``overrides`` are the CLI's override strings (``"optimizer=sgd"``, ``"trainer.max_epochs=5"``;
+    continue a run with ``"trainer.resume=auto"``, and train it longer with
+    ``"trainer.resume_schedule=override"`` too); the data is read as ``data=torch_dataset`` reads
+    it (seeded order and transforms, ``data.batch_size``; ``data.num_workers`` 0 for a
+    ``TensorDataset``, else the usable CPUs up to 4). ``run_dir``: where the run writes, by
+    default ``outputs/DATE/TIME`` like the CLI, with ``-1``, ``-2``, ... when a run in this second
+    took that name already. The caller's random generators (Python's, torch's) are as they were
+    once ``fit`` returns.
+
+    A bad setting raises :class:`trainer.errors.ConfigError` before anything is written; SIGINT or
+    SIGTERM (a notebook's interrupt) raises :class:`trainer.Preempted` once ``last.pt`` holds the
+    update that was running: ``fit`` again with ``"trainer.resume=auto"`` and the same
+    ``run_dir`` continues it.
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -38,9 +48,11 @@ def fit(
 
     from trainer.app.run import train
     from trainer.components import CONFIG_DIR
-    from trainer.data.map_style import map_dataset
+    from trainer.data import LOOP_PARAMS
+    from trainer.data.map_style import map_dataset, worker_count
     from trainer.training.precision import resolve_device
 
+    started = CpuClock.now()
     label = f"{type(model).__module__}.{type(model).__qualname__}"  # names the model in logs and config.yaml
     base = ["data=torch_dataset", "model=target", f"model._target_='{label}'"]
     try:
@@ -51,10 +63,27 @@ def fit(
     if not isinstance(model, nn.Module):
         raise ConfigError("model", f"got a {type(model).__name__}; expected a torch.nn.Module")
     device = resolve_device(cfg.trainer.device)
+    LOOP_PARAMS["num_workers"].check(cfg.data.num_workers, "data.num_workers")
     dataset = map_dataset(
-        train_data, val_data, num_classes=cfg.data.num_classes, num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
+        train_data, val_data, num_classes=cfg.data.num_classes,
+        num_workers=worker_count(cfg.data.num_workers, train_data), pin_memory=device.type == "cuda",
     )
-    if run_dir is None:
-        run_dir = Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S")
-    return train(cfg, Path(run_dir), list(overrides), model=model, dataset=dataset)
+    run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S"))
+    generators = random.getstate(), torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    try:
+        return train(cfg, run_dir, list(overrides), model=model, dataset=dataset, cpu_since=started)
+    finally:  # the run seeds them (trainer's seed): the caller's own draws go on as they would have
+        random.setstate(generators[0])
+        torch.set_rng_state(generators[1])
+        if generators[2]:
+            torch.cuda.set_rng_state_all(generators[2])
+
+
+def fresh_run_dir(path: Path) -> Path:
+    """``path``, or ``path-1``, ``path-2``, ...: the first that no run has taken (quick fits in a
+    loop start within one second)."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate

@@ -94,21 +94,29 @@ def plan_run(cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, r
     )
 
 
-def check_one_warmup(warmup_steps: int, warmup_ratio: float | None) -> None:
-    """A warmup is given as ``schedule.warmup_steps`` or ``schedule.warmup_ratio``, not both."""
+#: ``schedule.warmup_steps=auto``: W = round(T × this), about 7% (seed 002: "the warmup phase
+#: typically spans 5-10% of total training steps"), and the 100 updates of the default job's 1404.
+AUTO_WARMUP_RATIO = 1 / 14
+
+
+def check_one_warmup(warmup_steps: int | str, warmup_ratio: float | None) -> None:
+    """A warmup is given as ``schedule.warmup_steps`` or ``schedule.warmup_ratio``, not both
+    (``auto`` steps give way to a ratio)."""
     require(
-        warmup_ratio is None or warmup_steps == 0,
+        warmup_ratio is None or warmup_steps in (0, "auto"),
         "schedule.warmup_ratio",
         "set either schedule.warmup_steps or schedule.warmup_ratio, not both "
         "(e.g. schedule.warmup_steps=0 schedule.warmup_ratio=0.1)",
     )
 
 
-def warmup_length(warmup_steps: int, warmup_ratio: float | None, total_steps: int, *, unit: str = "step") -> int:
+def warmup_length(warmup_steps: int | str, warmup_ratio: float | None, total_steps: int, *, unit: str = "step") -> int:
     """W: ``schedule.warmup_steps``, or ``round(warmup_ratio × total_steps)`` (checked: one of the
-    two, :func:`check_one_warmup`), at most T."""
+    two, :func:`check_one_warmup`), or for ``auto`` steps ``round(T × AUTO_WARMUP_RATIO)``; at most T."""
     if warmup_ratio is not None:
         warmup_steps = round(warmup_ratio * total_steps)
+    elif warmup_steps == "auto":  # a warmup that scales with the run: a short run works out of the box
+        warmup_steps = round(total_steps * AUTO_WARMUP_RATIO)
     require(
         warmup_steps <= total_steps,
         "schedule.warmup_steps",

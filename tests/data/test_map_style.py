@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.userpkg.data import Blobs
@@ -15,6 +16,7 @@ from trainer.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, image_folder
 from trainer.data.loading import rank_batches
 from trainer.data.map_style import EpochSampler, map_dataset, read_examples
 from trainer.errors import ConfigError
+from trainer.models import build_model
 
 
 def write_image_folder(root: Path, *, per_class: int = 4, size: tuple[int, int] = (12, 10), seed: int = 0) -> Path:
@@ -99,8 +101,11 @@ def test_image_folder_standard_transforms(tmp_path):
 def test_map_dataset_checks_pairs_and_classes():
     with pytest.raises(ConfigError, match=r"^data.train: item 0 is a Tensor, not an \(input, target\) pair"):
         map_dataset(Blobs(4, pairs=False), None, num_classes=3, num_workers=0, pin_memory=False)
-    with pytest.raises(ConfigError, match="^data.num_classes: the Blobs has no classes attribute"):
-        map_dataset(Blobs(4), None, num_classes=None, num_workers=0, pin_memory=False)
+    # No classes and no data.num_classes: a regression's data, or a model that is given; only a
+    # builder that takes num_classes asks for it.
+    assert map_dataset(Blobs(4), None, num_classes=None, num_workers=0, pin_memory=False).num_classes is None
+    with pytest.raises(ConfigError, match="^data.num_classes: trainer.models.mlp.build_mlp takes num_classes"):
+        build_model(OmegaConf.create({"_target_": "trainer.models.mlp.build_mlp"}), input_shape=(8,), num_classes=None)
     data = map_dataset(Blobs(6), Blobs(2), num_classes=3, num_workers=0, pin_memory=False)
     assert (data.input_shape, data.num_classes, data.num_train) == ((8,), 3, 6)
     inputs, targets = next(data.val_batches(5))

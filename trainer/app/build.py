@@ -17,6 +17,7 @@ from trainer.controls import Controls, Parts
 from trainer.data import Dataset, data_spec
 from trainer.data.batches import Batch
 from trainer.data.loading import TrainBatches
+from trainer.data.map_style import worker_count
 from trainer.distributed import World
 from trainer.errors import ConfigError, one_line
 from trainer.models import build_model
@@ -183,7 +184,7 @@ def build_training(
     )
     batches = TrainBatches(
         dataset, cfg.data.batch_size, cfg.seed, device, plan.updates_per_epoch, plan.accumulate_grad_batches,
-        num_workers=cfg.data.num_workers if cfg.data.loader == "dataloader" else None,
+        num_workers=worker_count(cfg.data.num_workers, dataset) if cfg.data.loader == "dataloader" else None,
         rank=world.rank, world_size=world.world_size,
     )
     validation = Validation(model, dataset, cfg.data.batch_size, precision, device, loss_fn=loss_fn,

@@ -169,7 +169,7 @@ def _validate_schedule(schedule: DictConfig, optimizer: DictConfig) -> None:
             "schedule.interval",
             f"{name} is defined per optimizer update; use schedule.interval=step",
         )
-    warms_up = schedule.warmup_steps > 0 or schedule.warmup_ratio is not None
+    warms_up = schedule.warmup_steps != 0 or schedule.warmup_ratio is not None
     if spec_of(schedule.name).absolute:  # it sweeps absolute LRs: nothing may scale or bend them
         what = f"{schedule.name} gives absolute LRs (it ignores optimizer.lr)"
         require(optimizer.lr_scaling == "none", "optimizer.lr_scaling", f"{what}; use optimizer.lr_scaling=none")

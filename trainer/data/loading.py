@@ -35,10 +35,9 @@ LOADERS = ("device", "dataloader")
 PARAMS = {
     "loader": Param("device", "device: whole dataset on the training device; dataloader: worker processes", str,
                     choices=LOADERS),
-    "num_workers": Param(4, "DataLoader worker processes when loader=dataloader (0 = in this process)", int, low=0),
+    "num_workers": Param("auto", "DataLoader worker processes when loader=dataloader (0 = in this process); auto: "
+                         "0 for tensors already in memory, else the usable CPUs, at most 4", int, low=0, extra=("auto",)),
 }
-
-
 def rank_batches(
     num_batches: int, *, start_batch: int, rank: int = 0, world_size: int = 1, accumulate: int = 1
 ) -> list[int]:

@@ -19,16 +19,18 @@ Validation reads only this rank's slice of each validation batch (:meth:`MapData
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import DataLoader, Sampler, TensorDataset, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
 from trainer.data.batches import Batch, batches_per_epoch, epoch_order, shard_ranges, stream_seed
+from trainer.data.source import ExampleDataset
 from trainer.errors import ConfigError, one_line
 from trainer.params import Param
 
@@ -152,6 +154,22 @@ def check_pair(item: Any, key: str) -> tuple[torch.Tensor, Any]:
     return inputs, target
 
 
+#: ``num_workers=auto``'s most workers: past about 4 a small model's loader is no longer the bottleneck.
+MAX_AUTO_WORKERS = 4
+
+
+def worker_count(setting: int | str, data: object = None) -> int:
+    """``data.num_workers``: a number as it is; ``auto`` = 0 when ``data`` is tensors already in
+    memory (a ``TensorDataset``, or a split of ``ExampleDataset``: workers would only copy them),
+    else as many as the CPUs this process may use, at most :data:`MAX_AUTO_WORKERS` (DataLoader
+    warns past the CPUs)."""
+    if setting != "auto":
+        return int(setting)
+    if isinstance(data, (TensorDataset, ExampleDataset)):
+        return 0
+    return min(MAX_AUTO_WORKERS, len(os.sched_getaffinity(0)))
+
+
 @dataclass
 class MapDataset:
     """Train and (optional) validation splits of a map-style dataset, read by DataLoaders.
@@ -162,7 +180,7 @@ class MapDataset:
 
     train: TorchDataset
     val: TorchDataset | None
-    num_classes: int
+    num_classes: int | None  # None: a regression, or a model given rather than built
     input_shape: tuple[int, ...]
     num_workers: int
     pin_memory: bool = False
@@ -246,7 +264,8 @@ def build_map_dataset(cfg: Any, *, pin_memory: bool) -> MapDataset:
         raise ConfigError("data.train", "missing: name the training split, e.g. data.train._target_=mypkg.MyDataset")
     train = build(cfg.train, "data.train")
     val = None if cfg.get("val") is None else build(cfg.val, "data.val")
-    return map_dataset(train, val, num_classes=cfg.get("num_classes"), num_workers=cfg.num_workers, pin_memory=pin_memory)
+    return map_dataset(train, val, num_classes=cfg.get("num_classes"), num_workers=worker_count(cfg.num_workers, train),
+                       pin_memory=pin_memory)
 
 
 def map_dataset(
@@ -269,10 +288,8 @@ def map_dataset(
     classes = getattr(train, "classes", None)
     if classes is not None:
         num_classes = len(classes)
-    if num_classes is None:
-        raise ConfigError(
-            "data.num_classes", f"the {type(train).__name__} has no classes attribute: set data.num_classes"
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    # None: a regression, or a model that is given rather than built; a builder that takes
+    # num_classes asks for it (trainer.models.build_model).
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ConfigError("data.num_classes", f"got {num_classes!r}; expected a whole number >= 1")
     return MapDataset(train, val, num_classes, tuple(first_inputs[0].shape), num_workers, pin_memory)

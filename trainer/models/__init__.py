@@ -12,7 +12,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainer.components import build, locate, target_of
+from trainer.components import build, locate, names_parameter, target_of
 from trainer.errors import ConfigError
 from trainer.params import check_params, declared
 
@@ -30,10 +30,15 @@ def check_model(cfg: DictConfig) -> None:
         check_params(params, values, "model", owner=f"model {cfg.get('name') or target!r}")
 
 
-def build_model(cfg: DictConfig, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(cfg: DictConfig, *, input_shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
     """Build ``cfg`` for inputs of one example's ``input_shape`` and ``num_classes`` outputs, each
-    passed when the target's signature names it. ``cfg`` is checked (:func:`check_model`)."""
-    cfg = OmegaConf.merge(cfg, {"_target_": target_of(cfg, "model")})
+    passed when the target's signature names it (``num_classes`` None: the data does not say, which
+    only a builder that takes it minds). ``cfg`` is checked (:func:`check_model`)."""
+    target = target_of(cfg, "model")
+    if num_classes is None and "num_classes" not in cfg and names_parameter(locate(target, "model"), "num_classes"):
+        raise ConfigError("data.num_classes", f"{target} takes num_classes and the training data has no classes "
+                                              "attribute to count them: set data.num_classes")
+    cfg = OmegaConf.merge(cfg, {"_target_": target})
     model = build(cfg, "model", runtime={"input_shape": tuple(input_shape), "num_classes": num_classes})
     if not isinstance(model, nn.Module):
         raise ConfigError("model._target_", f"{cfg._target_} returned a {type(model).__name__}, not a torch.nn.Module")

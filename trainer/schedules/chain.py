@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 
 from trainer.errors import ConfigError
 from trainer.params import Param, check_params
+from trainer.plan import warmup_length
 from trainer.schedules.registry import build_schedule, register_composite, schedule_names, schedule_params, spec_of
 from trainer.schedules.schedule import Schedule
 
@@ -158,7 +159,7 @@ def build_chain(
     """Bind ``schedule=chain`` to a run (:func:`trainer.schedules.build_schedule`'s arguments; the
     phases are already checked); ``peak_lr`` is ``optimizer.lr``."""
     if warmup_steps is None:
-        warmup_steps = int(cfg.get("warmup_steps") or 0)
+        warmup_steps = warmup_length(cfg.get("warmup_steps") or 0, cfg.get("warmup_ratio"), total_steps)
     if warmup_steps:
         key = "schedule.warmup_ratio" if cfg.get("warmup_ratio") is not None else "schedule.warmup_steps"
         raise ConfigError(

@@ -122,7 +122,7 @@ def cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float) -> float:
     return _cosine_interp(peak_lr, min_lr, _progress(t, total_steps))
 
 
-@register("quarter_cosine", common={"warmup_steps": 100}, min_lr=_min_lr())
+@register("quarter_cosine", common={"warmup_steps": "auto"}, min_lr=_min_lr())
 def quarter_cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float) -> float:
     """min_lr + (η − min_lr)·cos(πt / 2T): a quarter cosine period, so the LR stays near η longer
     than the half-period ``cosine`` and falls fastest at the end (seed 002's ``lr_lambda`` after
@@ -132,7 +132,7 @@ def quarter_cosine(t: int, *, peak_lr: float, total_steps: int, min_lr: float) -
 
 # warmup_cosine is cosine whose config defaults to a warmup (the generic warmup does the ramp):
 # together they are seed 000's get_lr exactly, with its table's η_min = 1e-5.
-register("warmup_cosine", common={"warmup_steps": 100}, min_lr=_min_lr(1e-5))(cosine)
+register("warmup_cosine", common={"warmup_steps": "auto"}, min_lr=_min_lr(1e-5))(cosine)
 
 
 @register(
@@ -303,7 +303,7 @@ def _wsd_fit(params: Mapping[str, Any], *, total_steps: int, warmup_steps: int) 
 
 @register(
     "wsd",
-    common={"warmup_steps": 100},
+    common={"warmup_steps": "auto"},
     fit=_wsd_fit,
     decay_steps=Param(200, "t units of the final decay (0 = none)", int, low=0),
     decay_shape=Param("linear", "shape of the final decay (sqrt: MiniCPM)", str, choices=("linear", "cosine", "sqrt")),

@@ -34,6 +34,7 @@ from omegaconf import ListConfig
 
 from trainer.errors import ConfigError
 from trainer.params import Param, check_params, defaults
+from trainer.plan import warmup_length
 from trainer.schedules.plateau import ReduceOnPlateau
 from trainer.schedules.schedule import Schedule
 
@@ -45,7 +46,8 @@ FitCheck = Callable[..., None]
 #: Keys every schedule config has (conf/schedule_common.yaml), besides ``name``.
 COMMON: dict[str, Param] = {
     "interval": Param("step", "what t, warmup_steps and total_steps count", str, choices=("step", "epoch")),
-    "warmup_steps": Param(0, "W: linear warmup from warmup_start_lr, in t units", int, low=0),
+    "warmup_steps": Param(0, "W: linear warmup from warmup_start_lr, in t units; auto: round(T / 14), about 7% of the run",
+                          int, low=0, extra=("auto",)),
     "warmup_ratio": Param(None, "W = round(warmup_ratio * total_steps) instead", float, low=0, high=1, extra=(None,)),
     "warmup_from_zero": Param(True, "ramp fraction t/W (seed 000); false: (t+1)/W (seed 003)", bool),
     "warmup_start_lr": Param(0.0, "LR the warmup starts from (seeds 001/004)", float, low=0),
@@ -225,7 +227,7 @@ def build_schedule(
     # Lists come from YAML; the functions take tuples (hashable, and not changed in place).
     params = {k: tuple(v) if isinstance(v, (list, ListConfig)) else v for k, v in {**defaults(spec.params), **given}.items()}
     if warmup_steps is None:
-        warmup_steps = int(cfg.get("warmup_steps") or 0)
+        warmup_steps = warmup_length(cfg.get("warmup_steps") or 0, cfg.get("warmup_ratio"), total_steps)
     if spec.fit is not None:
         spec.fit(params, total_steps=total_steps, warmup_steps=warmup_steps)
     bound = {"warmup_steps": warmup_steps}  # common keys as this run binds them, for a function that reads one
