@@ -220,9 +220,13 @@ def test_truncated_foreign_and_wrong_model_checkpoints_are_clear_errors(tmp_path
         with pytest.raises(ConfigError) as error:
             train(compose_config("schedule=cosine", f"trainer.resume={path}"), tmp_path / "new")
         assert str(path) in str(error.value) and words in str(error.value)
-    with pytest.raises(ConfigError) as error:
-        train(compose_config("schedule=cosine", "trainer.max_epochs=1", "model.hidden_sizes=[64]",
-                             f"trainer.resume={tmp_path / 'ok' / 'last.pt'}"), tmp_path / "new")
+    other_model = ["schedule=cosine", "trainer.max_epochs=1", "model.hidden_sizes=[64]",
+                   f"trainer.resume={tmp_path / 'ok' / 'last.pt'}"]
+    with pytest.raises(ConfigError) as error:  # the config says so first
+        train(compose_config(*other_model), tmp_path / "new")
+    assert error.value.key == "trainer.resume_accept" and "model.hidden_sizes: [128] -> [64]" in str(error.value)
+    with pytest.raises(ConfigError) as error:  # accepted, the weights still do not fit
+        train(compose_config(*other_model, "trainer.resume_accept=[model.hidden_sizes]"), tmp_path / "new")
     assert "does not fit this run" in str(error.value) and "size mismatch" in str(error.value)
     assert not (tmp_path / "new").exists()
 
@@ -276,3 +280,33 @@ def test_a_checkpoint_from_another_device_keeps_this_runs_optimizer_kernels_and_
     assert (here.param_groups[0]["fused"], here.param_groups[0]["foreach"]) == (None, True)
     assert here.param_groups[0]["lr_scale"] == 1.0  # scales come from this run's config (optimizer.lr_scales)
     assert here.state_dict()["state"][0].keys() == fused.state_dict()["state"][0].keys()  # the state itself came over
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ("seed=1", "seed"),
+    ("data.noise=0.3", "data.noise"),
+    ("model.dropout=0.2", "model.dropout"),
+    ("trainer.clip_grad_norm=0.5", "trainer.clip_grad_norm"),
+    ("trainer.label_smoothing=0.1", "trainer.label_smoothing"),
+    ("loss._target_=torch.nn.MultiMarginLoss", "loss._target_"),
+])
+def test_a_resume_that_would_splice_two_runs_is_one_line_unless_accepted(train_cli, change, key):
+    """Through the real CLI: each change that alters what an update computes is refused before
+    anything is written, naming the key, and taken when trainer.resume_accept names it."""
+    run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train_cli(*run)
+    proc, run_dir = train_cli(*run, "trainer.max_epochs=2", "trainer.resume=auto", change, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: trainer.resume_accept: ") and f"({key}: " in proc.stderr
+    assert f"trainer.resume_accept=[{key}]" in proc.stderr
+    assert load_checkpoint(run_dir / "last.pt")["update"] == 8  # nothing trained, nothing written
+    train_cli(*run, "trainer.max_epochs=2", "trainer.resume=auto", change, f"trainer.resume_accept=[{key}]")
+    assert load_checkpoint(run_dir / "last.pt")["update"] == 16
+
+
+def test_what_does_not_change_an_update_resumes_freely(train_cli):
+    run = ["schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1"]
+    train_cli(*run, "data.batch_size=32")
+    # Another micro-batch with the same global batch, another loader, a new label, more logging.
+    train_cli(*run, "trainer.max_epochs=2", "trainer.resume=auto", "data.batch_size=16", "trainer.global_batch_size=32",
+              "data.loader=dataloader", "data.num_workers=0", "data.name=blobs", "logger.log_every_n_steps=3")

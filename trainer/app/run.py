@@ -27,7 +27,7 @@ from trainer.rundir.checkpoint import check_free_space, expected_checkpoint_byte
 from trainer.rundir.hparams import hyperparameters
 from trainer.rundir.init_from import init_weights
 from trainer.rundir.lock import hold_run_dir, remove_if_empty
-from trainer.rundir.resume import check_schedule_unchanged, resume_path, schedule_fingerprint
+from trainer.rundir.resume import check_run_unchanged, check_schedule_unchanged, resume_path, schedule_fingerprint
 from trainer.rundir.summary import describe_run, write_summary
 from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.training.precision import Precision, resolve_device, resolve_precision
@@ -172,9 +172,12 @@ def _prepare(
     # restores its cuts), rank 0's to write: lr.csv before training, lr.png from it once the run
     # completes (matplotlib would delay the start; a long run's rows need not stay in memory).
     lrs = lr_rows(built.optimizer, built.schedule, built.plan.max_updates) if world.is_main else []
+    config = resolved_config(cfg, built.plan)
     if checkpoint is not None:
         check_schedule_unchanged(checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path,
                                  cfg.trainer.resume_schedule)
+        check_run_unchanged(checkpoint["config"], OmegaConf.to_container(config), checkpoint_path,
+                            list(cfg.trainer.resume_accept))
     elif cfg.trainer.init_from is not None:  # weights only: the optimizer and the schedule start at update 0
         left_out = init_weights(built.model, Path(cfg.trainer.init_from).expanduser(), strict=cfg.trainer.init_strict,
                                 model_state=world.model_state(built.model), load=world.load_model_state)
@@ -183,7 +186,6 @@ def _prepare(
     warning = warmup_warning(cfg, built.schedule)
     if warning and checkpoint is None and world.is_main:
         print(warning, file=sys.stderr)
-    config = resolved_config(cfg, built.plan)
     training = build_training(
         cfg, built, dataset=dataset, precision=precision, run_dir=run_dir, config=OmegaConf.to_container(config),
         fingerprint=fingerprint, loss_fn=loss_fn, world=world,

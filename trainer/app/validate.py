@@ -57,6 +57,8 @@ TRAINER: dict[str, Param] = {
     "checkpoint_every_n_steps": Param(None, "also write last.pt every N updates", int, low=1, extra=(None,)),
     "keep_last_n": Param(0, "keep the N newest step-XXXXXXXX.pt copies", int, low=0),
     "resume": Param(None, "null, auto (this run dir's last.pt, if any) or a checkpoint path", str, extra=(None,)),
+    "resume_accept": Param([], "keys (or nodes, e.g. data) whose change a resume accepts, e.g. [model.dropout]; "
+                           "others that change what an update computes are refused", list, item=str),
     "resume_schedule": Param("strict", "strict: refuse a changed schedule; override: take the new one", str,
                              choices=("strict", "override")),
     "num_threads": Param("auto", "CPU intra-op threads; auto = $OMP_NUM_THREADS, else the cores other processes "

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import ConfigError
+from trainer.optim.names import under
 from trainer.plan import RunPlan
 
 
@@ -40,6 +41,48 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         if k not in ("lr", "lr_scales", "lr_scaling", "reference_batch_size")
     })
     return resolved
+
+
+#: The keys of a resolved config that change what an update computes, besides the schedule and the
+#: optimizer (the fingerprint above): a resume that changed one would splice two runs. Prefixes
+#: cover a whole node. Left out on purpose: how batches are gathered (data.loader,
+#: data.num_workers: the same batches), data.batch_size (the global batch counts, so any world
+#: size continues), labels (*.name), and where and how often things are written or read.
+COMPUTES = ("seed", "data", "model", "loss", "trainer.clip_grad_norm", "trainer.label_smoothing", "trainer.precision",
+            "trainer.compile", "trainer.ema_decay", "trainer.grad_spike", "trainer.nonfinite", "trainer.early_stopping")
+#: ... of which these are not: what the run names, and how it reads its data.
+NOT_COMPUTED = ("data.name", "model.name", "data.batch_size", "data.loader", "data.num_workers")
+
+
+def flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a resolved config's leaves by their dotted keys."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def check_run_unchanged(saved: dict, current: dict, path: Path, accepted: list[str]) -> None:
+    """Refuse to resume when a key that changes what an update computes (:data:`COMPUTES`) differs
+    from the checkpoint's resolved config, unless ``trainer.resume_accept`` names it (or a node of it)."""
+
+    def counted(key: str) -> bool:
+        return (any(under(key, node) for node in COMPUTES) and not any(under(key, node) for node in NOT_COMPUTED)
+                and not any(under(key, node) for node in accepted))
+
+    old, new = flat(saved), flat(current)
+    changed = [key for key in sorted(set(old) | set(new)) if counted(key) and old.get(key) != new.get(key)]
+    if changed:
+        what = ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in changed)
+        raise ConfigError(
+            "trainer.resume_accept",
+            f"{path} was trained with other settings ({what}); resuming would splice two different runs: "
+            f"keep them, or accept the change with trainer.resume_accept=[{','.join(changed)}]",
+        )
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
