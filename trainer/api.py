@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -69,14 +70,23 @@ def fit(
         num_workers=worker_count(cfg.data.num_workers, train_data), pin_memory=device.type == "cuda",
     )
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S"))
-    generators = random.getstate(), torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    try:
+    with callers_generators_kept():
         return train(cfg, run_dir, list(overrides), model=model, dataset=dataset, cpu_since=started)
-    finally:  # the run seeds them (trainer's seed): the caller's own draws go on as they would have
-        random.setstate(generators[0])
-        torch.set_rng_state(generators[1])
-        if generators[2]:
-            torch.cuda.set_rng_state_all(generators[2])
+
+
+@contextmanager
+def callers_generators_kept() -> Iterator[None]:
+    """The run seeds Python's and torch's generators (``trainer.seed``); put the caller's back
+    afterwards so their own draws go on as they would have without ``fit``."""
+    python, cpu = random.getstate(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        torch.set_rng_state(cpu)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def fresh_run_dir(path: Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import sys
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import FINISHED, sweep_exit_code
+from trainer.files import figure_bytes, write_atomic
 from trainer.rundir.summary import SUMMARY_FILE, read_summary
 from trainer.rundir.writers import optional_hook, read_scalars, writers_of
 from trainer.schedules.curve import read_lr_csv
@@ -174,7 +176,7 @@ def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, lo
     if ax.get_lines():
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, figure_bytes(fig, dpi=110))
 
 
 def _plot_lr(jobs: list[Job], path: Path) -> str:
@@ -200,7 +202,7 @@ def _plot_lr(jobs: list[Job], path: Path) -> str:
     if ax.get_lines():
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, figure_bytes(fig, dpi=110))
     caption = "LR of every update, from each job's schedule (its lr.csv)"
     if logged:
         caption += "; jobs marked (logged): train/lr as logged, every logger.log_every_n_steps updates"
@@ -214,10 +216,11 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = collect(sweep_dir) if jobs is None else jobs
     table = rows(jobs)
-    with open(out_dir / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    write_atomic(out_dir / "report.csv", text.getvalue())
     common = sorted(_common_overrides(jobs))
     lr_caption = _plot_lr(jobs, out_dir / "lr.png")
     lines = [
@@ -235,7 +238,7 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
         "![Loss](loss.png)",
         "",
     ]
-    (out_dir / "report.md").write_text("\n".join(lines))
+    write_atomic(out_dir / "report.md", "\n".join(lines))
     _plot(jobs, out_dir / "loss.png", tags=("train/loss", "val/loss"), ylabel="loss (nats)", log_y=True)
     return out_dir / "report.md"
 

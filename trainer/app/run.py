@@ -20,6 +20,7 @@ from trainer.app.validate import validate, warmup_warning
 from trainer.data import Dataset, build_dataset, first_batch
 from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
 from trainer.errors import FINISHED, one_line, outcome
+from trainer.files import write_atomic
 from trainer.optim.groups import custom_groups, write_group_table
 from trainer.optim.unfreeze import describe_stages
 from trainer.plan import RunPlan
@@ -217,8 +218,8 @@ def write_run_files(
     ``config.yaml``, ``overrides.yaml``, ``lr.csv`` (``lrs``), ``param_groups.md``, and what the
     data keeps there (a vocabulary)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, run_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(overrides or [])), run_dir / "overrides.yaml")
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
+    write_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
     if hasattr(dataset, "write_files"):
         dataset.write_files(run_dir)
     write_lr_csv(lrs, run_dir / "lr.csv")

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from trainer.controls import Control, Parts, Read, Stop
+from trainer.files import figure_bytes, write_atomic
 
 KEYS: dict[str, Any] = {}  # its keys are schedule=lr_range_test's
 SMOOTHING = 0.9  # EMA factor; fast.ai's 0.98 lags ~50 updates, too many for a 100-update sweep
@@ -119,7 +120,7 @@ def write_lr_find(run_dir: Path, monitor: RangeTestMonitor) -> dict[str, float |
             "rule": "too few finite losses to suggest an LR: lower schedule.max_lr or raise schedule.num_steps",
         }
     result["stopped_early_at_update"] = monitor.stopped_early_at
-    (run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(run_dir / "lr_find.json", json.dumps(result, indent=2) + "\n")
     if result["suggested_lr"] is None:
         return result
     from matplotlib.figure import Figure  # only here: every run imports this module, few draw
@@ -141,5 +142,5 @@ def write_lr_find(run_dir: Path, monitor: RangeTestMonitor) -> dict[str, float |
     ax.set_title("LR range test" + (f": stopped at update {stopped}, the loss diverged" if stopped else ""))
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(run_dir / "lr_find.png", dpi=110)
+    write_atomic(run_dir / "lr_find.png", figure_bytes(fig, dpi=110))
     return result

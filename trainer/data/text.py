@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from trainer.data.batches import Batch, batch_generator, batches_per_epoch
+from trainer.files import write_atomic
 
 
 def encode(text: str, vocab: str) -> torch.Tensor:
@@ -111,7 +112,7 @@ class TokenDataset:
         """Write ``vocab.json`` (the characters in id order) so samples can be decoded later (a
         dataset's ``write_files`` is called once, on rank 0, before training starts)."""
         path = run_dir / "vocab.json"
-        path.write_text(json.dumps({"chars": self.vocab, "size": len(self.vocab)}, ensure_ascii=False) + "\n")
+        write_atomic(path, json.dumps({"chars": self.vocab, "size": len(self.vocab)}, ensure_ascii=False) + "\n")
         return path
 
 

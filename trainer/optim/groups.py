@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from trainer.errors import ConfigError
+from trainer.files import write_atomic
 from trainer.optim.layer_decay import layer_scales
 from trainer.optim.names import names_nothing, under
 from trainer.optim.unfreeze import Stage
@@ -208,7 +209,7 @@ def group_table(optimizer: torch.optim.Optimizer) -> str:
 def write_group_table(optimizer: torch.optim.Optimizer, run_dir: Path) -> str:
     """Write :func:`group_table` to ``run_dir/param_groups.md``; returns it."""
     table = group_table(optimizer)
-    (run_dir / GROUPS_FILE).write_text(f"# Parameter groups\n\n{table}\n", encoding="utf-8")
+    write_atomic(run_dir / GROUPS_FILE, f"# Parameter groups\n\n{table}\n")
     return table
 
 

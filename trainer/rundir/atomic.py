@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import torch
 
 from trainer.errors import NoSpace
+from trainer.files import TEMP_GLOB, temp_path
 from trainer.rundir import kill_hook
-
-TEMP_GLOB = ".*.pt.*.tmp"  # what save_atomic names its temp files: .last.pt.<hex>.tmp
 
 
 def _digest_into(h: Any, value: Any) -> None:
@@ -62,14 +60,10 @@ def tensor_bytes(value: Any) -> int:
     return 0
 
 
-def _temp_path(path: Path) -> Path:
-    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-
-
 def link_atomic(source: Path, target: Path) -> Path:
     """Make ``target`` another name of ``source``'s file (same bytes, no second write), replacing
     any old ``target`` in one step; returns the temp name used, gone once this returns."""
-    link = _temp_path(target)
+    link = temp_path(target)
     os.link(source, link)
     os.replace(link, target)
     return link
@@ -87,7 +81,7 @@ def save_atomic(state: dict[str, Any], path: Path, *, also: Sequence[Path] = ())
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "checksum": state_digest(state)}
     kill = kill_hook.for_this_write()
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     written: list[Path] = [tmp]
     try:
         # os.open applies the umask (mkstemp would make it 0600, unreadable to a shared group).

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.files import write_atomic
 from trainer.monitor import mode_of
 from trainer.rundir.writers import optional_hook, read_scalars
 
@@ -25,13 +26,24 @@ def write_summary(
     """Record how the run ended (``status`` is one of :data:`trainer.errors.STATUSES`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"status": status, "metrics": metrics or {}, "wall_time_s": wall_time_s, "error": error}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    write_atomic(run_dir / SUMMARY_FILE, json.dumps(payload, indent=2) + "\n")
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The run's summary, or None while it has none (running, or killed without a chance to write)."""
+    """The run's summary, or None while it has none (running, or killed without a chance to write).
+    One that cannot be read (a copy cut short, another program's file) reads as a failed run that
+    says so, never as an error of whoever reads it (a sweep's report)."""
     path = run_dir / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict) or not isinstance(summary.get("status"), str):
+            raise ValueError("no status")
+    except (OSError, ValueError) as error:
+        return {"status": "failed", "metrics": {}, "wall_time_s": None,
+                "error": f"{SUMMARY_FILE} unreadable ({type(error).__name__})"}
+    return summary
 
 
 def describe_run(

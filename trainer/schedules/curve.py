@@ -10,10 +10,13 @@ schedule sets it. matplotlib is imported only by :func:`draw_lr`, where a plot i
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
+
+from trainer.files import figure_bytes, write_atomic
 
 if TYPE_CHECKING:  # the sweep report reads lr.csv files without torch
     import torch
@@ -56,10 +59,11 @@ def lr_title(cfg: DictConfig, plan: RunPlan) -> str:
 
 
 def write_lr_csv(rows: list[Row], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(rows[0])
-        writer.writerows(row.values() for row in rows)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(rows[0])
+    writer.writerows(row.values() for row in rows)
+    write_atomic(path, text.getvalue())
 
 
 def read_lr_csv(path: Path) -> list[Row]:
@@ -102,4 +106,4 @@ def draw_lr(
         ax2.set_ylabel("momentum / beta1")
     # Below the axes, where it covers no curve.
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2), fontsize="small", frameon=False)
-    fig.savefig(path, dpi=110)
+    write_atomic(path, figure_bytes(fig, dpi=110))

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import ConfigError, one_line
+from trainer.files import write_atomic
 from trainer.params import Param, defaults
 
 PARAMS: dict[str, Param] = {
@@ -65,7 +66,7 @@ class Writer:
             self.client.update_run(self.run_id, status="RUNNING")
         else:
             self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-            id_file.write_text(self.run_id + "\n")
+            write_atomic(id_file, self.run_id + "\n")
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
