@@ -37,8 +37,9 @@ def test_per_step_lr_in_tensorboard_is_seed000_formula(train_cli):
     expected = [seed000_get_lr(t, 5, 32, 0.01, 1e-4) for t in range(32)]
     assert values(scalars, "train/lr") == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert values(scalars, "train/lr")[0] == 0.0  # update 0 runs at LR 0 (seed 000's convention)
-    # two parameter groups (decay / no_decay): each is logged, and both follow the schedule
-    assert values(scalars, "train/lr/decay") == values(scalars, "train/lr/no_decay") == values(scalars, "train/lr")
+    # two parameter groups (decay / no_decay) at the same LR all run long: train/lr is both, and
+    # TensorBoard shows one LR chart, not three identical ones (per-group charts: test_optim)
+    assert not [tag for tag in scalars if tag.startswith("train/lr/")]
     assert {"train/loss", "train/grad_norm", "train/epoch", "val/loss", "val/acc"} <= set(scalars)
     # The run's own lr.csv (written at its start, from the schedule) has every update's exact LR.
     rows = read_lr_csv(run_dir / "lr.csv")

@@ -108,6 +108,7 @@ def test_mlflow_gets_the_same_numbers_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for it to use a file: store
     run_dir, store = tmp_path / "run", tmp_path / "mlruns"
     run_cli("trainer", [*TINY, *RUN, f"hydra.run.dir={run_dir}", "logger.writers=[csv,mlflow]",
+                        "optimizer.lr_scales={1:0.1}",  # groups at their own LRs: train/lr/<group> tags
                         f"logger.mlflow.tracking_uri=file:{store}", "logger.mlflow.experiment=tests"],
             env={"MLFLOW_ALLOW_FILE_STORE": "true"})
     client = mlflow.tracking.MlflowClient(tracking_uri=f"file:{store}")

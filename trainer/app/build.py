@@ -194,9 +194,11 @@ def build_training(
 
 def build_loop(
     cfg: DictConfig, training: Training, *, plan: RunPlan, run_dir: Path, config: dict, start_update: int = 0,
-    resumed_val: dict[str, float] | None = None, world: World | None = None,
+    resumed_val: dict[str, float] | None = None, world: World | None = None, group_lrs_differ: bool = True,
 ) -> Loop:
-    """The loop over ``training``'s parts, with its logger: built last, as its files open here."""
+    """The loop over ``training``'s parts, with its logger: built last, as its files open here.
+    ``group_lrs_differ``: whether the run's parameter groups ever run at different LRs (then each
+    gets its own ``train/lr/<group>`` chart; otherwise ``train/lr`` is every group's)."""
     world = world or World()
     logger = RunLogger(
         run_dir,
@@ -204,7 +206,7 @@ def build_loop(
         read_every_n_steps=cfg.logger.read_every_n_steps,
         max_updates=plan.max_updates,
         updates_per_epoch=plan.updates_per_epoch,
-        group_names=group_names(training.step.optimizer),
+        group_names=group_names(training.step.optimizer) if group_lrs_differ else [],
         writers=list(cfg.logger.writers),
         config=config,
         progress_bar=cfg.logger.progress_bar,

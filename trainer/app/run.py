@@ -30,7 +30,7 @@ from trainer.rundir.init_from import init_weights
 from trainer.rundir.lock import hold_run_dir, remove_if_empty
 from trainer.rundir.resume import check_run_unchanged, check_schedule_unchanged, resume_path, schedule_fingerprint
 from trainer.rundir.summary import describe_run, write_summary
-from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_columns, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.training.precision import Precision, resolve_device, resolve_precision
 
 
@@ -98,6 +98,7 @@ class Prepared:
     config: DictConfig  # as run: resolved, derived lengths filled in
     start_update: int
     resumed_val: dict[str, float] | None  # val/* logged at the resumed checkpoint's own update
+    group_lrs_differ: bool  # decided once per run, from its whole LR curve: one chart per group, or train/lr alone
 
 
 def _train(
@@ -112,6 +113,7 @@ def _train(
         loop = build_loop(
             cfg, run.training, plan=run.built.plan, run_dir=run_dir, config=OmegaConf.to_container(run.config),
             start_update=run.start_update, resumed_val=run.resumed_val, world=world,
+            group_lrs_differ=run.group_lrs_differ,
         )
         metrics = loop.run(run.start_update)
         status = loop.ending.status if loop.ending is not None else "completed"
@@ -198,7 +200,9 @@ def _prepare(
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
         write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs)
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
-    return Prepared(built, training, config, start_update, resumed_val)
+    # A plateau's cuts scale every group alike: groups that start alike stay alike.
+    group_lrs_differ = bool(lrs) and len(lr_columns(lrs)) > 1
+    return Prepared(built, training, config, start_update, resumed_val, group_lrs_differ)
 
 
 def _finish(cfg: DictConfig, run: Prepared, run_dir: Path, metrics: dict[str, float], write: Callable[[str], None]) -> None:

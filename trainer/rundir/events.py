@@ -38,13 +38,13 @@ class EventWriter:
     one step go into a single record, written through a buffer that :meth:`flush` empties.
     """
 
-    def __init__(self, log_dir: Path, *, purge_step: int | None = None) -> None:
+    def __init__(self, log_dir: Path, *, purge_step: int | None = None, suffix: str = "") -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         # TensorBoard reads a directory's files in name order, and a resumed run's purge only works
         # if its file comes after the one it purges: fixed-width numbers keep file 10 of a process
         # after file 9 (and pid 100000 after 99999) within the same second.
         name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid():07d}"
-                f".{next(_file_numbers):06d}")
+                f".{next(_file_numbers):06d}{suffix}")
         self.path = log_dir / name
         self._file = open(self.path, "ab", buffering=1 << 16)
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))

@@ -2,10 +2,13 @@
 
 TensorBoard takes the table's columns from one ``_hparams_/experiment`` summary, and picks an
 arbitrary one when several runs under its ``--logdir`` wrote one. So each run writes only its
-session (its values and how it ended); the experiment, which lists every key any job set and
-marks the ones that differ between jobs (shown first, and ticked by default), is written once:
-at the sweep's root when every job is known (:class:`trainer.compare.SweepReport`), or beside
-the session of a single run.
+session (its values and how it ended); the experiment is written once: beside the session of a
+single run (its usual keys and overrides), or, when every job of a sweep is known
+(:class:`trainer.compare.SweepReport`), into its first job's directory with the keys that differ
+between jobs alone. Not at the sweep's root: TensorBoard would list the root as an empty run
+``.``. The dashboard ticks the first five columns and puts every ticked key before the metrics:
+a sweep's table is the swept keys, then ``val/loss`` and ``val/acc``, within a laptop's width
+(the keys every job shares are in its ``report.md``).
 """
 
 from __future__ import annotations
@@ -34,9 +37,16 @@ USUAL_KEYS = (
 )
 
 
+def _column(config: DictConfig, key: str) -> str:
+    """A group override's column is its group's name (``schedule=cosine``: ``schedule.name``, one
+    column with the usual key, not two that always agree)."""
+    value = OmegaConf.select(config, key, default=None)
+    return f"{key}.name" if OmegaConf.is_dict(value) and "name" in value else key
+
+
 def hyperparameters(config: DictConfig, overrides: Sequence[str]) -> dict[str, HParamValue]:
     """What TensorBoard's HParams tab shows for a run: the usual knobs plus every override."""
-    keys = [*USUAL_KEYS, *(o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o)]
+    keys = [*USUAL_KEYS, *(_column(config, o.split("=", 1)[0].lstrip("+~")) for o in overrides if "=" in o)]
     values = {}
     for key in dict.fromkeys(keys):
         value = OmegaConf.select(config, key, default=None)
@@ -112,37 +122,45 @@ def hparam_infos(runs: Sequence[dict[str, HParamValue]]) -> list[api_pb2.HParamI
     return sorted(infos, key=lambda info: not info.differs)
 
 
-def experiment_summary(runs: Sequence[dict[str, HParamValue]], metrics: Sequence[str] = METRICS) -> Summary:
-    """The table's columns for ``runs`` (each a :func:`hyperparameters` dict) and ``metrics``."""
+def experiment_summary(infos: Sequence[api_pb2.HParamInfo], metrics: Sequence[str] = METRICS) -> Summary:
+    """The table's columns: ``infos`` (from :func:`hparam_infos`), then ``metrics``."""
     experiment = api_pb2.Experiment(
         time_created_secs=time.time(),
-        hparam_infos=hparam_infos(runs),
+        hparam_infos=infos,
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics],
     )
     return _summary(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
-def job_hyperparameters(sweep_dir: Path) -> list[dict[str, HParamValue]]:
+def job_hyperparameters(sweep_dir: Path) -> dict[Path, dict[str, HParamValue]]:
     """The hyper-parameters of every job directory under ``sweep_dir`` that got as far as saving its
     config (its ``config.yaml`` and ``overrides.yaml``), in directory order."""
-    runs = []
+    runs = {}
     for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file()):
         overrides = OmegaConf.load(job_dir / "overrides.yaml") if (job_dir / "overrides.yaml").is_file() else []
-        runs.append(hyperparameters(OmegaConf.load(job_dir / "config.yaml"), list(overrides)))
+        runs[job_dir] = hyperparameters(OmegaConf.load(job_dir / "config.yaml"), list(overrides))
     return runs
 
 
+#: The file name's end that marks a sweep's experiment summary in its first job's directory.
+SWEEP_EXPERIMENT_SUFFIX = ".sweep_experiment"
+
+
 def write_sweep_experiment(sweep_dir: Path) -> None:
-    """Write the experiment summary of every job under ``sweep_dir`` into the sweep's root,
-    replacing the one an earlier run of the same sweep left there (TensorBoard would read only
-    one of them); nothing when no job saved a config."""
+    """Write the experiment summary of every job under ``sweep_dir`` (the keys that differ between
+    them; all of them when none does) into the first job's directory, replacing the one an earlier
+    run of the same sweep left (TensorBoard would read only one of them); nothing when no job saved
+    a config."""
     runs = job_hyperparameters(sweep_dir)
     if not runs:
         return
-    for old in sweep_dir.glob("events.out.tfevents.*"):  # the root holds no other event files
+    for old in [*sweep_dir.glob(f"*/events.out.tfevents.*{SWEEP_EXPERIMENT_SUFFIX}"),
+                *sweep_dir.glob("events.out.tfevents.*")]:  # the root: where earlier versions put it
         old.unlink()
-    writer = EventWriter(sweep_dir)
+    infos = hparam_infos(list(runs.values()))
+    swept = [info for info in infos if info.differs] or infos
+    writer = EventWriter(next(iter(runs)), suffix=SWEEP_EXPERIMENT_SUFFIX)
     try:
-        writer.summary(experiment_summary(runs))
+        writer.summary(experiment_summary(swept))
     finally:
         writer.close()

@@ -34,7 +34,8 @@ class Pending:
 
 
 class RunLogger:
-    """Writes ``train/lr``, ``train/lr/<group>``, ``train/momentum``, ``train/loss``,
+    """Writes ``train/lr``, ``train/lr/<group>`` (for each of ``group_names``: pass none when every
+    group runs at ``train/lr``), ``train/momentum``, ``train/loss``,
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
     ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only)."""
 
@@ -123,7 +124,7 @@ class RunLogger:
         for pending, (loss, grad_norm, *counts) in zip(self._pending, rows):
             scalars = {"train/lr": pending.lrs[0], "train/loss": loss, "train/epoch": pending.epoch,
                        "train/grad_norm": grad_norm, **{tag: int(count) for tag, count in zip(pending.tags, counts)}}
-            if len(pending.lrs) > 1:
+            if self.group_names:
                 scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, pending.lrs)})
             if pending.momentum is not None:
                 scalars["train/momentum"] = pending.momentum

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.rundir.events import EventWriter, read_scalars
-from trainer.rundir.hparams import experiment_summary, session_summaries, write_sweep_experiment
+from trainer.rundir.hparams import experiment_summary, hparam_infos, session_summaries, write_sweep_experiment
 
 
 class Writer:
@@ -29,7 +29,7 @@ class Writer:
         its jobs, :meth:`sweep_end`)."""
         summaries = session_summaries(dict(hparams))
         if experiment:
-            summaries.insert(0, experiment_summary([dict(hparams)]))
+            summaries.insert(0, experiment_summary(hparam_infos([dict(hparams)])))
         for summary in summaries:
             self.events.summary(summary)
 
@@ -50,5 +50,5 @@ class Writer:
 
     @staticmethod
     def sweep_end(sweep_dir: Path) -> None:
-        """The HParams table's columns, once for every job of the sweep, at its root."""
+        """The HParams table's columns, once for every job of the sweep (in its first job's directory)."""
         write_sweep_experiment(sweep_dir)
