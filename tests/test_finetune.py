@@ -259,7 +259,7 @@ def test_rules_first_match_wins_on_top_of_the_no_decay_split():
 
 def test_the_group_table_adds_up_in_the_run_directory(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    train(compose_config("schedule=cosine", "trainer.max_steps=1", "optimizer.layer_decay=0.5",
+    train(compose_config("schedule=cosine", "trainer.max_steps=1", "schedule.total_steps=8", "optimizer.layer_decay=0.5",
                          "optimizer.layer_order=['1','4']", "optimizer.param_groups=[{match: '*.bias', lr_scale: 3}]",
                          "trainer.unfreeze=[{at: 4, modules: ['1']}]"), run_dir)
     text = (run_dir / GROUPS_FILE).read_text()

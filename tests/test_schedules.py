@@ -354,8 +354,9 @@ def test_plateau_matches_reduce_lr_on_plateau(kwargs):
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=0.1)
     reference = L.ReduceLROnPlateau(optimizer, **kwargs)
-    s = make("plateau", peak_lr=0.1, total_steps=100, monitor="val/loss", **kwargs)
-    assert s.lr(0) == 0.1 and s.monitor == "val/loss"
+    monitor = "val/loss" if kwargs["mode"] == "min" else "val/acc"  # each mode on a metric of its direction
+    s = make("plateau", peak_lr=0.1, total_steps=100, monitor=monitor, **kwargs)
+    assert s.lr(0) == 0.1 and s.monitor == monitor
     seen = []
     for i, metric in enumerate(metrics):
         reference.step(metric)
@@ -383,7 +384,7 @@ def test_plateau_matches_torch_on_any_metric_sequence(mode, factor, patience, co
     optimizer = torch.optim.SGD([param], lr=0.1)
     kwargs = dict(mode=mode, factor=factor, patience=patience, cooldown=cooldown, min_lr=min_lr, threshold=1e-4)
     reference = L.ReduceLROnPlateau(optimizer, **kwargs)
-    s = make("plateau", peak_lr=0.1, total_steps=100, **kwargs)
+    s = make("plateau", peak_lr=0.1, total_steps=100, monitor="val/loss" if mode == "min" else "val/acc", **kwargs)
     for metric in metrics:
         reference.step(metric)
         s.plateau.observe(metric)

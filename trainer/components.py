@@ -142,8 +142,14 @@ def build(
         raise ConfigError(key, f"{path} failed: {one_line(cause or error)}") from None
     except ConfigError:
         raise
-    except Exception as error:
-        raise ConfigError(key, f"{path} failed: {one_line(error)}") from None
+    except (Exception, SystemExit) as error:  # a builder's sys.exit() must not end the run without a word
+        raise ConfigError(key, f"{path} failed: {_cause(error)}") from None
+
+
+def _cause(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"it called sys.exit({error.code!r})"
+    return one_line(error)
 
 
 # ---------------------------------------------------------------- the configs' own resolvers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from trainer.errors import ConfigError
 from trainer.params import Param
 
 #: ``monitor`` and ``mode`` of whatever watches a validation metric (``trainer.early_stopping``, ``schedule=plateau``).
@@ -19,6 +20,15 @@ def mode_of(tag: str) -> str:
     """``min`` for a loss (``val/loss``, ``val_raw/loss``), ``max`` for the others (accuracies): the
     direction of every metric the trainer logs."""
     return "min" if tag.endswith("loss") else "max"
+
+
+def check_mode(monitor: str, mode: str, prefix: str) -> None:
+    """Refuse a ``mode`` against ``monitor``'s direction: ``val/acc`` with ``min`` would count every
+    gain in accuracy as a setback."""
+    if mode != mode_of(monitor):
+        better = "lower" if mode_of(monitor) == "min" else "higher"
+        raise ConfigError(f"{prefix}.mode", f"{monitor} is better {better}, so mode={mode} would take every "
+                                            f"improvement for a setback: set {prefix}.mode={mode_of(monitor)}")
 
 
 def beats(value: float, best: float, mode: str, *, margin: float = 0.0, relative: bool = False) -> bool:

@@ -79,7 +79,7 @@ def test_config_defaults(nowhere):
     assert OmegaConf.to_container(cfg) == {
         "_target_": "trainer.data.fashion_mnist.fashion_mnist", "name": "fashion_mnist", "root": None,
         "batch_size": 128, "download": True, "augment": False,
-        "flip_test": False, "loader": "device", "num_workers": 4,
+        "flip_test": False, "loader": "device", "num_workers": "auto",
     }
     # Sizes come without touching any file (nothing could be found here anyway).
     assert data_spec(cfg) == ((1, 28, 28), 10, 60000)

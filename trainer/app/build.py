@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from trainer.app.combinations import check_spike_window, check_stages_fit, check_watched_metrics
 from trainer.app.validate import validate
 from trainer.components import MOVED, build
 from trainer.controls import Controls, Parts
@@ -29,7 +30,7 @@ from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
-from trainer.training.evaluate import Validation
+from trainer.training.evaluate import Validation, class_scores
 from trainer.training.loop import Loop
 from trainer.training.loss import Loss
 from trainer.training.precision import Precision, configure_cuda
@@ -53,15 +54,28 @@ def build_loss(cfg: DictConfig) -> Loss:
     return loss_fn
 
 
-def check_model_fits(model: nn.Module, loss_fn: Loss, batch: Batch, device: torch.device, loss_key: str) -> None:
-    """One forward pass and loss on ``batch`` in eval mode without gradients (no parameter, buffer
-    or generator changes): a model that does not take the data's inputs, or whose outputs the loss
-    cannot score, is a config error before anything is written."""
-    inputs, targets = (tensor.to(device) for tensor in batch)
+@dataclass(frozen=True)
+class FitCheck:
+    """What :func:`check_model_fits` runs the model on before training: the run's loss, a few
+    training examples, and whether the data has a validation split."""
+
+    loss_fn: Loss
+    batch: Batch
+    validates: bool
+
+
+def check_model_fits(model: nn.Module, check: FitCheck, device: torch.device, loss_key: str) -> set[str]:
+    """One forward pass and loss on ``check.batch`` in eval mode (no parameter, buffer or generator
+    changes; no backward): a model that does not take the data's inputs, whose outputs the loss
+    cannot score, or whose loss no gradient would flow back from, is a config error before anything
+    is written. Returns the metrics validation will give (none without a validation split)."""
+    loss_fn = check.loss_fn
+    inputs, targets = (tensor.to(device) for tensor in check.batch)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # With autograd on: whether the loss reaches a parameter is whether it has a graph.
+        with torch.enable_grad():
             try:
                 outputs = model(inputs)
             except Exception as error:
@@ -79,8 +93,15 @@ def check_model_fits(model: nn.Module, loss_fn: Loss, batch: Batch, device: torc
             if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
                 raise ConfigError(loss_key, f"returned {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}, "
                                   "not a scalar floating-point tensor")
+            if not loss.requires_grad:
+                raise ConfigError(loss_key, "the loss on the model's outputs depends on no parameter that trains, so "
+                                  "no gradient would reach the model: check that its forward does not detach its "
+                                  "outputs, that the loss uses them, and that some parameter has requires_grad=True")
     finally:
         model.train(was_training)
+    if not check.validates:
+        return set()
+    return {"val/loss", "val/acc"} if class_scores(outputs, targets) else {"val/loss"}
 
 
 @dataclass(frozen=True)
@@ -97,12 +118,13 @@ class Optimization:
 
 def build_optimization(
     cfg: DictConfig, *, num_train: int, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
-    model: nn.Module | None = None, fit_check: tuple[Loss, Batch] | None = None, world: World | None = None,
+    model: nn.Module | None = None, fit_check: FitCheck | None = None, world: World | None = None,
 ) -> Optimization:
     """Model, optimizer, schedule and the derived plan: shared by training and the preview.
 
     ``model``: a module to train instead of building ``cfg.model`` (``trainer.fit``).
-    ``fit_check``: (loss, a batch) for :func:`check_model_fits`, run before the model is compiled.
+    ``fit_check``: for :func:`check_model_fits`, run before the model is compiled, and the
+    combinations of keys only the built run can judge (:mod:`trainer.app.combinations`).
     Under FSDP2 the model is sharded over ``world`` before the optimizer sees its parameters.
     """
     world = world or World()
@@ -113,9 +135,8 @@ def build_optimization(
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
     model = model.to(device)
     if fit_check is not None:
-        loss_fn, batch = fit_check
         target = MOVED.get(cfg.loss._target_, cfg.loss._target_)
-        check_model_fits(model, loss_fn, batch, device, "loss" if target != CROSS_ENTROPY else "model")
+        metrics = check_model_fits(model, fit_check, device, "loss" if target != CROSS_ENTROPY else "model")
     if device.type == "cuda":
         configure_cuda(tf32=cfg.trainer.tf32)
         if len(input_shape) == 3:
@@ -136,6 +157,10 @@ def build_optimization(
         updates_per_epoch=plan.updates_per_epoch,
         lr_scale=plan.lr_scale,
     )
+    if fit_check is not None:
+        check_watched_metrics(cfg, schedule, metrics)
+        check_stages_fit(cfg, stages, optimizer, plan)
+        check_spike_window(cfg, plan)
     return Optimization(model, optimizer, schedule, plan, stages)
 
 

@@ -14,10 +14,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from trainer.app.build import Optimization, Training, build_loop, build_loss, build_optimization, build_training
+from trainer.app.build import (
+    FitCheck, Optimization, Training, build_loop, build_loss, build_optimization, build_training,
+)
 from trainer.app.threads import CpuClock, pick_threads
 from trainer.app.validate import validate, warmup_warning
-from trainer.data import Dataset, build_dataset, first_batch
+from trainer.data import Dataset, build_dataset, first_batch, has_validation
 from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
 from trainer.errors import FINISHED, one_line, outcome
 from trainer.files import write_atomic
@@ -168,7 +170,8 @@ def _prepare(
     loss_fn = build_loss(cfg)
     built = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-        device=device, model=model, fit_check=(loss_fn, first_batch(dataset)), world=world,
+        device=device, model=model, world=world,
+        fit_check=FitCheck(loss_fn, first_batch(dataset), validates=has_validation(dataset)),
     )
     fingerprint = schedule_fingerprint(cfg, built.plan)
     # The exact LR of every update (the plateau schedule's before any cut, so before a resume

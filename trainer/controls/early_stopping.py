@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from trainer.controls import Control, Parts, Stop
 from trainer.errors import ConfigError
-from trainer.monitor import MODE, MONITOR, beats, worst
+from trainer.monitor import MODE, MONITOR, beats, check_mode, worst
 from trainer.params import Param
 
 KEYS = {
@@ -23,6 +23,12 @@ KEYS = {
                            low=0),
     },
 }
+
+
+def check(cfg: DictConfig, strategy: str) -> None:
+    node = cfg.trainer.early_stopping
+    if node.patience is not None:
+        check_mode(node.monitor, node.mode, "trainer.early_stopping")
 
 
 def build(cfg: DictConfig, parts: Parts) -> EarlyStopping | None:

@@ -22,7 +22,7 @@ from trainer.data.source import Dataset, DataSpec, ExampleDataset, spec_of
 from trainer.errors import ConfigError
 from trainer.params import Param, check_params, declared, defaults
 
-__all__ = ["Batch", "DataSpec", "Dataset", "ExampleDataset", "build_dataset", "check_data", "data_spec", "first_batch"]
+__all__ = ["Batch", "DataSpec", "Dataset", "ExampleDataset", "build_dataset", "check_data", "data_spec", "first_batch", "has_validation"]
 
 #: Data whose examples are token sequences: they need a sequence model (``model.block_size``).
 SEQUENCE_DATA = ("shakespeare_char",)
@@ -87,6 +87,11 @@ def build_dataset(cfg: DictConfig, seed: int, *, pin_memory: bool = False) -> Da
             "num_classes, input_shape, num_train, to, train_epoch and val_batches (trainer.data.source.Dataset)",
         )
     return dataset
+
+
+def has_validation(dataset: Dataset) -> bool:
+    """Whether ``dataset`` has a validation split (only map-style data may go without: ``data.val: null``)."""
+    return not isinstance(dataset, MapDataset) or dataset.val is not None
 
 
 def first_batch(dataset: Dataset, size: int = 2) -> Batch:

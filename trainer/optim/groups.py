@@ -159,10 +159,18 @@ def _check_modules(model: nn.Module, names: list[str], keys: Mapping[str, str]) 
 
 def _match_rules(model: nn.Module, names: list[str], rules: Sequence[Mapping[str, Any]]) -> dict[str, Mapping]:
     """Parameter name -> the first ``optimizer.param_groups`` rule whose glob matches it; a rule
-    that matches no parameter is a ConfigError listing the model's modules."""
+    that matches no parameter, or only parameters an earlier rule took, is a ConfigError."""
     rule_of: dict[str, Mapping] = {}
+    first_of: dict[str, int] = {}  # parameter name -> the index of the rule that took it
     for index, rule in enumerate(rules):
         matched = [name for name in names if fnmatch.fnmatchcase(name, str(rule["match"]))]
+        if matched and all(name in rule_of for name in matched):
+            earlier = sorted({first_of[name] for name in matched})
+            raise ConfigError(
+                f"optimizer.param_groups.{index}.match",
+                f"{rule['match']!r} matches only parameters that rule(s) {earlier} took first (the first match wins), "
+                "so it never applies: put it before them, or narrow their match",
+            )
         if not matched:
             modules = [name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))]
             raise ConfigError(
@@ -171,7 +179,8 @@ def _match_rules(model: nn.Module, names: list[str], rules: Sequence[Mapping[str
                 f"modules are {', '.join(modules)}",
             )
         for name in matched:
-            rule_of.setdefault(name, rule)
+            if name not in rule_of:
+                rule_of[name], first_of[name] = rule, index
     return rule_of
 
 

@@ -36,10 +36,16 @@ def levels_of(model: nn.Module, layer_order: Sequence[str] | None) -> Levels:
 
 
 def parameter_depths(model: nn.Module, levels: Levels) -> dict[str, int]:
-    """Each parameter's depth: that of the longest listed module name it lies under. A listed
-    name without parameters, or a parameter under no listed name, is a ConfigError."""
+    """Each parameter's depth: that of the longest listed module name it lies under. A name listed
+    twice or without parameters, or a parameter under no listed name, is a ConfigError."""
     names = [name for name, _ in model.named_parameters()]
-    owner = {module: depth for depth, level in enumerate(levels) for module in level}
+    owner: dict[str, int] = {}
+    for depth, level in enumerate(levels):
+        for module in level:
+            if module in owner:  # the later depth would silently win
+                raise ConfigError("optimizer.layer_order", f"{module} is listed at depths {owner[module]} and {depth}: "
+                                                           "list each module once")
+            owner[module] = depth
     for module in owner:
         if not any(under(name, module) for name in names):
             raise ConfigError("optimizer.layer_order", names_nothing(model, module))

@@ -46,10 +46,21 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(KEY, f"no file at {path}")
     state = read_file(path, KEY)
     if is_checkpoint(state):
-        return verified(state, path, KEY)["model"]
+        return finite(verified(state, path, KEY)["model"], path)
     if isinstance(state, dict) and state and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        return state
+        return finite(state, path)
     raise ConfigError(KEY, f"{path} holds neither a checkpoint of ours nor a state_dict (parameter names -> tensors)")
+
+
+def finite(weights: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """``weights``, refused when a floating-point tensor holds a NaN or inf: every update from them
+    would be skipped as non-finite, and the run would end "completed" having trained nothing."""
+    bad = [name for name, tensor in weights.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ConfigError(KEY, f"{path} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                               f"{' and more' if len(bad) > 3 else ''}: start from weights saved before the run diverged")
+    return weights
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,10 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
 #: optimizer (the fingerprint above): a resume that changed one would splice two runs. Prefixes
 #: cover a whole node. Left out on purpose: how batches are gathered (data.loader,
 #: data.num_workers: the same batches), data.batch_size (the global batch counts, so any world
-#: size continues), labels (*.name), and where and how often things are written or read.
+#: size continues), trainer.compile (the same update in other kernels: a compiled run resumes
+#: eager, e.g. to debug), labels (*.name), and where and how often things are written or read.
 COMPUTES = ("seed", "data", "model", "loss", "trainer.clip_grad_norm", "trainer.label_smoothing", "trainer.precision",
-            "trainer.compile", "trainer.ema_decay", "trainer.grad_spike", "trainer.nonfinite", "trainer.early_stopping")
+            "trainer.ema_decay", "trainer.grad_spike", "trainer.nonfinite", "trainer.early_stopping")
 #: ... of which these are not: what the run names, and how it reads its data.
 NOT_COMPUTED = ("data.name", "model.name", "data.batch_size", "data.loader", "data.num_workers")
 

@@ -33,6 +33,7 @@ from typing import Any
 from omegaconf import ListConfig
 
 from trainer.errors import ConfigError
+from trainer.monitor import check_mode
 from trainer.params import Param, check_params, defaults
 from trainer.plan import warmup_length
 from trainer.schedules.plateau import ReduceOnPlateau
@@ -198,8 +199,11 @@ def check_schedule_params(name: str, values: Mapping[str, Any], prefix: str = "s
     """Check the parameters of schedule ``name`` given in ``values`` (common keys excluded)."""
     spec = spec_of(name)
     check_params(spec.params, values, prefix, owner=f"schedule {name!r}")
+    given = {**defaults(spec.params), **values}
+    if spec.metric_driven:
+        check_mode(given["monitor"], given["mode"], prefix)
     if spec.check is not None:
-        spec.check({**defaults(spec.params), **values}, prefix)
+        spec.check(given, prefix)
 
 
 def build_schedule(
