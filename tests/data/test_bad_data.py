@@ -170,3 +170,63 @@ def test_what_item_0_and_1_show_is_refused_before_anything_is_written(tmp_path, 
     proc = run_cli("trainer", torch_dataset_args(run_dir, train=train, val=val), check=False)
     assert_one_error_line(proc, message)
     assert not run_dir.exists()
+
+
+BAD_TRAIN = {"raise_at": 37, "reshape_at": 40, "label_at": 50}
+
+
+def skip_args(run_dir: Path, *, workers: int, max_skipped: int) -> list[str]:
+    """Two epochs that skip 3 bad training examples per epoch and 1 bad validation example per validation."""
+    return [*torch_dataset_args(run_dir, train=faulty(SIZE, **BAD_TRAIN), val=faulty(16, reshape_at=5), workers=workers),
+            "trainer.max_epochs=2", "data.on_error=skip", f"data.max_skipped={max_skipped}"]
+
+
+def skipped_by_update(epochs: int) -> dict[int, int]:
+    """``data/skipped`` logged at each update (0-based): the bad training examples read so far, and
+    the one bad validation example once per validation before it."""
+    counts, total = {}, 0
+    for epoch in range(epochs):
+        order = epoch_order(SIZE, seed=0, epoch=epoch).tolist()
+        for update in range(SIZE // BATCH):
+            total += len(set(order[update * BATCH : (update + 1) * BATCH]) & set(BAD_TRAIN.values()))
+            counts[epoch * SIZE // BATCH + update] = total
+        total += 1  # the epoch's validation
+    return counts
+
+
+def test_skipped_examples_are_left_out_counted_and_logged(tmp_path):
+    from trainer.rundir.events import read_scalars
+
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer", skip_args(run_dir, workers=2, max_skipped=10))
+    assert "Traceback" not in proc.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["data/skipped"] == 2 * 3 + 2 * 1
+    logged = dict(read_scalars(run_dir)["data/skipped"])
+    expected = skipped_by_update(2)
+    assert logged == expected and expected[0] < expected[15]  # a count that moves, not a constant
+
+
+def test_more_skipped_examples_than_data_max_skipped_fail_the_run_naming_the_last(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer", skip_args(run_dir, workers=0, max_skipped=2), check=False)
+    line = assert_one_error_line(proc, "more than data.max_skipped=2 examples skipped: fix the data, or raise "
+                                       "data.max_skipped")
+    assert line.startswith(("error: train item 37", "error: train item 40", "error: train item 50"))
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_a_resumed_run_goes_on_counting_skipped_examples(tmp_path, monkeypatch):
+    from tests.test_resume import preempt_after
+    from trainer.app.run import train
+    from trainer.errors import Preempted
+
+    overrides = [arg for arg in skip_args(tmp_path, workers=0, max_skipped=10) if not arg.startswith("hydra.")]
+    straight = train(compose_config(*overrides, base=[]), tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        preempt_after(patch, 11)  # in epoch 1, after epoch 0's skips and its validation's
+        with pytest.raises(Preempted):
+            train(compose_config(*overrides, base=[]), tmp_path / "resumed")
+    saved = load_checkpoint(tmp_path / "resumed" / "last.pt")["controls"]["data_skips"]["skipped"]
+    assert saved == skipped_by_update(2)[10] and 0 < saved < 8  # a resume that restarted the count would end below 8
+    resumed = train(compose_config(*overrides, "trainer.resume=auto", base=[]), tmp_path / "resumed")
+    assert straight["data/skipped"] == resumed["data/skipped"] == 8
