@@ -163,7 +163,7 @@ def test_a_validation_class_training_lacks_is_refused_before_anything_is_written
      "error: data.val: item 0's input has shape (5,), but the training split's has (4,)"),
     (faulty(SIZE, label_at=0), faulty(16), "error: data.train: item 0's label 7 is outside 0..1"),
     (faulty(SIZE), faulty(16, label_at=0), "error: data.val: item 0's label 7 is outside 0..1"),
-    (faulty(SIZE, raise_at=1), faulty(16), "error: data.train: train item 1: RuntimeError: record 1 is corrupt"),
+    (faulty(SIZE, raise_at=1), faulty(16), "error: data.train: item 1: RuntimeError: record 1 is corrupt"),
 ])
 def test_what_item_0_and_1_show_is_refused_before_anything_is_written(tmp_path, train, val, message):
     run_dir = tmp_path / "run"

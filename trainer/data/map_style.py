@@ -195,8 +195,6 @@ class SplitReader:
         failures: list[DataError] | None = [] if self.skip else None
         try:
             items = read_examples(self.examples, indices, seed=seed, epoch=epoch, split=self.split, failures=failures)
-            if not items:  # data.on_error=skip left none: a micro-batch of no examples cannot train
-                raise DataError(self.split, indices, f"every example of a micro-batch failed, e.g. {failures[0]}")
             failed = {failure.indices[0] for failure in failures or ()}
             batch = self._collate(items, [k for k in indices if k not in failed], failures)
         except DataError as error:
@@ -204,6 +202,10 @@ class SplitReader:
         return Flawed(batch, tuple(failures)) if failures else batch
 
     def _collate(self, items: list[Any], indices: list[int], failures: list[DataError] | None) -> Batch:
+        if not items:  # data.on_error=skip left none: a micro-batch of no examples cannot train
+            assert failures
+            raise DataError(self.split, sorted(f.indices[0] for f in failures),
+                            f"every example of a micro-batch failed, e.g. {failures[0]}")
         try:
             batch = default_collate(items)
             inputs, targets = batch
@@ -373,7 +375,9 @@ class MapDataset:
         batch = SplitReader(self.train, "train", self.input_shape, self.num_classes).batch(
             range(min(size, len(self.train))), seed=0, epoch=0)
         if isinstance(batch, Flawed):
-            raise ConfigError("data.train", str(batch.errors[0]))
+            error = batch.errors[0]
+            raise ConfigError("data.train", f"item {error.indices[0]}{f' ({error.path})' if error.path else ''}: "
+                              f"{error.cause}")
         return batch
 
 
