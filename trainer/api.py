@@ -50,7 +50,7 @@ def fit(
     from trainer.app.run import train
     from trainer.components import CONFIG_DIR
     from trainer.data import LOOP_PARAMS
-    from trainer.data.map_style import map_dataset, worker_count
+    from trainer.data.map_style import PARAMS, map_dataset, worker_count
     from trainer.training.precision import resolve_device
 
     started = CpuClock.now()
@@ -65,9 +65,12 @@ def fit(
         raise ConfigError("model", f"got a {type(model).__name__}; expected a torch.nn.Module")
     device = resolve_device(cfg.trainer.device)
     LOOP_PARAMS["num_workers"].check(cfg.data.num_workers, "data.num_workers")
+    for key in ("on_error", "max_skipped"):
+        PARAMS[key].check(cfg.data[key], f"data.{key}")
     dataset = map_dataset(
         train_data, val_data, num_classes=cfg.data.num_classes,
         num_workers=worker_count(cfg.data.num_workers, train_data), pin_memory=device.type == "cuda",
+        skip=cfg.data.on_error == "skip", max_skipped=cfg.data.max_skipped,
     )
     run_dir = Path(run_dir) if run_dir is not None else fresh_run_dir(Path("outputs") / time.strftime("%Y-%m-%d/%H-%M-%S"))
     with callers_generators_kept():

@@ -6,6 +6,7 @@
 | trained to the end | ``completed`` | 0 |
 | ``trainer.early_stopping`` ended it | ``early_stopped`` | 0 |
 | a bad config, missing data, an unusable or busy run directory (:class:`ConfigError`) | ``failed`` | 2 |
+| an example that cannot be read or used mid-run; ``last.pt`` intact (:class:`DataError`) | ``failed`` | 2 |
 | SIGTERM/SIGINT; ``last.pt`` written (:class:`Preempted`) | ``preempted`` | 3 |
 | a non-finite loss with ``trainer.nonfinite=stop`` (:class:`NonFiniteStop`) | ``stopped_nonfinite`` | 4 |
 | a gradient-norm spike with ``trainer.grad_spike.action=stop`` (:class:`GradSpikeStop`) | ``stopped_grad_spike`` | 4 |
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -47,6 +49,29 @@ class ConfigError(ValueError):
 
 class RunDirInUse(ConfigError):
     """Another live process holds the run directory: nothing may be written there."""
+
+
+#: A DataError names at most this many items of a batch (the line stays one line).
+MAX_NAMED_ITEMS = 5
+
+
+class DataError(Exception):
+    """Examples of a split that cannot be read or used (a damaged file, a ``__getitem__`` that
+    raises, an input of another shape, a label out of range), found mid-run: named by split, item
+    indices (in the dataset, 0-based) and, for a folder of files, the file. Not a ConfigError:
+    the run directory holds what was written before it (``last.pt``) and is left as it is."""
+
+    def __init__(self, split: str, indices: Sequence[int], cause: str, path: str | None = None, fix: str = "") -> None:
+        self.split, self.indices, self.cause, self.path, self.fix = split, tuple(indices), cause, path, fix
+        shown = ", ".join(map(str, indices[:MAX_NAMED_ITEMS]))
+        if len(indices) > MAX_NAMED_ITEMS:
+            shown += f", ... ({len(indices)} in all)"
+        items = f"item {shown}" if len(indices) == 1 else f"items {shown}"
+        super().__init__(f"{split} {items}{f' ({path})' if path else ''}: {cause}{f'; {fix}' if fix else ''}")
+
+    def __reduce__(self) -> tuple:
+        # A DataLoader worker sends it to the training process pickled: rebuilt from its parts.
+        return DataError, (self.split, self.indices, self.cause, self.path, self.fix)
 
 
 class NoSpace(OSError):
@@ -96,6 +121,7 @@ OUTCOMES: tuple[tuple[type[BaseException], Outcome], ...] = (
     (GradSpikeStop, Outcome("stopped_grad_spike", EXIT_STOPPED)),
     (NonFiniteStop, Outcome("stopped_nonfinite", EXIT_STOPPED)),
     (ConfigError, Outcome("failed", EXIT_CONFIG)),
+    (DataError, Outcome("failed", EXIT_CONFIG)),
 )
 
 

@@ -117,13 +117,15 @@ def test_image_folder_transforms_are_overridable_as_target_lists(tmp_path):
     from trainer.data import build_dataset
 
     root = write_image_folder(tmp_path / "imgs", size=(12, 10))
-    cfg = compose_config(
-        "data=image_folder", f"data.train_dir={root}", f"data.val_dir={root}", "data.num_workers=0",
-        "data.train_transform=[{_target_:torchvision.transforms.CenterCrop,size:6},{_target_:torchvision.transforms.PILToTensor}]",
-        base=QUIET,
-    )
-    data = build_dataset(cfg.data, seed=0)
+    crop = "[{_target_:torchvision.transforms.CenterCrop,size:6},{_target_:torchvision.transforms.PILToTensor}]"
+    overrides = ["data=image_folder", f"data.train_dir={root}", f"data.val_dir={root}", "data.num_workers=0",
+                 f"data.train_transform={crop}"]
+    # validation keeps the standard transforms (224 px): inputs of two shapes are refused before training
+    with pytest.raises(ConfigError, match=r"^data.val: item 0's input has shape \(3, 224, 224\), but the training "
+                                          r"split's has \(3, 6, 6\)"):
+        build_dataset(compose_config(*overrides, base=QUIET).data, seed=0)
+    data = build_dataset(compose_config(*overrides, "data.image_size=6", base=QUIET).data, seed=0)
     assert data.input_shape == (3, 6, 6) and data.num_classes == 2
     image = torch.from_numpy(numpy.asarray(Image.open(root / "cat" / "0.png").convert("RGB")))
     assert torch.equal(data.train[0][0], image[2:8, 3:9].permute(2, 0, 1))  # the 6x6 center of 12x10, uint8
-    assert data.val[0][0].shape == (3, 224, 224)  # validation keeps the standard transforms
+    assert data.val[0][0].dtype == torch.float32  # validation keeps the standard transforms, normalized

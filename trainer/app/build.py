@@ -198,7 +198,7 @@ def build_training(
     device = next(model.parameters()).device
     loss_fn = build_loss(cfg) if loss_fn is None else loss_fn
     controls = Controls.build(cfg, Parts(model, optimizer, built.schedule, device, world,
-                                         scales_loss=precision.uses_grad_scaler))
+                                         scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
                      cfg.trainer.clip_grad_norm, world, controls=controls)
     contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed,

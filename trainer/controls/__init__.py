@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
     from torch import nn
 
+    from trainer.data import Dataset
     from trainer.distributed import World
     from trainer.schedules import Schedule
 
@@ -48,6 +49,7 @@ class Parts:
     world: World
     #: fp16's dynamic loss scale skips overflowing updates routinely; only a non-finite loss counts as bad.
     scales_loss: bool = False
+    dataset: Dataset | None = None  # the run's data (data.on_error=skip counts what it leaves out)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
 
 from trainer.errors import ConfigError, one_line
 
@@ -29,15 +30,32 @@ def standard_transforms(image_size: int, *, augment: bool) -> list[Any]:
     return [*steps, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+class _FolderWithClasses(ImageFolder):
+    """An ``ImageFolder`` whose labels come from another split's class -> index mapping (by folder
+    name), so a validation folder that lacks a class still labels the others as training does."""
+
+    def __init__(self, root: str, class_to_idx: dict[str, int], key: str, **kwargs: Any) -> None:
+        self._given, self._key = class_to_idx, key
+        super().__init__(root, allow_empty=True, **kwargs)  # allow_empty: a class may be absent here
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        extra = sorted(set(find_classes(directory)[0]) - set(self._given))
+        if extra:
+            raise ConfigError(self._key, f"class folder(s) {', '.join(extra)} not among the training classes "
+                              f"({', '.join(self._given)}): remove them, or add them to data.train_dir")
+        return list(self._given), dict(self._given)
+
+
 def image_folder(
     root: str | None, *, split: str = "train", image_size: int = 224, augment: bool = True,
-    transform: Sequence[Any] | None = None,
+    transform: Sequence[Any] | None = None, classes_from: str | None = None,
 ) -> ImageFolder:
     """The images under ``root`` (one folder per class, classes in sorted order), as the ``split``
     (``train`` or ``val``, which names the config key ``data.SPLIT_dir`` in errors) of a run.
 
     ``transform``: the steps to apply instead of :func:`standard_transforms` (``augment`` applies
-    to those only).
+    to those only). ``classes_from``: the training folder whose classes (and their indices) label
+    these images; a class folder here that it lacks is a ConfigError at ``data.val_dir``.
     """
     key = f"data.{split}_dir"
     if root is None:
@@ -53,6 +71,12 @@ def image_folder(
         )
     steps = standard_transforms(image_size, augment=augment) if transform is None else list(transform)
     try:
-        return ImageFolder(str(path), transform=transforms.Compose(steps))
+        if classes_from is None:
+            return ImageFolder(str(path), transform=transforms.Compose(steps))
+        class_to_idx = find_classes(str(Path(classes_from).expanduser()))[1]
+        folder = _FolderWithClasses(str(path), class_to_idx, key, transform=transforms.Compose(steps))
     except (FileNotFoundError, OSError) as error:  # no class folders, or no images in them
         raise ConfigError(key, one_line(error)) from None
+    if not folder.samples:
+        raise ConfigError(key, f"no images in the class folders of {path}")
+    return folder

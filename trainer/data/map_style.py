@@ -15,13 +15,19 @@ that never stopped:
   random crop does not depend on which worker or rank reads it, nor on what it read before.
 
 Validation reads only this rank's slice of each validation batch (:meth:`MapDataset.val_batches`).
+
+Examples that cannot be used are named, never a traceback: item 0 of each split is checked before
+training (a pair, an input tensor of the same shape in both splits, a label in range); later items
+are checked by :class:`SplitReader` as each micro-batch is read, and one that fails is a
+:class:`~trainer.errors.DataError` naming its split, index and file, or with ``data.on_error=skip``
+is left out of its micro-batch and counted (``data.max_skipped`` at most).
 """
 
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +37,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from trainer.data.batches import Batch, batches_per_epoch, epoch_order, shard_ranges, stream_seed
 from trainer.data.source import ExampleDataset
-from trainer.errors import ConfigError, one_line
+from trainer.errors import ConfigError, DataError, one_line
 from trainer.params import Param
 
 #: What the sampler hands a worker: (epoch, the example indices of one batch).
@@ -42,6 +48,10 @@ PARAMS = {
     "loader": Param("dataloader", "map-style data is read by DataLoader workers", str, choices=("dataloader",)),
     "batch_size": Param(64, "examples per micro-batch", int, low=1),
     "num_classes": Param(None, "classes when the training split has no classes attribute", int, low=1, extra=(None,)),
+    "on_error": Param("raise", "an example that cannot be read or used mid-run: raise (the run fails naming it) or "
+                      "skip (left out of its micro-batch, counted as data/skipped)", str, choices=("raise", "skip")),
+    "max_skipped": Param(10, "with on_error=skip, the most examples skipped over the run (training and every "
+                         "validation) before it fails as with raise", int, low=0),
 }
 #: ``data=image_folder``'s own keys, which its split targets read (conf/data/image_folder.yaml).
 IMAGE_FOLDER_PARAMS = {
@@ -101,17 +111,125 @@ class _RestoredRNG:
         random.setstate(self._python)
 
 
-def read_examples(examples: TorchDataset, indices: Sequence[int], *, seed: int, epoch: int) -> list[Any]:
+#: How a DataError mid-run says to fix it.
+FIX = "fix or remove it, or set data.on_error=skip to leave such examples out"
+
+
+def item_path(examples: TorchDataset, k: int) -> str | None:
+    """The file item ``k`` is read from, for a folder dataset that lists (path, class) pairs as
+    torchvision's do (``samples``, or the older ``imgs``); else None."""
+    samples = getattr(examples, "samples", getattr(examples, "imgs", None))
+    try:
+        path = samples[k][0]
+    except (TypeError, IndexError, KeyError):
+        return None
+    return str(path) if isinstance(path, (str, os.PathLike)) else None
+
+
+def read_examples(
+    examples: TorchDataset, indices: Sequence[int], *, seed: int, epoch: int, split: str = "train",
+    failures: list[DataError] | None = None,
+) -> list[Any]:
     """``examples[k]`` for each k, each read with torch's and Python's generators seeded from
-    (seed, epoch, k); the caller's generator states are left as they were."""
+    (seed, epoch, k); the caller's generator states are left as they were.
+
+    An item whose reading raises is a DataError naming ``split``, k and its file; given
+    ``failures``, that error is appended there instead and the item left out.
+    """
     items = []
     with _RestoredRNG():
         for k in indices:
             example_seed = stream_seed(seed=seed, epoch=epoch, index=k)
             torch.manual_seed(example_seed)
             random.seed(example_seed)
-            items.append(examples[k])
+            try:
+                items.append(examples[k])
+            except Exception as error:  # a damaged file, a user's __getitem__ or transform
+                failure = DataError(split, [k], f"{type(error).__name__}: {one_line(error)}", item_path(examples, k), FIX)
+                if failures is None:
+                    raise failure from None
+                failures.append(failure)
     return items
+
+
+def label_problem(target: Any, num_classes: int | None) -> str | None:
+    """Why ``target`` (an int or an integer tensor of class indices) holds a label outside
+    0..num_classes-1, or None. -100 is cross-entropy's ignored target, so it passes; other
+    targets (floats: a regression's) and unknown ``num_classes`` are not checked."""
+    if num_classes is None or isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)):
+        return None
+    labels = torch.as_tensor(target)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        return None
+    bad = ((labels < 0) & (labels != -100)) | (labels >= num_classes)
+    if not bad.any():
+        return None
+    return f"label {int(labels[bad].flatten()[0])} is outside 0..{num_classes - 1} (data.num_classes={num_classes})"
+
+
+@dataclass(frozen=True)
+class Flawed:
+    """What a worker hands back for a micro-batch some of whose examples failed: the batch of the
+    others (``data.on_error=skip``), or None when the run must fail with ``errors[0]``. A worker's
+    exception would reach the training process as a traceback in text; this keeps the error whole."""
+
+    batch: Batch | None
+    errors: tuple[DataError, ...]
+
+
+@dataclass(frozen=True)
+class SplitReader:
+    """Reads a split's micro-batches, checking each against item 0 of the training split (the
+    input shape) and the classes, where it costs a shape compare and a range check per batch;
+    only a batch that fails is looked at item by item, to name the examples at fault."""
+
+    examples: TorchDataset
+    split: str  # "train" or "val"
+    input_shape: tuple[int, ...]
+    num_classes: int | None
+    skip: bool = False  # data.on_error=skip
+
+    def batch(self, indices: Sequence[int], *, seed: int, epoch: int) -> Batch | Flawed:
+        """Examples ``indices`` read (see :func:`read_examples`) and collated; a :class:`Flawed`
+        batch when any failed."""
+        failures: list[DataError] | None = [] if self.skip else None
+        try:
+            items = read_examples(self.examples, indices, seed=seed, epoch=epoch, split=self.split, failures=failures)
+            failed = {failure.indices[0] for failure in failures or ()}
+            batch = self._collate(items, [k for k in indices if k not in failed], failures)
+        except DataError as error:
+            return Flawed(None, (error,))
+        return Flawed(batch, tuple(failures)) if failures else batch
+
+    def _collate(self, items: list[Any], indices: list[int], failures: list[DataError] | None) -> Batch:
+        if not items:  # data.on_error=skip left none: a micro-batch of no examples cannot train
+            assert failures
+            raise DataError(self.split, sorted(f.indices[0] for f in failures),
+                            f"every example of a micro-batch failed, e.g. {failures[0]}")
+        try:
+            batch = default_collate(items)
+            inputs, targets = batch
+            if tuple(inputs.shape[1:]) == self.input_shape and label_problem(targets, self.num_classes) is None:
+                return batch
+            cause = f"inputs of shape {tuple(inputs.shape[1:])}, not {self.input_shape}, or labels out of range"
+        except Exception as error:  # examples that do not stack: found below
+            cause = f"collating failed: {type(error).__name__}: {one_line(error)}"
+        misfits = [DataError(self.split, [k], why, item_path(self.examples, k), FIX)
+                   for k, item in sorted(zip(indices, items), key=lambda pair: pair[0]) if (why := self._misfit(item))]
+        if not misfits or failures is None:
+            raise misfits[0] if misfits else DataError(self.split, indices, cause)
+        failures.extend(misfits)
+        bad = {misfit.indices[0] for misfit in misfits}
+        kept = [(k, item) for k, item in zip(indices, items) if k not in bad]
+        return self._collate([item for _, item in kept], [k for k, _ in kept], failures)
+
+    def _misfit(self, item: Any) -> str | None:
+        """Why one example cannot join a batch, or None."""
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not torch.is_tensor(item[0]):
+            return f"a {type(item).__name__}, not an (input tensor, target) pair"
+        if tuple(item[0].shape) != self.input_shape:
+            return f"input of shape {tuple(item[0].shape)}, not {self.input_shape} as item 0 of the training split"
+        return label_problem(item[1], self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -119,12 +237,12 @@ class SeededBatches(TorchDataset):
     """The training split indexed by :data:`BatchKey`: one collated batch per key (what a
     ``DataLoader`` worker computes)."""
 
-    examples: TorchDataset
+    reader: SplitReader
     seed: int
 
-    def __getitem__(self, key: BatchKey) -> Batch:
+    def __getitem__(self, key: BatchKey) -> Batch | Flawed:
         epoch, indices = key
-        return default_collate(read_examples(self.examples, indices, seed=self.seed, epoch=epoch))
+        return self.reader.batch(indices, seed=self.seed, epoch=epoch)
 
 
 @dataclass(frozen=True)
@@ -134,12 +252,14 @@ class ValSlices(TorchDataset):
     count or epoch). An empty list gives a batch of no examples (item 0's shape and type), so every
     rank runs as many forwards as the others."""
 
-    examples: TorchDataset
+    reader: SplitReader
 
-    def __getitem__(self, indices: list[int]) -> Batch:
-        items = read_examples(self.examples, indices or [0], seed=0, epoch=0)
-        inputs, targets = default_collate(items)
-        return (inputs, targets) if indices else (inputs[:0], targets[:0])
+    def __getitem__(self, indices: list[int]) -> Batch | Flawed:
+        batch = self.reader.batch(indices or [0], seed=0, epoch=0)
+        if indices or isinstance(batch, Flawed):
+            return batch
+        inputs, targets = batch
+        return inputs[:0], targets[:0]
 
 
 def check_pair(item: Any, key: str) -> tuple[torch.Tensor, Any]:
@@ -175,7 +295,8 @@ class MapDataset:
     """Train and (optional) validation splits of a map-style dataset, read by DataLoaders.
 
     ``input_shape`` is one example's input shape; ``num_classes`` the classes (or vocabulary).
-    ``val=None`` trains without validation.
+    ``val=None`` trains without validation. ``skip``: ``data.on_error=skip``, which leaves out
+    examples that fail, at most ``max_skipped`` over the run (``skipped`` counts them).
     """
 
     train: TorchDataset
@@ -184,6 +305,9 @@ class MapDataset:
     input_shape: tuple[int, ...]
     num_workers: int
     pin_memory: bool = False
+    skip: bool = False
+    max_skipped: int = 10
+    skipped: int = 0
     _loaders: dict[tuple, tuple[DataLoader, EpochSampler | None]] = field(default_factory=dict, repr=False)
 
     @property
@@ -193,6 +317,25 @@ class MapDataset:
     def to(self, device: torch.device) -> MapDataset:
         """Itself: the examples stay in host memory (batches are pinned when ``pin_memory``)."""
         return self
+
+    def _reader(self, split: str) -> SplitReader:
+        examples = self.train if split == "train" else self.val
+        return SplitReader(examples, split, self.input_shape, self.num_classes, self.skip)
+
+    def usable(self, batch: Batch | Flawed) -> Batch:
+        """A batch as a worker read it: a :class:`Flawed` one raises its error, or with
+        ``data.on_error=skip`` adds its left-out examples to ``skipped`` (a DataError past
+        ``max_skipped``). One isinstance check for a batch that read well."""
+        if not isinstance(batch, Flawed):
+            return batch
+        if batch.batch is None:
+            raise batch.errors[0]
+        self.skipped += len(batch.errors)
+        if self.skipped > self.max_skipped:
+            last = batch.errors[-1]
+            raise DataError(last.split, last.indices, last.cause, last.path, f"more than data.max_skipped="
+                            f"{self.max_skipped} examples skipped: fix the data, or raise data.max_skipped")
+        return batch.batch
 
     def _loader(
         self, dataset: TorchDataset, batch_size: int | None, sampler: Iterable[Any] | None, seed: int
@@ -210,9 +353,9 @@ class MapDataset:
         key = ("train", batch_size, seed)
         if key not in self._loaders:
             sampler = EpochSampler(len(self.train), batch_size, seed=seed)
-            self._loaders[key] = self._loader(SeededBatches(self.train, seed), None, sampler, seed), sampler
+            self._loaders[key] = self._loader(SeededBatches(self._reader("train"), seed), None, sampler, seed), sampler
         loader, sampler = self._loaders[key]
-        return MapEpoch(loader, sampler, epoch)
+        return MapEpoch(loader, sampler, epoch, self.usable)
 
     def val_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """This rank's slice of each validation batch of ``batch_size × world_size`` examples in
@@ -223,13 +366,19 @@ class MapDataset:
         key = ("val", batch_size, rank, world_size)
         if key not in self._loaders:
             slices = [list(r) for r in shard_ranges(len(self.val), batch_size, rank=rank, world_size=world_size)]
-            self._loaders[key] = self._loader(ValSlices(self.val), None, slices, 0), None
-        return iter(self._loaders[key][0])
+            self._loaders[key] = self._loader(ValSlices(self._reader("val")), None, slices, 0), None
+        return map(self.usable, self._loaders[key][0])
 
     def first_batch(self, size: int = 2) -> Batch:
-        """The first ``size`` training examples as a batch, read in this process (the pre-training check)."""
-        count = min(size, len(self.train))
-        return default_collate(read_examples(self.train, range(count), seed=0, epoch=0))
+        """The first ``size`` training examples as a batch, read in this process (the pre-training
+        check): one that fails is a ConfigError at ``data.train``."""
+        batch = SplitReader(self.train, "train", self.input_shape, self.num_classes).batch(
+            range(min(size, len(self.train))), seed=0, epoch=0)
+        if isinstance(batch, Flawed):
+            error = batch.errors[0]
+            raise ConfigError("data.train", f"item {error.indices[0]}{f' ({error.path})' if error.path else ''}: "
+                              f"{error.cause}")
+        return batch
 
 
 @dataclass(frozen=True)
@@ -239,6 +388,7 @@ class MapEpoch:
     loader: DataLoader
     sampler: EpochSampler
     epoch: int
+    usable: Callable[[Batch | Flawed], Batch]  # MapDataset.usable: raises, or counts what was skipped
 
     def __len__(self) -> int:
         """Whole micro-batches in the epoch (over all ranks)."""
@@ -248,7 +398,7 @@ class MapEpoch:
         """Micro-batches ``indices`` of the epoch, in that order, on ``device`` (copied without
         blocking from pinned memory)."""
         self.sampler.set_epoch(self.epoch, indices)
-        for inputs, targets in self.loader:
+        for inputs, targets in map(self.usable, self.loader):
             yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
@@ -265,26 +415,20 @@ def build_map_dataset(cfg: Any, *, pin_memory: bool) -> MapDataset:
     train = build(cfg.train, "data.train")
     val = None if cfg.get("val") is None else build(cfg.val, "data.val")
     return map_dataset(train, val, num_classes=cfg.get("num_classes"), num_workers=worker_count(cfg.num_workers, train),
-                       pin_memory=pin_memory)
+                       pin_memory=pin_memory, skip=cfg.get("on_error", "raise") == "skip",
+                       max_skipped=cfg.get("max_skipped", PARAMS["max_skipped"].default))
 
 
 def map_dataset(
-    train: TorchDataset, val: TorchDataset | None, *, num_classes: int | None, num_workers: int, pin_memory: bool
+    train: TorchDataset, val: TorchDataset | None, *, num_classes: int | None, num_workers: int, pin_memory: bool,
+    skip: bool = False, max_skipped: int = PARAMS["max_skipped"].default,
 ) -> MapDataset:
-    """A :class:`MapDataset` of datasets already built (``trainer.fit`` passes the caller's)."""
-    first_inputs = []
-    for split, key in ((train, "data.train"), (val, "data.val")):
-        if split is None:
-            continue
-        if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
-            raise ConfigError(key, f"a {type(split).__name__} is not a map-style dataset (it needs __len__ and __getitem__)")
-        if len(split) == 0:
-            raise ConfigError(key, f"the {type(split).__name__} holds no examples")
-        try:
-            item = read_examples(split, [0], seed=0, epoch=0)[0]
-        except Exception as error:  # a user's __getitem__ (or transform) that fails on its first item
-            raise ConfigError(key, f"reading item 0 failed: {one_line(error)}") from None
-        first_inputs.append(check_pair(item, key)[0])
+    """A :class:`MapDataset` of datasets already built (``trainer.fit`` passes the caller's).
+
+    Item 0 of each split is read here, before training: each must be an (input tensor, target)
+    pair, the validation input of the training input's shape, and an integer label within
+    0..num_classes-1 (when the classes are known); else a ConfigError at ``data.train`` or ``data.val``.
+    """
     classes = getattr(train, "classes", None)
     if classes is not None:
         num_classes = len(classes)
@@ -292,4 +436,30 @@ def map_dataset(
     # num_classes asks for it (trainer.models.build_model).
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ConfigError("data.num_classes", f"got {num_classes!r}; expected a whole number >= 1")
-    return MapDataset(train, val, num_classes, tuple(first_inputs[0].shape), num_workers, pin_memory)
+    input_shape = None
+    for split, key in ((train, "data.train"), (val, "data.val")):
+        if split is None:
+            continue
+        inputs, target = first_item(split, key)
+        problem = label_problem(target, num_classes)
+        if problem is not None:
+            raise ConfigError(key, f"item 0's {problem}: fix the labels, or data.num_classes")
+        if input_shape is not None and tuple(inputs.shape) != input_shape:
+            raise ConfigError(key, f"item 0's input has shape {tuple(inputs.shape)}, but the training split's has "
+                              f"{input_shape}: both splits need the same transforms (size, crop)")
+        input_shape = input_shape or tuple(inputs.shape)
+    return MapDataset(train, val, num_classes, input_shape, num_workers, pin_memory, skip, max_skipped)
+
+
+def first_item(split: TorchDataset, key: str) -> tuple[torch.Tensor, Any]:
+    """Item 0 of ``split`` (the config at ``key``) as (input tensor, target), checked to be a
+    map-style dataset's: ConfigErrors before training, not DataErrors during it."""
+    if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
+        raise ConfigError(key, f"a {type(split).__name__} is not a map-style dataset (it needs __len__ and __getitem__)")
+    if len(split) == 0:
+        raise ConfigError(key, f"the {type(split).__name__} holds no examples")
+    try:
+        item = read_examples(split, [0], seed=0, epoch=0)[0]
+    except DataError as error:  # a user's __getitem__ (or transform) that fails on its first item
+        raise ConfigError(key, f"reading item 0{f' ({error.path})' if error.path else ''} failed: {error.cause}") from None
+    return check_pair(item, key)
