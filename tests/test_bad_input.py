@@ -99,3 +99,18 @@ def test_an_error_under_the_default_run_dir_leaves_no_empty_date_dir(tmp_path, m
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "trainer.max_epochs")
     assert list(tmp_path.iterdir()) == []  # no outputs/DATE/ (previews/DATE/) left
+
+
+@pytest.mark.parametrize("module", ["trainer", "trainer.preview"])
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path, module):
+    """A user's ``--config-dir`` with a YAML syntax error on line 3 (YAML's own 105-line traceback
+    and exit 1 before): its path as given and the line, exit 2, nothing written."""
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "bad.yaml").write_text("name: mlp\nhidden: 3\n  bad: [1, 2\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-m", module, "--config-dir", "my_conf", "model=bad", *QUIET],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "my_conf/model/bad.yaml:3")
+    assert proc.stderr == ("error: my_conf/model/bad.yaml:3: mapping values are not allowed here (column 6): "
+                           "fix the YAML there\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["my_conf"]  # no outputs/ or previews/
