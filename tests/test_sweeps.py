@@ -244,6 +244,18 @@ def test_preview_of_several_schedules_on_one_plot(tmp_path):
     assert "every schedule of the sweep" in proc.stdout
 
 
+def test_a_preview_sweep_with_a_refused_job_exits_2_and_keeps_the_others(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, "optimizer.lr=0.01,-1", "trainer.max_steps=40", module="trainer.preview",
+                            check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: optimizer.lr: got -1; expected a finite number > 0"]
+    assert "Traceback" not in proc.stdout
+    # The good job's preview and the combined plot stand; the refused job leaves no empty directory.
+    (job,) = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    assert job.name.startswith("0_optimizer.lr=0.01,") and sorted(p.name for p in job.iterdir()) == ["lr.csv", "lr.png"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_file()) == ["lr.png", "multirun.yaml"]
+
+
 @needs_sweep_extra
 def test_optuna_search_runs_two_trials(tmp_path):
     sweep_dir = tmp_path / "sweep"
