@@ -99,3 +99,47 @@ def test_an_error_under_the_default_run_dir_leaves_no_empty_date_dir(tmp_path, m
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "trainer.max_epochs")
     assert list(tmp_path.iterdir()) == []  # no outputs/DATE/ (previews/DATE/) left
+
+
+@pytest.mark.parametrize("module", ["trainer", "trainer.preview"])
+def test_a_config_file_that_is_not_yaml_is_named_with_its_line(tmp_path, module):
+    """A user's ``--config-dir`` with a YAML syntax error on line 3 (YAML's own 105-line traceback
+    and exit 1 before): its path as given and the line, exit 2, nothing written."""
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "bad.yaml").write_text("name: mlp\nhidden: 3\n  bad: [1, 2\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-m", module, "--config-dir", "my_conf", "model=bad", *QUIET],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "my_conf/model/bad.yaml:3")
+    assert proc.stderr == ("error: my_conf/model/bad.yaml:3: mapping values are not allowed here (column 6): "
+                           "fix the YAML there\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["my_conf"]  # no outputs/ or previews/
+
+
+#: Bad input at every door, as a user types it in a fresh directory (which holds my_conf/ with a YAML
+#: error, and empty/): (module, arguments, the start of the one line).
+DOORS = [
+    ("trainer", ["optimizer.lr=-1"], "error: optimizer.lr: got -1"),
+    ("trainer", ["--config-dir", "my_conf", "model=bad"], "error: my_conf/model/bad.yaml:3: "),
+    ("trainer", ["trainer.device=cuda"], "error: trainer.device: "),
+    ("trainer.preview", ["schedule.min_Lr=0.1"], "error: schedule.min_Lr: no such key; did you mean min_lr?"),
+    ("trainer.sample", ["missing_run"], "error: RUN_DIR: missing_run is not a directory"),
+    ("trainer.compare", ["empty"], "error: SWEEP_DIR: empty holds no runs"),
+]
+
+
+@pytest.mark.parametrize(("module", "args", "start"), DOORS, ids=[" ".join([m, *a]) for m, a, _ in DOORS])
+def test_every_door_prints_one_line_and_no_warning_before_it(tmp_path, module, args, start):
+    """Nothing torch, Hydra or matplotlib warn about (with their defaults: every warning shown once)
+    comes before the error line, and nothing is written."""
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "bad.yaml").write_text("name: mlp\nhidden: 3\n  bad: [1, 2\n")
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "default"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(start), proc.stderr
+    assert "Traceback" not in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "my_conf"]  # no outputs/, previews/, reports
+    assert list((tmp_path / "empty").iterdir()) == []

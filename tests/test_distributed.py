@@ -7,11 +7,14 @@ order of fp32 sums). Every launch is 2 tiny processes with a bounded timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +23,7 @@ from tests.conftest import QUIET, REPO, TINY, compose_config, run_cli
 from trainer.app.validate import validate
 from trainer.data.loading import rank_batches
 from trainer.distributed import (
+    ORPHAN_EXIT_AFTER_S,
     Launch,
     blocks_to_shard,
     first_node,
@@ -332,6 +336,88 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_update_and_resumes_in_one_p
     uninterrupted = tmp_path / "uninterrupted"
     run_cli("trainer", [*args[:-1], "data.batch_size=16", f"hydra.run.dir={uninterrupted}"])
     assert_same_parameters(model_of(run_dir / "last.pt"), model_of(uninterrupted / "last.pt"))
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and has not exited (an exited orphan may stay a zombie: PID 1 here may not reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks in /proc")
+def test_sigkill_to_torchrun_ends_both_ranks_and_frees_the_run_dir_for_a_resume(tmp_path):
+    """What a scheduler does at a hard limit: SIGKILL the launcher alone. Its ranks (in a session of
+    their own, so the kill does not reach them) stop as if preempted and release the lock."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "schedule=linear", "trainer.max_epochs=50", "trainer.global_batch_size=32",
+            "data.batch_size=16", f"hydra.run.dir={run_dir}"]
+    launcher = subprocess.Popen(torchrun_command(*args), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    for line in launcher.stdout:  # rank 0 logs an update only once both ranks reduced its gradients
+        if "after 8 updates" in line:
+            break
+    ranks = children_of(launcher.pid)
+    assert len(ranks) == 2
+    launcher.kill()
+    # The ranks inherited the launcher's pipes: they close when both ranks have exited.
+    _, stderr = launcher.communicate(timeout=ORPHAN_EXIT_AFTER_S + 30)
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in ranks)
+    # A clean preemption, not the watchdog: rank 0 wrote last.pt and said so once (its own SIGTERM,
+    # or rank 1's when that rank's watch saw the launcher gone first).
+    assert stderr.count("stopped by ") == 1 and "last.pt. Continue with" in stderr, stderr[-3000:]
+    assert "the launcher" not in stderr
+    stopped_at = load_checkpoint(run_dir / "last.pt")["update"]
+    assert 8 <= stopped_at < 400
+
+    resumed = run_cli("trainer", [*args, "trainer.resume=auto"], check=False)  # the requeued job
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lrs = read_scalars(run_dir)["train/lr"]
+    assert [s for s, _ in lrs] == list(range(400))  # every update logged once across the kill
+    assert load_checkpoint(run_dir / "last.pt")["update"] == 400
+
+
+# A rank whose stop hangs (a peer gone mid-collective): SIGTERM is only noted, and nothing ends.
+HUNG_RANK = """
+import signal, sys, time
+import trainer.distributed as d
+d.ORPHAN_EXIT_AFTER_S = 1.0
+signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM", flush=True))
+d.end_with_launcher(1)
+print("watching", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+def test_a_rank_whose_stop_hangs_after_its_launcher_died_exits_anyway():
+    """The launcher starts the rank and dies; the rank gets one SIGTERM and, its stop never ending,
+    exits ORPHAN_EXIT_AFTER_S (here 1 s) later, saying why."""
+    launcher = (f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {HUNG_RANK!r}], "
+                "start_new_session=True); print(input(), flush=True)")  # waits for a line, then dies
+    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**env(), "TORCHELASTIC_RUN_ID": "test"})
+    assert proc.stdout.readline() == "watching\n"
+    # The rank holds the launcher's pipes: they close when it exits.
+    stdout, stderr = proc.communicate("bye\n", timeout=60)
+    assert stdout.splitlines() == ["bye", "SIGTERM"]  # one SIGTERM, however the launcher died
+    assert stderr == f"rank 1: the launcher (pid {proc.pid}) died 1 s ago and the stop has not ended: exiting; " \
+                     "last.pt is the last checkpoint written whole\n"
 
 
 def test_sigterm_to_every_task_of_a_slurm_step_exits_3_on_each(tmp_path):

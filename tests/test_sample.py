@@ -63,3 +63,29 @@ def test_a_classifier_run_is_refused(tmp_path):
     (tmp_path / "vocab.json").write_text('{"chars": "ab", "size": 2}')
     proc = run_cli("trainer.sample", [str(tmp_path)], check=False)
     assert proc.returncode == 2 and "trained model=mlp, which does not generate text" in proc.stderr
+
+
+def test_every_bad_argument_is_one_line_naming_it_and_exit_2(gpt_run, tmp_path):
+    """Sample's own arguments, never the trainer's keys (a missing last.pt named trainer.resume)."""
+    train(compose_config("schedule=cosine", "trainer.max_epochs=1", base=TINY), tmp_path / "mlp")
+    no_weights = tmp_path / "copy"
+    no_weights.mkdir()
+    for name in ("config.yaml", "vocab.json"):
+        (no_weights / name).write_bytes((gpt_run / name).read_bytes())
+    cases = [
+        ([str(tmp_path / "nope")], f"error: RUN_DIR: {tmp_path / 'nope'} is not a directory"),
+        ([str(no_weights)], f"error: RUN_DIR: no file at {no_weights / 'last.pt'}"),
+        ([str(gpt_run), "--checkpoint", str(tmp_path / "x.pt")], f"error: --checkpoint: no file at {tmp_path / 'x.pt'}"),
+        ([str(gpt_run), "--checkpoint", str(tmp_path / "mlp" / "last.pt")],
+         f"error: --checkpoint: {tmp_path / 'mlp' / 'last.pt'} holds another model than {gpt_run / 'config.yaml'}"),
+        ([str(gpt_run), "--temperature", "0"], "error: --temperature: got 0.0; expected > 0"),
+        ([str(gpt_run), "--chars", "-1"], "error: --chars: got -1; expected 0 or more"),
+        ([str(gpt_run), "--top-k", "0"], "error: --top-k: got 0; expected 1 or more"),
+        ([str(gpt_run), "--prompt", ""], "error: --prompt: empty"),
+    ]
+    for args, start in cases:
+        proc = run_cli("trainer.sample", args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(start), (args, proc.stderr)
+        assert proc.stdout == ""
+    assert sorted(p.name for p in no_weights.iterdir()) == ["config.yaml", "vocab.json"]

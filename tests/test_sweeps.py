@@ -187,6 +187,45 @@ def test_report_survives_failed_and_unfinished_jobs(tmp_path):
     assert statuses["1"].startswith("failed: optimizer.lr: got -1")
 
 
+def assert_refused(proc, start):
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(start), proc.stderr
+    assert "Traceback" not in proc.stdout and proc.stdout == ""
+
+
+def test_compare_refuses_a_directory_without_runs_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)  # a sub-directory, but no run in it
+    assert_refused(run_cli("trainer.compare", [str(empty)], check=False), f"error: SWEEP_DIR: {empty} holds no runs")
+    assert_refused(run_cli("trainer.compare", [str(tmp_path / "nope")], check=False),
+                   f"error: SWEEP_DIR: {tmp_path / 'nope'} is not a directory")
+    assert [p.name for p in empty.iterdir()] == ["notes"] and not (tmp_path / "nope").exists()
+
+
+def test_compare_refuses_one_runs_directory_and_names_its_parent(train_cli, tmp_path):
+    _, run_dir = train_cli("trainer.max_epochs=1")
+    before = sorted(p.name for p in run_dir.iterdir())
+    proc = run_cli("trainer.compare", [str(run_dir)], check=False)
+    assert_refused(proc, f"error: SWEEP_DIR: {run_dir} is one run's directory, not a sweep's")
+    assert proc.stderr.rstrip().endswith(f"e.g. {tmp_path}")
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # no report.md beside its files
+    run_cli("trainer.compare", [str(tmp_path)])  # its parent compares it
+    assert [(r["job"], r["status"]) for r in report_rows(tmp_path)] == [("run", "completed")]
+
+
+def test_compare_lists_jobs_whose_metrics_json_is_empty_or_not_json_as_failed(tmp_path):
+    for name, content in (("0_optimizer.lr=0.1", b""), ("1_optimizer.lr=0.2", b"\x00\xff{")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_bytes(content)
+    proc = run_cli("trainer.compare", [str(tmp_path)])
+    assert "Traceback" not in proc.stderr
+    rows = report_rows(tmp_path)
+    assert [(r["overrides"], r["status"]) for r in rows] == [
+        ("optimizer.lr=0.1", "failed: metrics.json unreadable (JSONDecodeError)"),
+        ("optimizer.lr=0.2", "failed: metrics.json unreadable (UnicodeDecodeError)"),
+    ]
+
+
 def test_range_test_stops_on_divergence_and_suggests_an_lr(tmp_path):
     run_dir = tmp_path / "run"
     run_cli("trainer", [*TINY, f"hydra.run.dir={run_dir}", "optimizer=sgd", "data.train_size=2048",
@@ -242,6 +281,18 @@ def test_preview_of_several_schedules_on_one_plot(tmp_path):
     assert len(list(sweep_dir.glob("*/lr.csv"))) == 2
     assert (sweep_dir / "lr.png").read_bytes()[:4] == b"\x89PNG"
     assert "every schedule of the sweep" in proc.stdout
+
+
+def test_a_preview_sweep_with_a_refused_job_exits_2_and_keeps_the_others(tmp_path):
+    proc, sweep_dir = sweep(tmp_path, "optimizer.lr=0.01,-1", "trainer.max_steps=40", module="trainer.preview",
+                            check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: optimizer.lr: got -1; expected a finite number > 0"]
+    assert "Traceback" not in proc.stdout
+    # The good job's preview and the combined plot stand; the refused job leaves no empty directory.
+    (job,) = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    assert job.name.startswith("0_optimizer.lr=0.01,") and sorted(p.name for p in job.iterdir()) == ["lr.csv", "lr.png"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_file()) == ["lr.png", "multirun.yaml"]
 
 
 @needs_sweep_extra

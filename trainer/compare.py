@@ -3,7 +3,8 @@
 Reads each job directory's logs (through its log writers), ``config.yaml``, ``overrides.yaml`` and ``metrics.json``
 and writes, into SWEEP_DIR (or ``--out``): ``report.md`` (jobs sorted by the objective),
 ``report.csv``, ``lr.png`` (LR against update, one line per job) and ``loss.png`` (train and val
-loss). Jobs still running or that failed are listed with their status instead of breaking it.
+loss). Jobs still running or that failed are listed with their status instead of breaking it. A
+directory with no runs, or one run's own directory, is refused in one line (exit 2), nothing written.
 :class:`SweepReport` does the same at the end of every ``python -m trainer -m ...`` sweep and
 sets the sweep's exit code from how its jobs ended.
 """
@@ -23,7 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.errors import FINISHED, sweep_exit_code
+from trainer.errors import FINISHED, refuse, sweep_exit_code
 from trainer.files import figure_bytes, write_atomic
 from trainer.rundir.summary import SUMMARY_FILE, read_summary
 from trainer.rundir.writers import optional_hook, read_scalars, writers_of
@@ -280,9 +281,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (one sub-directory per job)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"{args.sweep_dir} is not a directory")
-    report = write_report(args.sweep_dir, args.out)
+    sweep_dir = args.sweep_dir
+    if not sweep_dir.is_dir():
+        refuse(f"SWEEP_DIR: {sweep_dir} is not a directory: give a sweep's directory (multirun/DATE/TIME)")
+    if (sweep_dir / SUMMARY_FILE).is_file() or (sweep_dir / "config.yaml").is_file():
+        # A report of one run would only repeat its metrics.json; its sweep (or the folder of
+        # several runs) is what compares.
+        refuse(f"SWEEP_DIR: {sweep_dir} is one run's directory, not a sweep's: give the directory that holds the "
+               f"runs to compare, e.g. {sweep_dir.absolute().parent}")
+    jobs = collect(sweep_dir)
+    if not jobs:
+        refuse(f"SWEEP_DIR: {sweep_dir} holds no runs (no sub-directory with metrics.json, logs or overrides): "
+               "give a sweep's directory (multirun/DATE/TIME)")
+    report = write_report(sweep_dir, args.out, jobs=jobs)
     print(report.read_text().split("\n![")[0])
     print(f"wrote {report} with report.csv, lr.png and loss.png beside it")
 

@@ -11,8 +11,13 @@ full state dicts for the single-file checkpoint, and reduces what logs and valid
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.errors import ConfigError
+from trainer.errors import EXIT_CRASH, ConfigError
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -29,6 +34,11 @@ BACKENDS = ("auto", "gloo", "nccl")
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 #: The port of a SLURM job's rendezvous when ``MASTER_PORT`` is not set: one per job id.
 SLURM_BASE_PORT = 20000
+#: A rank whose launcher died stops as if preempted; a stop that has not ended the process this many
+#: seconds later (a collective waiting for a rank that died too) ends it anyway.
+ORPHAN_EXIT_AFTER_S = 30.0
+#: How often a rank under torchrun looks whether its launcher still lives (seconds).
+PARENT_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,39 @@ def launch_rank() -> int:
     """This process's rank (0 outside a launch): who prints errors before the group exists."""
     launch = launch_from_env(os.environ)
     return 0 if launch is None else launch.rank
+
+
+@functools.cache  # once per process: trainer.fit and sweep jobs may start many worlds
+def end_with_launcher(rank: int) -> None:
+    """Under torchrun (its ``TORCHELASTIC_RUN_ID``): when the launcher dies, e.g. SIGKILLed by a
+    scheduler at a hard limit, this rank gets one SIGTERM within :data:`PARENT_POLL_S` seconds, the
+    preemption every rank already handles (``last.pt``, exit 3), and ends at most
+    :data:`ORPHAN_EXIT_AFTER_S` seconds later however that stop goes, so the run directory's lock is
+    free for the requeued job. Elsewhere it does nothing: a SLURM step's tasks end with the step, and
+    a plain process has no launcher."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), rank), name="launcher-watch",
+                         daemon=True).start()
+
+
+def _stop_when_orphaned(parent: int, rank: int) -> None:
+    """Once ``parent`` is gone, SIGTERM this process; if that stop has not ended it
+    :data:`ORPHAN_EXIT_AFTER_S` seconds later, end it: its peers may be gone, and a collective with
+    them would otherwise wait :data:`COLLECTIVE_TIMEOUT` holding the lock.
+
+    Polled, not ``prctl(PR_SET_PDEATHSIG)``: the kernel sends that signal again each time a dying
+    multithreaded launcher hands its children to another of its threads (1 to 4 times for one
+    SIGKILL, seen here), and a second SIGTERM kills a rank before it writes ``last.pt``. A thread,
+    not the signal handler, keeps the bound: Python runs handlers only between bytecodes, never
+    while the main thread waits inside a collective."""
+    while os.getppid() == parent:  # a dead parent's orphans are adopted by init (or a subreaper)
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_EXIT_AFTER_S)
+    with contextlib.suppress(OSError):  # nobody may read stderr any more
+        print(f"rank {rank}: the launcher (pid {parent}) died {ORPHAN_EXIT_AFTER_S:.0f} s ago and the stop has not "
+              "ended: exiting; last.pt is the last checkpoint written whole", file=sys.stderr, flush=True)
+    os._exit(EXIT_CRASH)
 
 
 def resolve_strategy(strategy: str, launch: Launch | None) -> str:
@@ -146,7 +189,10 @@ class World:
         cls, strategy: str, launch: Launch | None, *, backend: str, shard_modules: tuple[str, ...] = (),
         bf16_params: bool = False,
     ) -> World:
-        """Join the process group of ``launch`` (nothing to join for ``single``)."""
+        """Join the process group of ``launch`` (nothing to join for ``single``); a rank of any launch
+        ends with its launcher (:func:`end_with_launcher`)."""
+        if launch is not None:
+            end_with_launcher(launch.rank)
         if strategy == "single":
             return cls()
         if not dist.is_initialized():

@@ -20,8 +20,8 @@ from omegaconf import DictConfig
 
 from trainer.app.cli import run_as_process
 from trainer.components import CONFIG_DIR
-from trainer.errors import ConfigError, refuse
-from trainer.rundir.lock import remove_created_run_dir
+from trainer.errors import EXIT_CONFIG, ConfigError, refuse
+from trainer.rundir.lock import remove_created_run_dir, remove_if_empty
 from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
@@ -80,9 +80,12 @@ class CombinedPlot(Callback):
         from matplotlib.figure import Figure  # only here: Hydra builds this callback for every preview
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        job_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "lr.csv").is_file())
+        if not job_dirs:  # every job was refused: nothing to draw
+            return
         fig = Figure(figsize=(10, 4.5))
         ax = fig.subplots()
-        for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "lr.csv").is_file()):
+        for job_dir in job_dirs:
             rows = read_lr_csv(job_dir / "lr.csv")
             lr_column = next(k for k in rows[0] if k.startswith("lr/"))
             label = job_dir.name.split("_", 1)[-1]
@@ -90,9 +93,13 @@ class CombinedPlot(Callback):
         ax.set_xlabel("optimizer update")
         ax.set_ylabel("learning rate")
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        fig.savefig(sweep_dir / "lr.png", dpi=110)
+        # Not tight_layout(): it warns (on stderr) when the legend outside the axes is wide.
+        fig.savefig(sweep_dir / "lr.png", dpi=110, bbox_inches="tight")
         print(f"wrote {sweep_dir / 'lr.png'} with every schedule of the sweep")
+
+
+#: The jobs of this process's ``-m`` preview refused for their config: the sweep then exits 2.
+refused_jobs: list[str] = []
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="preview", version_base="1.3")
@@ -102,11 +109,21 @@ def main(cfg: DictConfig) -> None:
     try:
         write_preview(cfg, out_dir)
     except ConfigError as error:
-        remove_created_run_dir()
         if HydraConfig.get().mode != RunMode.MULTIRUN:
+            remove_created_run_dir()
             refuse(error)
-        print(f"error: {error}", file=sys.stderr)  # in a sweep, skip this job only
+        # In a sweep this job alone fails: the others' previews stand, its empty directory goes.
+        remove_if_empty(out_dir)
+        print(f"error: {error}", file=sys.stderr)
+        refused_jobs.append(out_dir.name)
+
+
+def cli() -> None:
+    """``python -m trainer.preview``: exit 2 after a sweep in which any job was refused."""
+    run_as_process(main)
+    if refused_jobs:
+        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":
-    run_as_process(main)
+    cli()

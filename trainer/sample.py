@@ -17,13 +17,17 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trainer.data.text import decode, encode
-from trainer.errors import ConfigError, refuse
+from trainer.errors import ConfigError, one_line, refuse, require
 from trainer.models import SEQUENCE_MODELS, build_model
 from trainer.rundir.checkpoint import load_checkpoint
 
 
 def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module, str]:
-    """The run's model in eval mode, on the CPU, with its checkpoint's weights; and its vocabulary."""
+    """The run's model in eval mode, on the CPU, with its checkpoint's weights (``checkpoint``, else
+    ``run_dir/last.pt``); and its vocabulary. Anything unusable is a ConfigError naming the
+    argument that pointed at it: ``RUN_DIR`` or ``--checkpoint``."""
+    if not run_dir.is_dir():
+        raise ConfigError("RUN_DIR", f"{run_dir} is not a directory: give the run directory of a model=gpt run")
     config, vocab_file = run_dir / "config.yaml", run_dir / "vocab.json"
     if not config.is_file() or not vocab_file.is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} has no config.yaml and vocab.json: not a run of a character model")
@@ -32,7 +36,12 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module
         raise ConfigError("RUN_DIR", f"{run_dir} trained model={cfg.model.get('name')}, which does not generate text")
     vocab = json.loads(vocab_file.read_text(encoding="utf-8"))["chars"]
     model = build_model(cfg.model, input_shape=(cfg.model.block_size,), num_classes=len(vocab))
-    model.load_state_dict(load_checkpoint(checkpoint or run_dir / "last.pt")["model"])
+    key, path = ("RUN_DIR", run_dir / "last.pt") if checkpoint is None else ("--checkpoint", checkpoint)
+    try:
+        model.load_state_dict(load_checkpoint(path, key)["model"])
+    except RuntimeError as error:  # another model's weights: missing or unexpected keys, other shapes
+        raise ConfigError(key, f"{path} holds another model than {config} describes ({one_line(error, 160)}): "
+                               "give a checkpoint of this run") from None
     return model.eval(), vocab
 
 
@@ -64,9 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=200, help="sample among the k likeliest characters")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.chars < 0 or args.temperature <= 0 or args.top_k < 1 or not args.prompt:
-        parser.error("need --chars >= 0, --temperature > 0, --top-k >= 1 and a non-empty --prompt")
     try:
+        require(args.chars >= 0, "--chars", f"got {args.chars}; expected 0 or more characters")
+        require(args.temperature > 0, "--temperature", f"got {args.temperature}; expected > 0 (1 draws from the "
+                                                       "model's own distribution)")
+        require(args.top_k >= 1, "--top-k", f"got {args.top_k}; expected 1 or more (1 is greedy decoding)")
+        require(bool(args.prompt), "--prompt", "empty: give at least one character to continue")
         model, vocab = load_model(args.run_dir, args.checkpoint)
     except ConfigError as error:
         refuse(error)

@@ -1,5 +1,5 @@
-"""Hydra glue for the doors: every config error, ours or Hydra's, as one line and exit code 2; the
-process's end; sweep job names and the configs' resolvers."""
+"""Hydra glue for the doors: every config error (ours, Hydra's, a config file's YAML) as one line and
+exit code 2; the process's end; sweep job names and the configs' resolvers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import yaml
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -22,6 +23,8 @@ def as_config_error(error: Exception) -> ConfigError:
     override that does not parse, an interpolation that does not resolve) as one ConfigError."""
     if isinstance(error, ConfigError):
         return error
+    if isinstance(error, yaml.YAMLError):
+        return yaml_error(error)
     if isinstance(error, MissingConfigException) and error.options is not None and error.missing_cfg_file:
         group, _, name = str(error.missing_cfg_file).rpartition("/")
         return ConfigError(group or "config", f"no config {name!r} in {group}/; known: {', '.join(error.options)}")
@@ -42,6 +45,19 @@ def as_config_error(error: Exception) -> ConfigError:
     return ConfigError("overrides", one_line(error))
 
 
+def yaml_error(error: yaml.YAMLError) -> ConfigError:
+    """A config file that is not YAML (e.g. in a user's ``--config-dir``), named by its path (relative
+    to the working directory when under it) and its 1-based line: ``my_conf/model/bad.yaml:3: ...``."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:  # e.g. bytes that are not text: the message names the file itself
+        return ConfigError("config file", f"{one_line(error)}: fix or remove that file")
+    path = os.path.relpath(mark.name)
+    if path.startswith(".."):
+        path = mark.name
+    problem = error.problem or one_line(error)
+    return ConfigError(f"{path}:{mark.line + 1}", f"{problem} (column {mark.column + 1}): fix the YAML there")
+
+
 def run_app(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` entry point so that every config error, ours or Hydra's, prints one
     line and exits 2 (Hydra's own report is several lines and exits 1) and leaves no directory."""
@@ -49,7 +65,7 @@ def run_app(main: Callable[[], Any]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of reporting them itself
     try:
         main()
-    except (HydraException, OmegaConfBaseException, ConfigError) as error:
+    except (HydraException, OmegaConfBaseException, ConfigError, yaml.YAMLError) as error:
         if user_setting == "1":
             raise
         remove_created_run_dir()
