@@ -54,6 +54,8 @@ COMMON: dict[str, Param] = {
     "warmup_start_lr": Param(0.0, "LR the warmup starts from (seeds 001/004)", float, low=0),
     "total_steps": Param(None, "T in t units; null = derived from the run's length", int, low=1, extra=(None,)),
     "temperature": Param(1.0, "multiplies every LR of the schedule (seed 002)", float, low=0, low_open=True),
+    "min_lr_ratio": Param(None, "the floor as a fraction of η: min_lr = min_lr_ratio × η, in place of min_lr", float,
+                          low=0, high=1, extra=(None,)),
 }
 COMMON_KEYS = ("name", *COMMON)
 
@@ -63,7 +65,7 @@ class ScheduleSpec:
     """A registered schedule: its pure function, its declared parameters, and what the run must
     know about it.
 
-    - ``common``: its own defaults for common keys (``warmup_cosine`` warms up for 100; ``step``
+    - ``common``: its own defaults for common keys (``warmup_cosine`` warms up for ``auto``: T / 14; ``step``
       counts epochs), as its YAML and ``trainer.lr_scheduler`` both take them.
     - ``fit``: a check of its parameters against the run's length.
     - ``per_update``: its shape is defined per optimizer update (``interval=step`` only).
@@ -206,6 +208,22 @@ def check_schedule_params(name: str, values: Mapping[str, Any], prefix: str = "s
         spec.check(given, prefix)
 
 
+def _bind_floor(name: str, spec: ScheduleSpec, params: dict[str, Any], peak_lr: float, ratio: float | None) -> None:
+    """``min_lr`` from ``min_lr_ratio`` × η when that is set, and refused above η: a floor over the
+    peak would make the "decay" climb (``schedule=warmup_cosine optimizer.lr=1e-6``, whose default
+    floor is 1e-5)."""
+    floors = "min_lr" in spec.params and not spec.absolute  # the range test's min_lr is its start, not a floor
+    if ratio is not None:
+        if not floors:
+            whose = " (its phases set theirs)" if spec.build is not None else ""
+            raise ConfigError("schedule.min_lr_ratio", f"schedule {name!r} has no floor (min_lr) to set{whose}: leave it null")
+        params["min_lr"] = ratio * peak_lr
+    if floors and params["min_lr"] > peak_lr:
+        raise ConfigError("schedule.min_lr", f"{params['min_lr']:g} is above the peak LR η={peak_lr:g}, so the "
+                                             "schedule would climb to it: set a floor at most η, e.g. "
+                                             "schedule.min_lr_ratio=0.01")
+
+
 def build_schedule(
     cfg: Any,
     *,
@@ -225,11 +243,13 @@ def build_schedule(
     name = cfg["name"]
     spec = spec_of(name)
     if spec.build is not None:
+        _bind_floor(name, spec, {}, peak_lr, cfg.get("min_lr_ratio"))
         return spec.build(cfg, peak_lr=peak_lr, total_steps=total_steps, updates_per_epoch=updates_per_epoch,
                           warmup_steps=warmup_steps, lr_scale=lr_scale)
     given = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
     # Lists come from YAML; the functions take tuples (hashable, and not changed in place).
     params = {k: tuple(v) if isinstance(v, (list, ListConfig)) else v for k, v in {**defaults(spec.params), **given}.items()}
+    _bind_floor(name, spec, params, peak_lr, cfg.get("min_lr_ratio"))
     if warmup_steps is None:
         warmup_steps = warmup_length(cfg.get("warmup_steps") or 0, cfg.get("warmup_ratio"), total_steps)
     if spec.fit is not None:

@@ -27,7 +27,7 @@ from trainer.schedules.schedule import Schedule, set_momentum
 
 #: Common schedule keys a Python caller may pass besides ``warmup_steps``: ``interval`` is
 #: when the caller steps, and ``total_steps`` is an argument of its own.
-_CALLER_KEYS = ("warmup_ratio", "warmup_from_zero", "warmup_start_lr", "temperature")
+_CALLER_KEYS = ("warmup_ratio", "warmup_from_zero", "warmup_start_lr", "temperature", "min_lr_ratio")
 
 _TOTAL_STEPS = Param(None, "T: the scheduler.step() calls the schedule spans", int, low=1)
 
@@ -73,9 +73,9 @@ def lr_scheduler(
 
     ``total_steps`` (T) and ``warmup_steps`` (W) count ``scheduler.step()`` calls; ``params`` are
     the schedule's own parameters (``min_lr``, ``gamma``, ...) and the common ``warmup_ratio``,
-    ``warmup_from_zero``, ``warmup_start_lr``, ``temperature``. Whatever is left out takes the
+    ``warmup_from_zero``, ``warmup_start_lr``, ``temperature``, ``min_lr_ratio``. Whatever is left out takes the
     default declared with the schedule, which ``conf/schedule/NAME.yaml`` holds too (``warmup_cosine``
-    warms up for 100 steps unless ``warmup_steps=0`` or a ``warmup_ratio`` is given). η is the first
+    warms up for round(T / 14) steps unless ``warmup_steps`` or a ``warmup_ratio`` is given). η is the first
     group's LR. Raises :class:`~trainer.errors.ConfigError` for an unknown name, parameter or
     value; ``plateau``, which follows validation metrics, is refused in favour of torch's
     ``ReduceLROnPlateau`` (as a chain's plateau phase is).
