@@ -27,6 +27,34 @@ class RunPlan:
     lr_scale: float = 1.0  # multiplies every LR of the schedule: schedule.temperature × the batch-size rule
     accumulate_grad_batches: int = 1  # micro-batches of data.batch_size per update on each rank
     global_batch_size: int = 1  # examples per update over all ranks
+    units_per_update: int = 1  # schedule.interval=sample|token: examples or tokens per update (step: 1)
+    interval: str = "step"  # schedule.interval: what total_steps and warmup_steps count
+
+    def first_update_at(self, t: int) -> int:
+        """The first optimizer update at schedule index ``t`` or later (``t`` in interval units)."""
+        return first_update_at(t, self.interval, updates_per_epoch=self.updates_per_epoch,
+                               units_per_update=self.units_per_update)
+
+
+def first_update_at(t: int, interval: str, *, updates_per_epoch: int, units_per_update: int) -> int:
+    """The first optimizer update whose schedule index (``interval`` units) is at least ``t``: the
+    first update of epoch ``t``, or of the examples or tokens past ``t`` (``t`` itself for steps)."""
+    if interval == "epoch":
+        return t * updates_per_epoch
+    return -(-t // units_per_update)
+
+
+def units_per_update(interval: str, global_batch: int, tokens_per_example: int | None) -> int:
+    """Schedule units per optimizer update: the global batch's examples (``sample``) or tokens
+    (``token``: token data only); 1 for ``step`` (``epoch`` does not count per update)."""
+    if interval == "sample":
+        return global_batch
+    if interval == "token":
+        require(tokens_per_example is not None, "schedule.interval",
+                "token counts tokens, which this data does not have (its examples are not token sequences): "
+                "use sample, or token data such as data=shakespeare_char")
+        return global_batch * tokens_per_example
+    return 1
 
 
 def accumulation(cfg: DictConfig, world_size: int = 1) -> int:
@@ -52,9 +80,13 @@ def accumulation(cfg: DictConfig, world_size: int = 1) -> int:
     return per_rank
 
 
-def plan_run(cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, run_length: int | None = None) -> RunPlan:
+def plan_run(
+    cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, run_length: int | None = None,
+    tokens_per_example: int | None = None,
+) -> RunPlan:
     """Derive updates per epoch, the update budget and the schedule length; check they fit.
     ``run_length``: the updates a schedule that sets the run's length itself gives (the range test).
+    ``tokens_per_example``: the tokens one example trains on, for token data (else None).
 
     The train loader drops the last partial batch and an epoch ends on the last whole update,
     so updates per epoch = floor(floor(N / batch_size) / (accumulation × world_size)) = floor(N /
@@ -72,14 +104,11 @@ def plan_run(cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, r
         f"fewer than the {accumulate * world_size} of one update ({accumulate} accumulated × {world_size} ranks): "
         "lower the batch or the accumulation",
     )
-    if run_length is not None:
-        max_updates = run_length
-    elif trainer.max_steps is not None:
-        max_updates = trainer.max_steps
-    else:
-        max_updates = trainer.max_epochs * updates_per_epoch
+    units = units_per_update(schedule.interval, global_batch, tokens_per_example)
+    max_updates = run_length if run_length is not None else budget_updates(
+        trainer, updates_per_epoch, global_batch, tokens_per_example)
     num_epochs = math.ceil(max_updates / updates_per_epoch)
-    derived_total = max_updates if schedule.interval == "step" else num_epochs
+    derived_total = num_epochs if schedule.interval == "epoch" else max_updates * units
     total_steps = schedule.total_steps if schedule.total_steps is not None else derived_total
     warmup_steps = warmup_length(schedule.warmup_steps, schedule.warmup_ratio, total_steps, unit=schedule.interval)
     lr_scale = schedule.temperature * batch_lr_factor(cfg, global_batch)
@@ -90,8 +119,23 @@ def plan_run(cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, r
     )
     return RunPlan(
         updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale,
-        accumulate_grad_batches=accumulate, global_batch_size=global_batch,
+        accumulate_grad_batches=accumulate, global_batch_size=global_batch, units_per_update=units,
+        interval=schedule.interval,
     )
+
+
+def budget_updates(trainer: DictConfig, updates_per_epoch: int, global_batch: int, tokens_per_example: int | None) -> int:
+    """The run's updates from its budget: ``trainer.max_steps``, else the updates that first reach
+    ``trainer.max_samples`` examples or ``trainer.max_tokens`` tokens, else ``trainer.max_epochs``."""
+    if trainer.max_steps is not None:
+        return trainer.max_steps
+    if trainer.get("max_samples") is not None:
+        return -(-trainer.max_samples // global_batch)
+    if trainer.get("max_tokens") is not None:
+        require(tokens_per_example is not None, "trainer.max_tokens",
+                "this data's examples are not token sequences: give the budget as trainer.max_samples")
+        return -(-trainer.max_tokens // (global_batch * tokens_per_example))
+    return trainer.max_epochs * updates_per_epoch
 
 
 #: ``schedule.warmup_steps=auto``: W = round(T × this), about 7% (seed 002: "the warmup phase

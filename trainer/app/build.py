@@ -15,7 +15,7 @@ from trainer.app.combinations import check_spike_window, check_stages_fit, check
 from trainer.app.validate import validate
 from trainer.components import MOVED, build
 from trainer.controls import Controls, Parts
-from trainer.data import Dataset, data_spec
+from trainer.data import SEQUENCE_DATA, Dataset, data_spec
 from trainer.data.batches import Batch
 from trainer.data.loading import TrainBatches
 from trainer.data.map_style import worker_count
@@ -129,7 +129,8 @@ def build_optimization(
     """
     world = world or World()
     run_length = spec_of(cfg.schedule.name).run_length  # a schedule that sets the run's length itself
-    plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None)
+    plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None,
+                    tokens_per_example=input_shape[0] if cfg.data.name in SEQUENCE_DATA else None)
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
@@ -146,8 +147,7 @@ def build_optimization(
     if cfg.trainer.compile:
         # In place: the state_dict keys stay those of the eager model, so checkpoints load either way.
         model.compile(mode=None if cfg.trainer.compile is True else cfg.trainer.compile)
-    stages = unfreeze_stages(cfg.trainer.unfreeze, interval=cfg.schedule.interval,
-                             updates_per_epoch=plan.updates_per_epoch)
+    stages = unfreeze_stages(cfg.trainer.unfreeze, first_update_at=plan.first_update_at)
     optimizer = build_optimizer(cfg.optimizer, model, device, unfreeze=stages)
     schedule = build_schedule(
         cfg.schedule,
@@ -156,6 +156,7 @@ def build_optimization(
         warmup_steps=plan.warmup_steps,
         updates_per_epoch=plan.updates_per_epoch,
         lr_scale=plan.lr_scale,
+        units_per_update=plan.units_per_update,
     )
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)

@@ -48,8 +48,7 @@ def check_watched_metrics(cfg: DictConfig, schedule: Schedule, metrics: Set[str]
 def planned_updates(cfg: DictConfig, plan: RunPlan) -> int:
     """The updates this run and its planned continuations make: a run may stop before its
     schedule's end (``trainer.max_steps`` below ``schedule.total_steps``) and resume later."""
-    per_step = plan.updates_per_epoch if cfg.schedule.interval == "epoch" else 1
-    return max(plan.max_updates, plan.total_steps * per_step)
+    return max(plan.max_updates, plan.first_update_at(plan.total_steps))
 
 
 def check_stages_fit(cfg: DictConfig, stages: Sequence[Stage], optimizer: torch.optim.Optimizer, plan: RunPlan) -> None:

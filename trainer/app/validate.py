@@ -35,6 +35,10 @@ SEED = Param(0, "seeds model init, data order and synthetic data", int, low=0)
 TRAINER: dict[str, Param] = {
     "max_epochs": Param(3, "epochs to train; ignored when max_steps is set", int, low=1, extra=(None,)),
     "max_steps": Param(None, "optimizer updates to train; wins over max_epochs when set", int, low=1, extra=(None,)),
+    "max_samples": Param(None, "training examples to train on (the updates that first reach them); in place of "
+                         "max_steps", int, low=1, extra=(None,)),
+    "max_tokens": Param(None, "tokens to train on, for token data (the updates that first reach them); in place of "
+                        "max_steps", int, low=1, extra=(None,)),
     "accumulate_grad_batches": Param(1, "micro-batches per optimizer update and rank (the schedule counts updates)",
                                      int, low=1),
     "global_batch_size": Param(None, "examples per update over all ranks; derives accumulate_grad_batches", int,
@@ -124,11 +128,14 @@ def _check_nodes(
 
 def _validate_trainer(trainer: DictConfig) -> None:
     _check_nodes("trainer", *trainer_params(), trainer)
+    budgets = [key for key in ("max_steps", "max_samples", "max_tokens") if trainer.get(key) is not None]
     require(
-        trainer.max_steps is not None or trainer.max_epochs is not None,
+        budgets or trainer.max_epochs is not None,
         "trainer.max_epochs",
         "set trainer.max_epochs or trainer.max_steps (both are null)",
     )
+    require(len(budgets) <= 1, f"trainer.{budgets[-1]}" if budgets else "trainer.max_steps",
+            f"the run's length is set {len(budgets)} ways ({', '.join(budgets)}): keep one")
     require(
         trainer.global_batch_size is None or trainer.accumulate_grad_batches == 1,
         "trainer.global_batch_size",

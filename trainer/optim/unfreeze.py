@@ -9,7 +9,7 @@ keep updating in training mode (as Lightning's ``BackboneFinetuning`` does by de
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,8 @@ from trainer.params import REQUIRED, Param, defaults_of_record
 
 #: The keys of one ``trainer.unfreeze`` stage.
 STAGE: dict[str, Param] = {
-    "at": Param(REQUIRED, "the update (or epoch, with schedule.interval=epoch) the modules join at", int, low=0),
+    "at": Param(REQUIRED, "when the modules join, in schedule.interval units (update, epoch, example or token)",
+                int, low=0),
     "modules": Param(REQUIRED, "module names (e.g. layer4, blocks.5) frozen until then", list, item=str,
                      min_items=1),
     "lr_scale": Param(1.0, "their LR multiplier once they train", float, low=0, low_open=True),
@@ -68,13 +69,13 @@ def check_unfreeze_strategy(unfreeze: Sequence[Any], strategy: str) -> None:
         )
 
 
-def unfreeze_stages(unfreeze: Iterable[Mapping[str, Any]], *, interval: str, updates_per_epoch: int) -> list[Stage]:
-    """``trainer.unfreeze`` with each stage's ``at`` in optimizer updates (an epoch's first update
-    when ``interval`` is ``epoch``)."""
+def unfreeze_stages(unfreeze: Iterable[Mapping[str, Any]], *, first_update_at: Callable[[int], int]) -> list[Stage]:
+    """``trainer.unfreeze`` with each stage's ``at`` (in ``schedule.interval`` units) as the first
+    optimizer update at or past it (:meth:`trainer.plan.RunPlan.first_update_at`)."""
     stages = []
     for index, raw in enumerate(unfreeze):
         stage = defaults_of_record(STAGE, OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else dict(raw))
-        at = stage["at"] * (updates_per_epoch if interval == "epoch" else 1)
+        at = first_update_at(stage["at"])
         stages.append(Stage(index, at, tuple(str(m) for m in stage["modules"]), float(stage["lr_scale"])))
     return stages
 

@@ -154,7 +154,7 @@ def _momentum_fn(
 
 def build_chain(
     cfg: Any, *, peak_lr: float, total_steps: int, updates_per_epoch: int, warmup_steps: int | None = None,
-    lr_scale: float = 1.0,
+    lr_scale: float = 1.0, units_per_update: int = 1,
 ) -> Schedule:
     """Bind ``schedule=chain`` to a run (:func:`trainer.schedules.build_schedule`'s arguments; the
     phases are already checked); ``peak_lr`` is ``optimizer.lr``."""
@@ -197,6 +197,7 @@ def build_chain(
         plateau=last.plateau,
         monitor=last.monitor,
         lr_scale=lr_scale,
+        units_per_update=units_per_update,
         phases=tuple((p["name"], s) for (_, p, _), s in zip(kept, starts)),
         plateau_start=starts[-1] if last.plateau is not None else 0,
     )

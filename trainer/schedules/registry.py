@@ -46,7 +46,8 @@ FitCheck = Callable[..., None]
 
 #: Keys every schedule config has (conf/schedule_common.yaml), besides ``name``.
 COMMON: dict[str, Param] = {
-    "interval": Param("step", "what t, warmup_steps and total_steps count", str, choices=("step", "epoch")),
+    "interval": Param("step", "what t, warmup_steps and total_steps count: optimizer updates, epochs, training "
+                      "examples or tokens seen", str, choices=("step", "epoch", "sample", "token")),
     "warmup_steps": Param(0, "W: linear warmup from warmup_start_lr, in t units; auto: round(T / 14), about 7% of the run",
                           int, low=0, extra=("auto",)),
     "warmup_ratio": Param(None, "W = round(warmup_ratio * total_steps) instead", float, low=0, high=1, extra=(None,)),
@@ -232,6 +233,7 @@ def build_schedule(
     updates_per_epoch: int,
     warmup_steps: int | None = None,
     lr_scale: float = 1.0,
+    units_per_update: int = 1,
 ) -> Schedule:
     """Bind a checked schedule config (``schedule.*``, see :func:`check_schedule_params`) to a run.
 
@@ -245,7 +247,7 @@ def build_schedule(
     if spec.build is not None:
         _bind_floor(name, spec, {}, peak_lr, cfg.get("min_lr_ratio"))
         return spec.build(cfg, peak_lr=peak_lr, total_steps=total_steps, updates_per_epoch=updates_per_epoch,
-                          warmup_steps=warmup_steps, lr_scale=lr_scale)
+                          warmup_steps=warmup_steps, lr_scale=lr_scale, units_per_update=units_per_update)
     given = {k: v for k, v in cfg.items() if k not in COMMON_KEYS}
     # Lists come from YAML; the functions take tuples (hashable, and not changed in place).
     params = {k: tuple(v) if isinstance(v, (list, ListConfig)) else v for k, v in {**defaults(spec.params), **given}.items()}
@@ -272,15 +274,7 @@ def build_schedule(
         momentum_fn = functools.partial(warmup, decay=lambda t, total: momentum(t, total_steps=total, **params),
                                         ramp=False)
     return Schedule(
-        name=name,
-        interval=cfg["interval"],
-        peak_lr=peak_lr,
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-        updates_per_epoch=updates_per_epoch,
-        lr_fn=lr_fn,
-        momentum_fn=momentum_fn,
-        plateau=plateau_state,
-        monitor=monitor,
-        lr_scale=lr_scale,
+        name=name, interval=cfg["interval"], peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps,
+        updates_per_epoch=updates_per_epoch, lr_fn=lr_fn, momentum_fn=momentum_fn, plateau=plateau_state,
+        monitor=monitor, lr_scale=lr_scale, units_per_update=units_per_update,
     )

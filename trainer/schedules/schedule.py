@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainer.optim.unfreeze import freeze_until_due
+from trainer.plan import first_update_at
 from trainer.schedules.plateau import ReduceOnPlateau
 
 if TYPE_CHECKING:  # applying a schedule needs only the optimizer's groups, not torch itself
@@ -44,7 +45,9 @@ class Schedule:
     """A resolved schedule: everything needed to give the LR (and momentum) of any update.
 
     ``interval='epoch'`` maps update index u to epoch ``u // updates_per_epoch``, so the LR is
-    constant within an epoch and changes exactly at epoch boundaries.
+    constant within an epoch and changes exactly at epoch boundaries. ``sample`` and ``token`` map
+    it to the examples or tokens trained on before it, ``u × units_per_update`` (the global batch,
+    or its tokens): a pure function of u, as every batch of a run has the same size.
 
     A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
     validations from ``plateau_start`` (in t units) on.
@@ -63,10 +66,18 @@ class Schedule:
     lr_scale: float = 1.0
     phases: tuple[tuple[str, int], ...] = ()
     plateau_start: int = 0
+    units_per_update: int = 1  # interval=sample|token: examples or tokens per optimizer update
 
     def position(self, update: int) -> int:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
-        return update if self.interval == "step" else update // self.updates_per_epoch
+        if self.interval == "epoch":
+            return update // self.updates_per_epoch
+        return update * self.units_per_update  # step: 1 per update
+
+    def first_update_at(self, t: int) -> int:
+        """The first optimizer update whose schedule index is at least ``t``."""
+        return first_update_at(t, self.interval, updates_per_epoch=self.updates_per_epoch,
+                               units_per_update=self.units_per_update)
 
     def lr(self, update: int) -> float:
         """LR for the reference group (base LR = η) at optimizer update ``update``, times
@@ -85,8 +96,7 @@ class Schedule:
 
     def phase_starts(self) -> list[tuple[int, str]]:
         """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
-        per_t = 1 if self.interval == "step" else self.updates_per_epoch
-        return [(start * per_t, name) for name, start in self.phases[1:]]
+        return [(self.first_update_at(start), name) for name, start in self.phases[1:]]
 
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""

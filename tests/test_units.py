@@ -1,0 +1,80 @@
+"""Schedules counted in training examples or tokens (``schedule.interval=sample|token``), and run
+lengths given the same way (``trainer.max_samples``, ``trainer.max_tokens``). The LR is still set
+per optimizer update, from the count reached before it: update u trains at the schedule's value at
+t = u × (examples or tokens per update). Expectations: seed 000's formula evaluated at that t."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import QUIET, TINY, run_cli
+from tests.test_bad_input import assert_one_line_error
+from tests.test_experiments import text_file
+from tests.test_resume import straight_and_resumed
+from tests.test_schedules import seed000_get_lr
+from trainer.rundir.events import read_scalars
+from trainer.schedules.curve import read_lr_csv
+
+
+def lr_values(run_dir):
+    return [value for _, value in read_scalars(run_dir)["train/lr"]]
+
+
+def test_a_sample_schedule_and_budget_through_the_cli(tmp_path):
+    """32 examples per update; a 100-example warmup ends inside update 4 (t = 128); the budget of
+    1000 examples takes the 32 updates that first reach it (1024 examples), which is also T."""
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [*TINY, "schedule=warmup_cosine", "schedule.interval=sample", "schedule.warmup_steps=100",
+                        "schedule.min_lr=1e-4", "optimizer.lr=0.01", "trainer.max_samples=1000", f"hydra.run.dir={run_dir}"])
+    expected = [seed000_get_lr(u * 32, 100, 1024, 0.01, 1e-4) for u in range(32)]
+    assert lr_values(run_dir) == pytest.approx(expected, rel=1e-6, abs=1e-12)  # the event file holds float32
+    assert [r["t"] for r in read_lr_csv(run_dir / "lr.csv")] == [u * 32 for u in range(32)]
+    assert [step for step, _ in read_scalars(run_dir)["train/lr"]] == list(range(32))
+
+
+def test_a_token_schedule_and_budget_on_text(tmp_path):
+    """Windows of 8 characters, 4 per update: 32 tokens per update; 2000 tokens take 63 updates (2016 tokens)."""
+    run_dir = tmp_path / "run"
+    run_cli("trainer.preview", [
+        *QUIET, "model=gpt", "data=shakespeare_char", f"data.path={text_file(tmp_path)}", "data.batch_size=4",
+        "model.block_size=8", "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "schedule=warmup_cosine",
+        "schedule.interval=token", "schedule.warmup_steps=200", "schedule.min_lr=0", "optimizer.lr=0.001",
+        "trainer.max_tokens=2000", f"hydra.run.dir={run_dir}"])
+    rows = read_lr_csv(run_dir / "lr.csv")
+    assert [r["t"] for r in rows] == [u * 32 for u in range(63)]
+    expected = [seed000_get_lr(u * 32, 200, 63 * 32, 0.001, 0.0) for u in range(63)]
+    assert [r["lr/decay"] for r in rows] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_an_unfreeze_stage_in_examples_joins_at_the_first_update_past_it(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [*TINY, "schedule=constant", "schedule.interval=sample", "trainer.max_steps=8",
+                        "trainer.unfreeze=[{at: 100, modules: ['1']}]", f"hydra.run.dir={run_dir}"])
+    frozen = dict(read_scalars(run_dir)["train/lr/decay/unfreeze1"])
+    # 100 examples are first passed before update 4 (128 examples): updates 0..3 frozen
+    assert [frozen[u] == 0.0 for u in range(8)] == [True] * 4 + [False] * 4
+
+
+@pytest.mark.parametrize("interval", ["sample", "epoch"])
+def test_stop_and_resume_in_examples_equals_uninterrupted(tmp_path, monkeypatch, interval):
+    run = ["schedule=warmup_cosine", f"schedule.interval={interval}", "schedule.warmup_ratio=0.2",
+           "schedule.warmup_steps=0", "trainer.max_epochs=3"]
+    straight, resumed = straight_and_resumed(tmp_path, monkeypatch, run, stop_after=11)
+    assert straight["update"] == resumed["update"] == 24
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert lr_values(tmp_path / "straight") == lr_values(tmp_path / "resumed")
+
+
+@pytest.mark.parametrize(("overrides", "key", "text"), [
+    (["schedule.interval=token"], "schedule.interval", "use sample"),
+    (["trainer.max_tokens=1000"], "trainer.max_tokens", "give the budget as trainer.max_samples"),
+    (["trainer.max_steps=10", "trainer.max_samples=100"], "trainer.max_samples", "set 2 ways"),
+    (["schedule=onecycle", "schedule.interval=sample"], "schedule.interval", "defined per optimizer update"),
+])
+def test_a_unit_the_run_cannot_count_is_one_line(tmp_path, overrides, key, text):
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer", [*TINY, *overrides, f"hydra.run.dir={run_dir}"], check=False)
+    assert_one_line_error(proc, key)
+    assert text in proc.stderr and not run_dir.exists()
