@@ -1,8 +1,10 @@
-"""Validation: ``val/loss`` and ``val/acc`` over a whole split, summed over the ranks."""
+"""Validation: ``val/loss`` and ``val/acc`` over a whole split, summed over the ranks, at the
+weights the optimizer means to be evaluated (:func:`at_eval_weights`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +15,7 @@ from trainer.data import Dataset
 from trainer.data.batches import Batch
 from trainer.data.loading import val_batches
 from trainer.distributed import World
+from trainer.optim.schedule_free import is_schedule_free
 from trainer.training.loss import CrossEntropy, Loss
 from trainer.training.precision import Precision
 
@@ -82,6 +85,52 @@ def evaluate(
     return metrics
 
 
+@contextlib.contextmanager
+def at_eval_weights(optimizer: torch.optim.Optimizer, at_x: Callable[[], None] | None = None) -> Iterator[None]:
+    """Inside the block the parameters are the ones to evaluate and save: a schedule-free
+    optimizer's x (``optimizer.eval()``, and ``optimizer.train()`` back to y after it), where
+    ``at_x`` runs first (BatchNorm statistics recomputed there). Any other optimizer, or one
+    already at x (an epoch end's checkpoint inside its validation's block), is left as it is, at
+    no cost, and ``at_x`` does not run."""
+    if not is_schedule_free(optimizer) or not optimizer.param_groups[0]["train_mode"]:
+        yield
+        return
+    optimizer.eval()
+    try:
+        if at_x is not None:
+            at_x()
+        yield
+    finally:
+        optimizer.train()
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """``model``'s BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, batches: Iterable[Batch], precision: Precision) -> None:
+    """Replace every BatchNorm's running mean and variance by their plain average over
+    ``batches`` at the model's current weights (``torch.optim.swa_utils.update_bn``'s rule:
+    momentum None), in training mode, without gradients; the model keeps its mode."""
+    layers = batch_norms(model)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average: each batch counts the same
+    was_training = model.training
+    model.train()
+    try:
+        for inputs, _ in batches:
+            with precision.autocast():
+                model(inputs)
+    finally:
+        model.train(was_training)
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
 @dataclass(frozen=True)
 class Validation:
     """Validation over the whole split, in batches of ``VAL_BATCH_MULTIPLE × batch_size`` per rank
@@ -101,3 +150,8 @@ class Validation:
         batches = val_batches(self.dataset, VAL_BATCH_MULTIPLE * self.batch_size, device=self.device,
                               rank=self.world.rank, world_size=self.world.world_size)
         return evaluate(self.model, batches, self.precision, flip=self.flip, loss_fn=self.loss_fn, world=self.world)
+
+    def recompute_batch_norm(self, batches: Callable[[], Iterable[Batch]]) -> None:
+        """:func:`recompute_batch_norm` over ``batches()``, made only when the model has BatchNorm."""
+        if batch_norms(self.model):
+            recompute_batch_norm(self.model, batches(), self.precision)
