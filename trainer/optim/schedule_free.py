@@ -4,7 +4,8 @@ They keep two points: y, where gradients are taken (the parameters in train mode
 average of the iterates z that is meant to be evaluated (the parameters in eval mode);
 ``optimizer.train()`` and ``optimizer.eval()`` move the parameters between them. The trainer
 trains at y and validates, averages (the weight EMA) and checkpoints at x (see
-:func:`trainer.training.evaluate.at_eval_weights`).
+:func:`trainer.training.evaluate.at_eval_weights`); a checkpoint's optimizer state also holds y,
+so a resumed run continues exactly.
 
 Their LR is meant to stay constant: the method has its own linear warmup
 (``optimizer.warmup_steps``, counted in optimizer steps) and weighs each iterate in the average
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig
 
 from trainer.errors import ConfigError, require
 from trainer.params import Param
+
+if TYPE_CHECKING:  # torch is imported where it runs: the schedules' package face (and so --help) goes without it
+    import torch
 
 PACKAGE = "schedulefree"
 INSTALL = "pip install 'trainer[schedulefree]'"
@@ -54,13 +58,6 @@ def is_schedule_free(optimizer: torch.optim.Optimizer) -> bool:
     return "train_mode" in optimizer.param_groups[0] and callable(getattr(optimizer, "eval", None))
 
 
-def move_to(optimizer: torch.optim.Optimizer, point: str) -> None:
-    """A schedule-free optimizer's parameters to ``point``: ``"y"`` (to train) or ``"x"`` (to evaluate and
-    keep); any other optimizer is left as it is."""
-    if is_schedule_free(optimizer):
-        optimizer.train() if point == "y" else optimizer.eval()
-
-
 def names_schedule_free(optimizer: DictConfig) -> bool:
     """Whether ``optimizer._target_`` is one of the ``schedulefree`` package's classes."""
     return str(optimizer.get("_target_", "")).startswith(f"{PACKAGE}.")
@@ -90,10 +87,13 @@ def check_schedule(optimizer: DictConfig, schedule: DictConfig) -> None:
         )
 
 
-def own_warmup(group: dict) -> float:
-    """The factor the method's warmup puts on ``group['lr']`` at its next step (1 for other optimizers)."""
+def own_warmup(group: dict, steps_done: int | None = None) -> float:
+    """The factor the method's warmup puts on ``group['lr']`` at its next step, after
+    ``steps_done`` steps (None: the group's own count ``k``); 1 for other optimizers."""
     warmup = group.get("warmup_steps", 0) if "train_mode" in group else 0
-    return min(1.0, (group["k"] + 1) / warmup) if warmup else 1.0
+    if not warmup:
+        return 1.0
+    return min(1.0, ((group["k"] if steps_done is None else steps_done) + 1) / warmup)
 
 
 def _beta(group: dict) -> float:
@@ -101,11 +101,13 @@ def _beta(group: dict) -> float:
     return group["betas"][0] if "betas" in group else group["momentum"]
 
 
-@torch.no_grad()
 def eval_point(optimizer: torch.optim.Optimizer, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """x for each of ``tensors`` (new tensors, the parameters untouched) from a schedule-free
     optimizer in train mode: ``x = y + (1 - 1/beta)(z - y)``, as its ``eval()`` computes it in
-    place; a tensor it does not train, or has not stepped yet (x = y), is given back as it is."""
+    place; a tensor it does not train, or has not stepped yet (x = y), is given back as it is.
+    Call it without autograd (the EMA's update runs under ``torch.no_grad``)."""
+    import torch
+
     weights = {p: 1 - 1 / _beta(group) for group in optimizer.param_groups for p in group["params"]}
     state = optimizer.state
     return [torch.lerp(t, state[t]["z"], weights[t]) if t in weights and "z" in state.get(t, {}) else t

@@ -88,20 +88,45 @@ def evaluate(
 @contextlib.contextmanager
 def at_eval_weights(optimizer: torch.optim.Optimizer, at_x: Callable[[], None] | None = None) -> Iterator[None]:
     """Inside the block the parameters are the ones to evaluate and save: a schedule-free
-    optimizer's x (``optimizer.eval()``, and ``optimizer.train()`` back to y after it), where
-    ``at_x`` runs first (BatchNorm statistics recomputed there). Any other optimizer, or one
-    already at x (an epoch end's checkpoint inside its validation's block), is left as it is, at
-    no cost, and ``at_x`` does not run."""
+    optimizer's x (:func:`move_to`), where ``at_x`` runs first (BatchNorm statistics recomputed
+    there), and its y again after it. Any other optimizer, or one already at x (an epoch end's
+    checkpoint inside its validation's block), is left as it is, at no cost, and ``at_x`` does not run."""
     if not is_schedule_free(optimizer) or not optimizer.param_groups[0]["train_mode"]:
         yield
         return
-    optimizer.eval()
+    move_to(optimizer, "x")
     try:
         if at_x is not None:
             at_x()
         yield
     finally:
-        optimizer.train()
+        move_to(optimizer, "y")
+
+
+@torch.no_grad()
+def move_to(optimizer: torch.optim.Optimizer, point: str) -> None:
+    """A schedule-free optimizer's parameters to ``point``: ``"x"`` (to evaluate and save) or
+    ``"y"`` (to train); any other optimizer is left as it is.
+
+    Its ``eval()`` then ``train()`` compute ``y + (1 - 1/beta)(z - y)`` and back, which floating
+    point does not undo exactly: going to x keeps y in the optimizer's state (``"y"``, so a
+    checkpoint holds it too), and going back copies it, so validating or saving never moves the
+    trajectory and a resumed run continues bit for bit. Without a kept y (a fresh run, a
+    checkpoint of another making) ``train()`` computes it."""
+    if not is_schedule_free(optimizer):
+        return
+    state, params = optimizer.state, [p for group in optimizer.param_groups for p in group["params"]]
+    if point == "x":
+        if optimizer.param_groups[0]["train_mode"]:
+            for p in params:
+                if "z" in state.get(p, {}):
+                    state[p]["y"] = p.detach().clone()
+            optimizer.eval()
+        return
+    kept = [(p, state[p].pop("y")) for p in params if "y" in state.get(p, {})]
+    optimizer.train()
+    for p, y in kept:
+        p.copy_(y)
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -13,12 +13,11 @@ from trainer.controls.signals import StopOnSignal
 from trainer.data.loading import TrainBatches
 from trainer.distributed import World
 from trainer.errors import Preempted
-from trainer.optim.schedule_free import move_to
 from trainer.plan import RunPlan
 from trainer.rundir.checkpoint import Checkpointer
 from trainer.rundir.logger import RunLogger
 from trainer.schedules.schedule import applied_lrs, applied_momentum, apply_schedule
-from trainer.training.evaluate import Validation, at_eval_weights
+from trainer.training.evaluate import Validation, at_eval_weights, move_to
 from trainer.training.step import TrainStep
 
 
