@@ -79,11 +79,12 @@ def check_schedule(optimizer: DictConfig, schedule: DictConfig) -> None:
     warms_up = schedule.warmup_steps != 0 or schedule.warmup_ratio is not None
     if schedule.name != "constant" or warms_up:
         what = f"schedule={schedule.name}" if schedule.name != "constant" else "a schedule warmup"
+        plus = "" if "allow_schedule" in optimizer else "+"  # optimizer=target has no such key yet
         raise ConfigError(
             "optimizer.allow_schedule",
             f"{optimizer._target_} is schedule-free and expects a constant LR, but {what} would scale it: use "
             "schedule=constant schedule.warmup_steps=0 (its own warmup is optimizer.warmup_steps), or "
-            "optimizer.allow_schedule=true to apply the schedule anyway",
+            f"{plus}optimizer.allow_schedule=true to apply the schedule anyway",
         )
 
 
