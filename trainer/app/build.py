@@ -22,6 +22,7 @@ from trainer.data.map_style import worker_count
 from trainer.distributed import World
 from trainer.errors import ConfigError, one_line
 from trainer.models import build_model
+from trainer.optim import schedule_free
 from trainer.optim.factory import build_optimizer
 from trainer.optim.groups import group_names
 from trainer.optim.unfreeze import Stage, unfreeze_stages
@@ -243,4 +244,6 @@ def build_loop(
     return Loop(
         training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,
         val_every_n_epochs=cfg.trainer.val_every_n_epochs, objective=cfg.trainer.objective, world=world,
+        # optimizer=target with a schedulefree class has no bn_batches key: it takes the shipped default
+        bn_batches=cfg.optimizer.get("bn_batches", schedule_free.KEYS["bn_batches"].default),
     )

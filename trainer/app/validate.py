@@ -16,6 +16,7 @@ from trainer.data import SEQUENCE_DATA, check_data
 from trainer.distributed import BACKENDS, STRATEGIES
 from trainer.errors import ConfigError, require
 from trainer.models import SEQUENCE_MODELS, check_model
+from trainer.optim import schedule_free
 from trainer.optim.factory import check_optimizer
 from trainer.optim.unfreeze import UNFREEZE, check_unfreeze
 from trainer.params import Param, check_params, unknown_key_message
@@ -102,6 +103,7 @@ def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     _validate_data_and_model(cfg.data, cfg.model)
     check_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule, cfg.optimizer)
+    schedule_free.check_schedule(cfg.optimizer, cfg.schedule)
     if strategy is None:
         strategy = cfg.trainer.strategy if cfg.trainer.strategy != "auto" else "single"
     # Checks between keys of different owners, each written beside the code it protects.

@@ -5,6 +5,9 @@ After every applied optimizer update u, ``ema = decay · ema + (1 - decay) · we
 was. Every floating-point parameter and buffer is averaged (BatchNorm's running statistics too,
 as timm's ``ModelEmaV3`` does); integer buffers are the model's own. Validation reports the
 average's metrics as ``val/*`` and the model's own as ``val_raw/*``.
+
+With a schedule-free optimizer the weights averaged are its x (the point it evaluates), computed
+from y and z after each update without moving the parameters, and ``val_raw/*`` is x's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from trainer.controls import Control, Parts, Update
 from trainer.errors import require
+from trainer.optim.schedule_free import eval_point, is_schedule_free
 from trainer.params import Param
 
 KEYS = {
@@ -37,16 +41,23 @@ def check(cfg: DictConfig, strategy: str) -> None:
 
 def build(cfg: DictConfig, parts: Parts) -> WeightEMA | None:
     decay = cfg.trainer.ema_decay
-    return None if decay is None else WeightEMA(parts.model, decay)  # from the weights the run starts with
+    if decay is None:
+        return None
+    point = (lambda tensors: eval_point(parts.optimizer, tensors)) if is_schedule_free(parts.optimizer) else None
+    return WeightEMA(parts.model, decay, point=point)  # from the weights the run starts with
 
 
 class WeightEMA(Control):
-    """The average of ``model``'s floating-point tensors, on their device."""
+    """The average of ``model``'s floating-point tensors, on their device. ``point``: the weights
+    to average, given the model's tensors (schedule-free: its x); None: the tensors themselves."""
 
     name = "ema"
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
+    def __init__(
+        self, model: nn.Module, decay: float, *,
+        point: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
+    ) -> None:
+        self.decay, self.point = decay, point
         named = [*model.named_parameters(), *model.named_buffers()]
         self.names = [name for name, tensor in named if tensor.is_floating_point()]
         self.sources = [tensor for _, tensor in named if tensor.is_floating_point()]
@@ -59,7 +70,8 @@ class WeightEMA(Control):
         if applied is False:
             return
         weight = 1.0 - self.decay if applied is True else applied * (1.0 - self.decay)
-        torch._foreach_lerp_(self.averages, [t.detach() for t in self.sources], weight)
+        weights = self.sources if self.point is None else self.point(self.sources)  # by the parameters themselves
+        torch._foreach_lerp_(self.averages, [t.detach() for t in weights], weight)
 
     def after_step(self, update: Update) -> None:
         # After the step, from the weights it wrote; a skipped update leaves the average as it was.

@@ -104,6 +104,11 @@ class TrainBatches:
         while len(update_batches := list(itertools.islice(batches, self.accumulate))) == self.accumulate:
             yield update_batches
 
+    def first(self, epoch: int, count: int) -> Iterator[Batch]:
+        """The first ``count`` micro-batches this rank trains on in ``epoch`` (fewer if it has fewer)."""
+        updates = self.epoch(epoch, epoch * self.updates_per_epoch)
+        return itertools.islice(itertools.chain.from_iterable(updates), count)
+
 
 def val_batches(
     dataset: Dataset, batch_size: int, *, device: torch.device, rank: int = 0, world_size: int = 1

@@ -14,6 +14,7 @@ from torch import nn
 
 from trainer.components import build, shipped_targets, target_of
 from trainer.errors import ConfigError
+from trainer.optim import schedule_free
 from trainer.optim.groups import RULE, parameter_groups
 from trainer.optim.unfreeze import Stage
 from trainer.params import Param, check_params
@@ -48,10 +49,29 @@ OWN: dict[str, dict[str, Param]] = {
         "momentum": Param(0.9, "heavy-ball momentum", float, low=0, high=1),
         "nesterov": Param(False, "Nesterov momentum (needs momentum > 0)", bool),
     },
+    # Schedule-free (optional extra): trained at y, validated and saved at x (trainer.optim.schedule_free).
+    "schedule_free_adamw": {
+        "betas": Param((0.9, 0.999), "beta1: the y-z interpolation; beta2: the second moment's decay", list,
+                       item=float, low=0, high=1, low_open=True, high_open=True, length=2),
+        "eps": Param(1e-8, "added to the denominator", float, low=0, low_open=True),
+        **schedule_free.METHOD,
+        **schedule_free.KEYS,
+    },
+    "schedule_free_sgd": {
+        "momentum": Param(0.9, "the y-z interpolation (0 < momentum < 1)", float, low=0, high=1, low_open=True,
+                          high_open=True),
+        **schedule_free.METHOD,
+        **schedule_free.KEYS,
+    },
 }
 
 #: Where an optimizer's YAML departs from the common defaults.
-_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-4}}
+_DEFAULTS = {
+    "sgd": {"lr": 0.1, "weight_decay": 5e-4},
+    # The package's own defaults: schedule-free SGD wants a far larger LR than SGD with a schedule.
+    "schedule_free_adamw": {"lr": 2.5e-3, "weight_decay": 0.0},
+    "schedule_free_sgd": {"lr": 1.0, "weight_decay": 0.0},
+}
 
 
 def optimizer_params(name: str) -> dict[str, Param]:
@@ -70,12 +90,14 @@ def check_optimizer(cfg: DictConfig) -> None:
     (``optimizer.name`` with its own ``_target_``) all of them; another ``_target_``'s the keys the
     trainer reads (:data:`COMMON`), the rest being the class's arguments, which its signature decides."""
     name, target = cfg.get("name"), target_of(cfg, "optimizer")
+    schedule_free.check_installed(cfg)
     shipped = target == shipped_targets("optimizer").get(name)
     if shipped:
         params = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
         check_params(optimizer_params(name), params, "optimizer", owner=f"optimizer {name!r}")
     else:
-        check_params(COMMON, {k: v for k, v in cfg.items() if k in COMMON}, "optimizer", owner=f"optimizer {target!r}")
+        ours = {**COMMON, **(schedule_free.KEYS if schedule_free.names_schedule_free(cfg) else {})}
+        check_params(ours, {k: v for k, v in cfg.items() if k in ours}, "optimizer", owner=f"optimizer {target!r}")
     if cfg.get("layer_order") is not None and cfg.get("layer_decay") is None:
         raise ConfigError("optimizer.layer_order", "is read only with optimizer.layer_decay: set that too "
                                                    "(e.g. optimizer.layer_decay=0.75), or leave layer_order null")
@@ -86,9 +108,9 @@ def check_optimizer(cfg: DictConfig) -> None:
         )
 
 
-#: ``optimizer.*`` keys the trainer reads itself (groups, scaling, the label); the others are the
-#: ``_target_`` class's keyword arguments (betas, eps, momentum, ...).
-OURS = ("name", *COMMON)
+#: ``optimizer.*`` keys the trainer reads itself (groups, scaling, the label, schedule-free's
+#: switches); the others are the ``_target_`` class's keyword arguments (betas, eps, momentum, ...).
+OURS = ("name", *COMMON, *schedule_free.KEYS)
 
 
 def build_optimizer(
@@ -133,7 +155,8 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a checkpoint's per-parameter state (moments, step counts) and keep this run's group
-    settings: its kernels, LR scales and hyper-parameters come from its config (a resume refuses
+    settings (but a schedule-free optimizer's running entries, :data:`~trainer.optim.schedule_free.GROUP_STATE`):
+    its kernels, LR scales and hyper-parameters come from its config (a resume refuses
     changed ones, see :func:`trainer.rundir.resume.schedule_fingerprint`), and the schedule sets LR and
     momentum again before the next update.
 
@@ -158,8 +181,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                 f"parameter group {current['name']!r} holds other parameters than the checkpoint's "
                 f"{saved.get('name')!r}: were optimizer.lr_scales or optimizer.no_decay_bias_and_norm changed?"
             )
+    # A schedule-free group's step count and averaging weights are state, not settings.
     groups = [
-        {**{k: v for k, v in current.items() if k != "params"}, "params": saved["params"]}
+        {**{k: v for k, v in current.items() if k != "params"},
+         **{k: saved[k] for k in schedule_free.GROUP_STATE if k in saved and k in current}, "params": saved["params"]}
         for saved, current in zip(saved_groups, optimizer.param_groups)
     ]
     optimizer.load_state_dict({"state": state["state"], "param_groups": groups})

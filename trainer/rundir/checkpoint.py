@@ -6,7 +6,7 @@ A checkpoint is a dict of named states, each from the part of the run that owns 
 | key | what | owner |
 |---|---|---|
 | ``update`` | optimizer updates done | the loop |
-| ``model``, ``optimizer`` | full (unsharded) states; the optimizer's with its kind | the model, the optimizer |
+| ``model``, ``optimizer`` | full (unsharded) states; the optimizer's with its kind (a schedule-free one's model holds x, its state z and y) | the model, the optimizer |
 | ``step`` | the precision and its GradScaler's loss scale | :class:`~trainer.training.step.TrainStep` |
 | ``schedule`` | ``fingerprint``: every setting that fixes the LR of an update | :mod:`trainer.rundir.resume` |
 | ``data`` | ``epoch``, ``batch``, ``seed``: where the next update reads (derived from ``update``) | the plan |
@@ -41,6 +41,7 @@ from trainer.errors import ConfigError, NoSpace, format_bytes, one_line
 from trainer.monitor import beats
 from trainer.optim.factory import load_optimizer_state, optimizer_state
 from trainer.optim.groups import trainable_parameters
+from trainer.optim.schedule_free import is_schedule_free
 from trainer.rundir.atomic import link_atomic, save_atomic, state_digest, tensor_bytes
 
 FORMAT = "trainer-checkpoint/2"
@@ -202,6 +203,7 @@ def expected_checkpoint_bytes(
     else:
         defaults = optimizer.defaults
         slots = 2 + bool(defaults.get("amsgrad")) if "betas" in defaults else int(bool(defaults.get("momentum")))
+        slots += is_schedule_free(optimizer)  # the y it keeps while a checkpoint is written at x
         optimizer_bytes = tensor_bytes(model.state_dict()) * slots
     controls_bytes = tensor_bytes(controls.state_dict()) if controls is not None else 0
     return tensor_bytes(model.state_dict()) + optimizer_bytes + controls_bytes

@@ -46,7 +46,7 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
     for update in range(num_updates):
         apply_schedule(groups, schedule, update)
         row = {"update": update, "t": schedule.position(update)}
-        row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(groups))})
+        row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(groups, steps_done=update))})
         if scheduled_momentum:
             row["momentum"] = applied_momentum(groups)
         rows.append(row)

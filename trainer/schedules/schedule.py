@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trainer.optim.schedule_free import own_warmup
 from trainer.optim.unfreeze import freeze_until_due
 from trainer.plan import first_update_at
 from trainer.schedules.plateau import ReduceOnPlateau
@@ -30,9 +31,11 @@ def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update:
     freeze_until_due(optimizer.param_groups, update)
 
 
-def applied_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
-    """The LR each group will use in its next step, read from the optimizer itself."""
-    return [group["lr"] for group in optimizer.param_groups]
+def applied_lrs(optimizer: torch.optim.Optimizer, steps_done: int | None = None) -> list[float]:
+    """The LR each group will use in its next step, read from the optimizer itself: a schedule-free
+    optimizer's group LR times its own warmup's factor after ``steps_done`` steps (None: as many
+    as it has taken; the preview, which takes none, gives the update index)."""
+    return [group["lr"] * own_warmup(group, steps_done) for group in optimizer.param_groups]
 
 
 def applied_momentum(optimizer: torch.optim.Optimizer) -> float:

@@ -1,8 +1,10 @@
-"""Validation: ``val/loss`` and ``val/acc`` over a whole split, summed over the ranks."""
+"""Validation: ``val/loss`` and ``val/acc`` over a whole split, summed over the ranks, at the
+weights the optimizer means to be evaluated (:func:`at_eval_weights`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +15,7 @@ from trainer.data import Dataset
 from trainer.data.batches import Batch
 from trainer.data.loading import val_batches
 from trainer.distributed import World
+from trainer.optim.schedule_free import is_schedule_free
 from trainer.training.loss import CrossEntropy, Loss
 from trainer.training.precision import Precision
 
@@ -82,6 +85,77 @@ def evaluate(
     return metrics
 
 
+@contextlib.contextmanager
+def at_eval_weights(optimizer: torch.optim.Optimizer, at_x: Callable[[], None] | None = None) -> Iterator[None]:
+    """Inside the block the parameters are the ones to evaluate and save: a schedule-free
+    optimizer's x (:func:`move_to`), where ``at_x`` runs first (BatchNorm statistics recomputed
+    there), and its y again after it. Any other optimizer, or one already at x (an epoch end's
+    checkpoint inside its validation's block), is left as it is, at no cost, and ``at_x`` does not run."""
+    if not is_schedule_free(optimizer) or not optimizer.param_groups[0]["train_mode"]:
+        yield
+        return
+    move_to(optimizer, "x")
+    try:
+        if at_x is not None:
+            at_x()
+        yield
+    finally:
+        move_to(optimizer, "y")
+
+
+@torch.no_grad()
+def move_to(optimizer: torch.optim.Optimizer, point: str) -> None:
+    """A schedule-free optimizer's parameters to ``point``: ``"x"`` (to evaluate and save) or
+    ``"y"`` (to train); any other optimizer is left as it is.
+
+    Its ``eval()`` then ``train()`` compute ``y + (1 - 1/beta)(z - y)`` and back, which floating
+    point does not undo exactly: going to x keeps y in the optimizer's state (``"y"``, so a
+    checkpoint holds it too), and going back copies it, so validating or saving never moves the
+    trajectory and a resumed run continues bit for bit. Without a kept y (a fresh run, a
+    checkpoint of another making) ``train()`` computes it."""
+    if not is_schedule_free(optimizer):
+        return
+    state, params = optimizer.state, [p for group in optimizer.param_groups for p in group["params"]]
+    if point == "x":
+        if optimizer.param_groups[0]["train_mode"]:
+            for p in params:
+                if "z" in state.get(p, {}):
+                    state[p]["y"] = p.detach().clone()
+            optimizer.eval()
+        return
+    kept = [(p, state[p].pop("y")) for p in params if "y" in state.get(p, {})]
+    optimizer.train()
+    for p, y in kept:
+        p.copy_(y)
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """``model``'s BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, batches: Iterable[Batch], precision: Precision) -> None:
+    """Replace every BatchNorm's running mean and variance by their plain average over
+    ``batches`` at the model's current weights (``torch.optim.swa_utils.update_bn``'s rule:
+    momentum None), in training mode, without gradients; the model keeps its mode."""
+    layers = batch_norms(model)
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average: each batch counts the same
+    was_training = model.training
+    model.train()
+    try:
+        for inputs, _ in batches:
+            with precision.autocast():
+                model(inputs)
+    finally:
+        model.train(was_training)
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
 @dataclass(frozen=True)
 class Validation:
     """Validation over the whole split, in batches of ``VAL_BATCH_MULTIPLE × batch_size`` per rank
@@ -101,3 +175,8 @@ class Validation:
         batches = val_batches(self.dataset, VAL_BATCH_MULTIPLE * self.batch_size, device=self.device,
                               rank=self.world.rank, world_size=self.world.world_size)
         return evaluate(self.model, batches, self.precision, flip=self.flip, loss_fn=self.loss_fn, world=self.world)
+
+    def recompute_batch_norm(self, batches: Callable[[], Iterable[Batch]]) -> None:
+        """:func:`recompute_batch_norm` over ``batches()``, made only when the model has BatchNorm."""
+        if batch_norms(self.model):
+            recompute_batch_norm(self.model, batches(), self.precision)

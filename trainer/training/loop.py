@@ -5,6 +5,7 @@ logger when it reads)."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from trainer.controls import Controls, Read, Stop
@@ -16,7 +17,7 @@ from trainer.plan import RunPlan
 from trainer.rundir.checkpoint import Checkpointer
 from trainer.rundir.logger import RunLogger
 from trainer.schedules.schedule import applied_lrs, applied_momentum, apply_schedule
-from trainer.training.evaluate import Validation
+from trainer.training.evaluate import Validation, at_eval_weights, move_to
 from trainer.training.step import TrainStep
 
 
@@ -33,6 +34,7 @@ class Loop:
     plan: RunPlan
     val_every_n_epochs: int = 1
     objective: str = "val/loss"
+    bn_batches: int = 0  # training micro-batches that recompute BatchNorm at a schedule-free optimizer's x
     world: World = field(default_factory=World)
     train_loss: float | None = None  # the last training loss read from the device
     ending: Stop | None = None  # why the run ended before max_updates, if a control ended it
@@ -47,6 +49,7 @@ class Loop:
         self.checkpoints.resume_rng()  # last: nothing before the first update draws from it
         apply_schedule(self.step.optimizer, self.step.schedule, start_update)
         self.step.model.train()
+        move_to(self.step.optimizer, "y")  # schedule-free: gradients are taken at y (a checkpoint holds x)
         update, metrics = start_update, {}
         self.ending = self.controls.ended()
         with StopOnSignal() as signals:
@@ -55,6 +58,7 @@ class Loop:
                 update = self._epoch(epoch, update, signals, metrics)
                 if self.ending is not None:
                     break
+        move_to(self.step.optimizer, "x")  # the run ends at x: the model trainer.fit hands back is the one validated
         if self.objective not in metrics:  # resumed a finished run: report its checkpoint's last validation
             metrics.update(self.logger.val_at(update) or self.controls.validate(self.validation))
         if self.train_loss is not None:  # None when a finished run was resumed: nothing trained
@@ -75,19 +79,21 @@ class Loop:
             self.logger.advance()
             if update < end and self.ending is None:  # the epoch's end checkpoints its last update
                 self._between_updates(update, signals)
+        batches.close()  # the BatchNorm pass may read the epoch's first batches again (a map-style loader)
         last = update >= self.plan.max_updates or self.ending is not None
-        improved = False
-        if (epoch + 1) % self.val_every_n_epochs == 0 or last:
-            validation = self._validate(update)  # its read may end the run
-            last = last or self.ending is not None
-            metrics.update(validation)
-            if self.objective in metrics:
-                improved = self.checkpoints.improves(metrics[self.objective])
-            stop = self.controls.after_validation(validation, update, last=last)  # every control sees it
-            self.ending = self.ending or stop
-        preempted = self._preempted(signals)
-        if self.checkpoints.due_at_epoch_end(epoch, update) or last or improved or preempted or self.ending:
-            self._checkpoint(update, improved=improved)
+        validating, improved = (epoch + 1) % self.val_every_n_epochs == 0 or last, False
+        with self._at_x(epoch if validating else None):  # one switch to x for the validation and the checkpoint
+            if validating:
+                validation = self._validate(update)  # its read may end the run
+                last = last or self.ending is not None
+                metrics.update(validation)
+                if self.objective in metrics:
+                    improved = self.checkpoints.improves(metrics[self.objective])
+                stop = self.controls.after_validation(validation, update, last=last)  # every control sees it
+                self.ending = self.ending or stop
+            preempted = self._preempted(signals)
+            if self.checkpoints.due_at_epoch_end(epoch, update) or last or improved or preempted or self.ending:
+                self._checkpoint(update, improved=improved)
         if preempted:
             raise Preempted(preempted, update)
         if self.ending is not None:
@@ -148,8 +154,16 @@ class Loop:
 
     def _save(self, update: int, *, improved: bool = False, keep_last_as: str | None = None) -> None:
         self.logger.flush()
-        self.checkpoints.save(update, val_metrics=self.logger.val_at(update), improved=improved,
-                              keep_last_as=keep_last_as)
+        with self._at_x():  # a checkpoint holds the weights validation scores (and resumes exactly from them)
+            self.checkpoints.save(update, val_metrics=self.logger.val_at(update), improved=improved,
+                                  keep_last_as=keep_last_as)
+
+    def _at_x(self, epoch: int | None = None) -> AbstractContextManager:
+        """The optimizer's evaluation weights (schedule-free's x) in the block; with ``epoch``,
+        BatchNorm statistics recomputed there from the epoch's first training micro-batches."""
+        count = self.bn_batches if epoch is not None else 0
+        recompute = lambda: self.validation.recompute_batch_norm(lambda: self.batches.first(epoch, count))  # noqa: E731
+        return at_eval_weights(self.step.optimizer, recompute if count else None)
 
     def _preempted(self, signals: StopOnSignal) -> str | None:
         """The stop signal's name once any rank has one, on every rank at the same update."""
