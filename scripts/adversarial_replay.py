@@ -34,13 +34,15 @@ REGRESSION = [*QUIET, "data=torch_dataset", "+data.train._target_=tests.userpkg.
               "loss._target_=torch.nn.MSELoss", "trainer.max_epochs=2"]
 WITH_VAL = ["+data.val._target_=tests.userpkg.odd.regression", "+data.val.size=16"]
 FAULTY = "tests.data.test_bad_data.Faulty"
+#: The first part of a run to resume: 4 of its schedule's 16 updates.
+PART = ["schedule.total_steps=16", "trainer.max_steps=4"]
 
 
 @dataclass
 class Case:
     """One input: ``python -m MODULE ARGS`` in ``work`` (``{work}`` in args is replaced), and what
     the promise says it must give: ``refused`` (before anything is written: ``out`` must not
-    exist) or ``named`` (mid-run: ``out/last.pt`` must exist)."""
+    exist) or ``named`` (mid-run: ``out/metrics.json`` says failed; the tests check ``last.pt``)."""
 
     name: str
     module: str
@@ -65,7 +67,7 @@ def bad_data(train: str, val: str, workers: int = 0) -> list[str]:
 def first_run(extra: list[str]) -> Callable[[Path], None]:
     """Setup: a finished TINY run in ``work/run`` (for resume cases), with ``extra`` overrides."""
     def run(work: Path) -> None:
-        cli("trainer", [*TINY, "trainer.max_epochs=1", *extra, f"hydra.run.dir={work / 'run'}"], check=True)
+        cli("trainer", [*TINY, *extra, f"hydra.run.dir={work / 'run'}"], check=True)
     return run
 
 
@@ -148,8 +150,9 @@ def cases() -> list[Case]:
     for key, value in [("seed", "1"), ("data.noise", "0.5"), ("model.dropout", "0.3"), ("trainer.clip_grad_norm", "5"),
                        ("trainer.label_smoothing", "0.1"), ("loss._target_", "torch.nn.CrossEntropyLoss")]:
         out.append(Case(f"resume with another {key}", "trainer",
-                        [*TINY, f"{key}={value}", "trainer.resume=auto", "hydra.run.dir={work}/run"],
-                        setup=first_run([]), text=key, out="-"))
+                        [*TINY, "schedule.total_steps=16", "trainer.max_steps=16", f"{key}={value}",
+                         "trainer.resume=auto", "hydra.run.dir={work}/run"],
+                        setup=first_run(PART), text=key, out="-"))
     out += [
         Case("tools: bad YAML in --config-dir", "trainer", ["--config-dir", "{work}/my_conf", *TINY, "model=bad",
                                                             "hydra.run.dir={work}/run"], setup=bad_yaml, text="bad.yaml:3"),
@@ -190,8 +193,8 @@ def judge(case: Case, proc: subprocess.CompletedProcess, work: Path) -> str:
     out = Path(case.out.replace("{work}", str(work))) if case.out.startswith("{work}") else work / case.out
     if case.expect == "refused" and case.out != "-" and out.exists():
         return f"left {out.relative_to(work)}"
-    if case.expect == "named" and not (out / "last.pt").is_file():
-        return "no last.pt"
+    if case.expect == "named" and '"status": "failed"' not in (out / "metrics.json").read_text():
+        return "metrics.json does not say failed"
     return "as promised"
 
 

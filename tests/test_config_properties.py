@@ -16,7 +16,7 @@ from trainer.app.validate import validate
 from trainer.errors import ConfigError
 from trainer.plan import plan_run
 from trainer.rundir.events import read_scalars
-from trainer.schedules.registry import schedule_names
+from trainer.schedules.registry import schedule_names, spec_of
 
 UPDATES_PER_EPOCH = 8  # the tiny job: 256 examples / batch 32
 
@@ -24,9 +24,10 @@ UPDATES_PER_EPOCH = 8  # the tiny job: 256 examples / batch 32
 @st.composite
 def valid_configs(draw):
     name = draw(st.sampled_from(schedule_names()))
-    interval = "step" if name in ("onecycle", "lr_range_test") else draw(st.sampled_from(["step", "epoch"]))
+    interval = "step" if name in ("onecycle", "lr_range_test") else draw(st.sampled_from(["step", "epoch", "sample"]))
     max_epochs = draw(st.integers(1, 3))
-    total = max_epochs if interval == "epoch" else max_epochs * UPDATES_PER_EPOCH
+    per_update = {"step": 1, "epoch": 1 / UPDATES_PER_EPOCH, "sample": 32}[interval]  # T in the interval's units
+    total = int(max_epochs * UPDATES_PER_EPOCH * per_update)
     if name in ("lr_range_test", "chain"):  # its length is num_steps; a chain's warmup is a phase
         warmup = 0
     else:
@@ -56,7 +57,8 @@ def test_random_valid_configs_train(overrides):
     with tempfile.TemporaryDirectory() as run_dir:
         metrics = train(cfg, Path(run_dir))
         lrs = [v for _, v in read_scalars(run_dir)["train/lr"]]
-    assert metrics["updates"] == plan_run(cfg, 256).max_updates
+    run_length = spec_of(cfg.schedule.name).run_length  # the range test's num_steps
+    assert metrics["updates"] == plan_run(cfg, 256, run_length=cfg.schedule[run_length] if run_length else None).max_updates
     assert all(math.isfinite(lr) and lr >= 0 for lr in lrs)
     assert math.isfinite(metrics["val/loss"])
 
@@ -70,7 +72,8 @@ INVALID = {
     "logger.log_every_n_steps": st.integers(max_value=0).map(str),
     "data.batch_size": st.integers(max_value=0).map(str),
     "schedule.warmup_steps": st.integers(max_value=-1).map(str),
-    "schedule.interval": st.text("abcdefghijklmnopqrstuvwxyz", min_size=1).filter(lambda s: s not in ("step", "epoch")),
+    "schedule.interval": st.text("abcdefghijklmnopqrstuvwxyz", min_size=1).filter(
+        lambda s: s not in ("step", "epoch", "sample", "token")),
     "trainer.device": st.sampled_from(["tpu", "gpu", "mps0"]),
     "trainer.precision": st.sampled_from(["fp8", "half", "int8"]),
     "trainer.nonfinite": st.sampled_from(["ignore", "warn"]),

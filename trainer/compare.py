@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import FINISHED, refuse, sweep_exit_code
 from trainer.files import figure_bytes, write_atomic
+from trainer.rundir.hparams import read_overrides
 from trainer.rundir.summary import SUMMARY_FILE, read_summary
 from trainer.rundir.writers import optional_hook, read_scalars, writers_of
 from trainer.schedules.curve import read_lr_csv
@@ -73,10 +74,10 @@ def read_job(job_dir: Path) -> Job:
         status = summary["status"]
     else:
         status = "incomplete (running or killed)" if scalars is not None else NO_OUTPUT
-    config_path, overrides_path = job_dir / "config.yaml", job_dir / "overrides.yaml"
+    config_path = job_dir / "config.yaml"
     config = OmegaConf.load(config_path) if config_path.is_file() else None
     schedule = config.schedule.name if config is not None else "?"
-    overrides = list(OmegaConf.load(overrides_path)) if overrides_path.is_file() else []
+    overrides = read_overrides(job_dir)
     if not overrides and "_" in job_dir.name:  # sweep dirs are named NUM_OVERRIDES
         overrides = job_dir.name.split("_", 1)[1].split(",")
     if schedule == "?":

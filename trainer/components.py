@@ -172,7 +172,14 @@ def multiply(a: float, b: float) -> float:
     return a * b
 
 
+def add(a: float, b: float) -> float:
+    """``trainer.max_steps=${add:8000,${schedule.decay_steps}}``: a branch's length that follows its
+    cooldown's in a sweep over cooldown lengths."""
+    return a + b
+
+
 # Used by the configs in CONFIG_DIR (hydra.sweep.subdir, schedule presets): registered with it,
 # before anything composes them (the CLI, trainer.fit, Hydra's compose API).
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
 OmegaConf.register_new_resolver("mul", multiply, replace=True)
+OmegaConf.register_new_resolver("add", add, replace=True)

@@ -15,7 +15,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from trainer.app.build import (
-    FitCheck, Optimization, Training, build_loop, build_loss, build_optimization, build_training,
+    FitCheck,
+    Optimization,
+    Training,
+    build_loop,
+    build_loss,
+    build_optimization,
+    build_training,
 )
 from trainer.app.threads import CpuClock, pick_threads
 from trainer.app.validate import validate, warmup_warning
@@ -26,6 +32,7 @@ from trainer.files import write_atomic
 from trainer.optim.groups import custom_groups, write_group_table
 from trainer.optim.unfreeze import describe_stages
 from trainer.plan import RunPlan
+from trainer.rundir.branch import check_lr_continues, lineage
 from trainer.rundir.checkpoint import check_free_space, expected_checkpoint_bytes, load_checkpoint
 from trainer.rundir.hparams import hyperparameters
 from trainer.rundir.init_from import init_weights
@@ -101,6 +108,7 @@ class Prepared:
     start_update: int
     resumed_val: dict[str, float] | None  # val/* logged at the resumed checkpoint's own update
     group_lrs_differ: bool  # decided once per run, from its whole LR curve: one chart per group, or train/lr alone
+    lineage: dict | None = None  # a branch's parent (trainer.branch_from), kept when the branch resumes
 
 
 def _train(
@@ -143,7 +151,8 @@ def _train(
         if world.is_main:
             wall_time_s = round(time.perf_counter() - started, 3)
             with quiet:
-                write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text)
+                write_summary(run_dir, status, metrics=metrics, wall_time_s=wall_time_s, error=error_text,
+                              lineage=run.lineage)
             if status in FINISHED:
                 # A resumed run's earlier validations are in its logs only.
                 history = loop.logger.val_history if run.start_update == 0 else None
@@ -160,6 +169,9 @@ def _prepare(
     """Build the run, restore its checkpoint (or ``init_from``'s weights) and check that its
     checkpoints fit on the disk, all before writing anything; then write the run's files."""
     checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
+    branching = checkpoint_path is None and cfg.trainer.branch_from is not None  # a stopped branch resumes its own
+    if branching:
+        checkpoint_path = Path(cfg.trainer.branch_from).expanduser()
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
     resumed_threads = checkpoint["config"]["trainer"]["num_threads"] if checkpoint is not None else None
     torch.set_num_threads(pick_threads(cfg.trainer.num_threads, since=cpu_since, resumed=resumed_threads))
@@ -180,10 +192,9 @@ def _prepare(
     lrs = lr_rows(built.optimizer, built.schedule, built.plan.max_updates) if world.is_main else []
     config = resolved_config(cfg, built.plan)
     if checkpoint is not None:
-        check_schedule_unchanged(checkpoint["schedule"]["fingerprint"], fingerprint, checkpoint_path,
-                                 cfg.trainer.resume_schedule)
-        check_run_unchanged(checkpoint["config"], OmegaConf.to_container(config), checkpoint_path,
-                            list(cfg.trainer.resume_accept))
+        _check_continues(cfg, built, checkpoint, checkpoint_path, fingerprint, config, branching=branching)
+        with open_dict(config):
+            config.lineage = lineage(checkpoint_path, checkpoint) if branching else checkpoint["config"].get("lineage")
     elif cfg.trainer.init_from is not None:  # weights only: the optimizer and the schedule start at update 0
         left_out = init_weights(built.model, Path(cfg.trainer.init_from).expanduser(), strict=cfg.trainer.init_strict,
                                 model_state=world.model_state(built.model), load=world.load_model_state)
@@ -205,7 +216,23 @@ def _prepare(
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
     # A plateau's cuts scale every group alike: groups that start alike stay alike.
     group_lrs_differ = bool(lrs) and len(lr_columns(lrs)) > 1
-    return Prepared(built, training, config, start_update, resumed_val, group_lrs_differ)
+    return Prepared(built, training, config, start_update, resumed_val, group_lrs_differ,
+                    lineage=OmegaConf.to_container(config.lineage) if config.get("lineage") else None)
+
+
+def _check_continues(
+    cfg: DictConfig, built: Optimization, checkpoint: dict, path: Path, fingerprint: dict, config: DictConfig, *,
+    branching: bool,
+) -> None:
+    """A resume continues its run unchanged (the schedule unless ``trainer.resume_schedule=override``);
+    a branch may change the schedule, but not the LR at its first update, nor anything else."""
+    if branching:
+        update = int(checkpoint["update"])
+        lr = built.schedule.lr(update) * built.optimizer.param_groups[0]["lr_scale"]
+        check_lr_continues(path, update, lr, cfg.trainer.branch_lr_jump)
+    else:
+        check_schedule_unchanged(checkpoint["schedule"]["fingerprint"], fingerprint, path, cfg.trainer.resume_schedule)
+    check_run_unchanged(checkpoint["config"], OmegaConf.to_container(config), path, list(cfg.trainer.resume_accept))
 
 
 def _finish(cfg: DictConfig, run: Prepared, run_dir: Path, metrics: dict[str, float], write: Callable[[str], None]) -> None:

@@ -21,7 +21,7 @@ from trainer.optim.factory import check_optimizer
 from trainer.optim.unfreeze import UNFREEZE, check_unfreeze
 from trainer.params import Param, check_params, unknown_key_message
 from trainer.plan import check_one_warmup
-from trainer.rundir import init_from
+from trainer.rundir import branch, init_from
 from trainer.rundir.writers import LOGGER, check_writers, writer_nodes
 from trainer.schedules.registry import COMMON, COMMON_KEYS, check_schedule_params, schedule_names, spec_of
 from trainer.schedules.schedule import Schedule
@@ -71,6 +71,7 @@ TRAINER: dict[str, Param] = {
                          extra=("auto",)),
     "unfreeze": UNFREEZE,
     **init_from.PARAMS,
+    **branch.PARAMS,
 }
 
 #: ``trainer.fsdp.*``: read by trainer.distributed.
@@ -112,6 +113,7 @@ def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     check_unfreeze(cfg.trainer.unfreeze, strategy)
     check_precision(cfg.trainer.precision, strategy)
     init_from.check_init_from(cfg.trainer)
+    branch.check_branch(cfg.trainer)
 
 
 def _check_nodes(

@@ -132,13 +132,20 @@ def experiment_summary(infos: Sequence[api_pb2.HParamInfo], metrics: Sequence[st
     return _summary(EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
+def read_overrides(run_dir: Path) -> list[str]:
+    """The command line's overrides a run saved (``overrides.yaml``), as typed: an interpolation such
+    as ``trainer.max_steps='${add:8,${schedule.decay_steps}}'`` stays text (resolved in a list it
+    would look its keys up in the list); none when the file is missing."""
+    path = run_dir / "overrides.yaml"
+    return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path), resolve=False)] if path.is_file() else []
+
+
 def job_hyperparameters(sweep_dir: Path) -> dict[Path, dict[str, HParamValue]]:
     """The hyper-parameters of every job directory under ``sweep_dir`` that got as far as saving its
     config (its ``config.yaml`` and ``overrides.yaml``), in directory order."""
     runs = {}
     for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file()):
-        overrides = OmegaConf.load(job_dir / "overrides.yaml") if (job_dir / "overrides.yaml").is_file() else []
-        runs[job_dir] = hyperparameters(OmegaConf.load(job_dir / "config.yaml"), list(overrides))
+        runs[job_dir] = hyperparameters(OmegaConf.load(job_dir / "config.yaml"), read_overrides(job_dir))
     return runs
 
 

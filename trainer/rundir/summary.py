@@ -21,11 +21,13 @@ SUMMARY_FILE = "metrics.json"
 
 def write_summary(
     run_dir: Path, status: str, *, metrics: dict[str, float] | None = None, wall_time_s: float | None = None,
-    error: str | None = None,
+    error: str | None = None, lineage: dict[str, Any] | None = None,
 ) -> None:
-    """Record how the run ended (``status`` is one of :data:`trainer.errors.STATUSES`)."""
+    """Record how the run ended (``status`` is one of :data:`trainer.errors.STATUSES`); a branch's
+    ``lineage`` (:func:`trainer.rundir.branch.lineage`) too."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"status": status, "metrics": metrics or {}, "wall_time_s": wall_time_s, "error": error}
+    payload = {"status": status, "metrics": metrics or {}, "wall_time_s": wall_time_s, "error": error,
+               **({"lineage": lineage} if lineage is not None else {})}
     write_atomic(run_dir / SUMMARY_FILE, json.dumps(payload, indent=2) + "\n")
 
 
