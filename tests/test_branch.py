@@ -59,13 +59,32 @@ def test_a_branch_whose_lr_would_jump_is_refused_unless_allowed(tmp_path, parent
     assert load_checkpoint(branch / "last.pt")["update"] == 16
 
 
-def test_a_branch_changes_its_schedule_and_nothing_else(tmp_path, parent):
+@pytest.mark.parametrize(("change", "key", "text"), [
+    ("model.dropout=0.3", "trainer.resume_accept", "model.dropout: 0.0 -> 0.3"),
+    ("optimizer.weight_decay=0.1", "trainer.branch_from", "optimizer.weight_decay: 0.01 -> 0.1"),
+    ("data.batch_size=16", "trainer.branch_from", "updates_per_epoch: 8 -> 16"),  # update 8 would be other data
+])
+def test_a_branch_changes_its_schedule_and_nothing_else(tmp_path, parent, change, key, text):
     branch = tmp_path / "branch"
-    proc = run_cli("trainer", [*WSD, "schedule.decay_steps=8", "model.dropout=0.3",
+    proc = run_cli("trainer", [*WSD, "schedule.decay_steps=8", change,
                                f"trainer.branch_from={parent / 'step-00000008.pt'}", f"hydra.run.dir={branch}"],
                    check=False)
-    assert_one_line_error(proc, "trainer.resume_accept")
-    assert "model.dropout: 0.0 -> 0.3" in proc.stderr and not branch.exists()
+    assert_one_line_error(proc, key)
+    assert text in proc.stderr and not branch.exists()
+
+
+def test_a_branch_needs_a_directory_of_its_own_and_resumes_only_itself(tmp_path, parent):
+    start = parent / "step-00000008.pt"
+    into_parent = run_cli("trainer", [*WSD, "schedule.decay_steps=8", f"trainer.branch_from={start}",
+                                      f"hydra.run.dir={parent}"], check=False)
+    assert_one_line_error(into_parent, "trainer.branch_from")
+    assert "a branch needs a directory of its own" in into_parent.stderr
+    branch = tmp_path / "branch"
+    run_cli("trainer", [*WSD, "schedule.decay_steps=8", f"trainer.branch_from={start}", f"hydra.run.dir={branch}"])
+    other = run_cli("trainer", [*WSD, "schedule.decay_steps=12", f"trainer.branch_from={parent / 'step-00000004.pt'}",
+                                "trainer.resume=auto", f"hydra.run.dir={branch}"], check=False)
+    assert_one_line_error(other, "trainer.branch_from")
+    assert f"is a branch of {start}, not of" in other.stderr
 
 
 def test_one_command_sweeps_cooldown_lengths_from_one_checkpoint(tmp_path, parent):

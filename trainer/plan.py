@@ -16,7 +16,7 @@ class RunPlan:
     """Quantities derived from the config and the data size.
 
     ``max_updates`` counts optimizer updates; ``total_steps`` and ``warmup_steps`` are in the
-    schedule's ``interval`` units (updates or epochs).
+    schedule's ``interval`` units (updates, epochs, examples or tokens).
     """
 
     updates_per_epoch: int

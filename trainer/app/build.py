@@ -161,7 +161,7 @@ def build_optimization(
     )
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
-        check_stages_fit(cfg, stages, optimizer, plan)
+        check_stages_fit(stages, optimizer, plan)
         check_spike_window(cfg, plan)
     return Optimization(model, optimizer, schedule, plan, stages)
 

@@ -45,16 +45,16 @@ def check_watched_metrics(cfg: DictConfig, schedule: Schedule, metrics: Set[str]
                                    f"outputs are not class scores of its targets): watch {min(metrics)}")
 
 
-def planned_updates(cfg: DictConfig, plan: RunPlan) -> int:
+def planned_updates(plan: RunPlan) -> int:
     """The updates this run and its planned continuations make: a run may stop before its
     schedule's end (``trainer.max_steps`` below ``schedule.total_steps``) and resume later."""
     return max(plan.max_updates, plan.first_update_at(plan.total_steps))
 
 
-def check_stages_fit(cfg: DictConfig, stages: Sequence[Stage], optimizer: torch.optim.Optimizer, plan: RunPlan) -> None:
+def check_stages_fit(stages: Sequence[Stage], optimizer: torch.optim.Optimizer, plan: RunPlan) -> None:
     """Every stage joins within the run (or its schedule), and some group of ``optimizer`` trains
     from update 0."""
-    updates = planned_updates(cfg, plan)
+    updates = planned_updates(plan)
     for stage in stages:
         if stage.at_update >= updates:
             raise ConfigError(f"trainer.unfreeze.{stage.index}.at",
@@ -69,7 +69,7 @@ def check_stages_fit(cfg: DictConfig, stages: Sequence[Stage], optimizer: torch.
 
 def check_spike_window(cfg: DictConfig, plan: RunPlan) -> None:
     """The spike guard's running median fills within the run (or its schedule)."""
-    node, updates = cfg.trainer.grad_spike, planned_updates(cfg, plan)
+    node, updates = cfg.trainer.grad_spike, planned_updates(plan)
     if node.factor is not None and node.window >= updates:
         raise ConfigError("trainer.grad_spike.window",
                           f"{node.window} updates fill the window only after the run's {updates} updates: "

@@ -32,12 +32,13 @@ from trainer.files import write_atomic
 from trainer.optim.groups import custom_groups, write_group_table
 from trainer.optim.unfreeze import describe_stages
 from trainer.plan import RunPlan
-from trainer.rundir.branch import check_lr_continues, lineage
+from trainer.rundir.branch import KEY as BRANCH_KEY
+from trainer.rundir.branch import check_kept, check_lr_continues, check_same_branch, lineage, start_checkpoint
 from trainer.rundir.checkpoint import check_free_space, expected_checkpoint_bytes, load_checkpoint
 from trainer.rundir.hparams import hyperparameters
 from trainer.rundir.init_from import init_weights
 from trainer.rundir.lock import hold_run_dir, remove_if_empty
-from trainer.rundir.resume import check_run_unchanged, check_schedule_unchanged, resume_path, schedule_fingerprint
+from trainer.rundir.resume import check_run_unchanged, check_schedule_unchanged, schedule_fingerprint
 from trainer.rundir.summary import describe_run, write_summary
 from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_columns, lr_rows, lr_title, read_lr_csv, write_lr_csv
 from trainer.training.precision import Precision, resolve_device, resolve_precision
@@ -52,6 +53,8 @@ def resolved_config(cfg: DictConfig, plan: RunPlan) -> DictConfig:
         out.schedule.total_steps = plan.total_steps
         out.schedule.warmup_steps = plan.warmup_steps
         out.schedule.warmup_ratio = None
+        if out.schedule.get("min_lr_ratio") is not None:  # the floor as the run binds it
+            out.schedule.min_lr = out.schedule.min_lr_ratio * out.optimizer.lr
     return out
 
 
@@ -168,11 +171,9 @@ def _prepare(
 ) -> Prepared:
     """Build the run, restore its checkpoint (or ``init_from``'s weights) and check that its
     checkpoints fit on the disk, all before writing anything; then write the run's files."""
-    checkpoint_path = resume_path(cfg.trainer.resume, run_dir)
-    branching = checkpoint_path is None and cfg.trainer.branch_from is not None  # a stopped branch resumes its own
-    if branching:
-        checkpoint_path = Path(cfg.trainer.branch_from).expanduser()
-    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    checkpoint_path, branching = start_checkpoint(cfg.trainer, run_dir)
+    start_key = BRANCH_KEY if branching else "trainer.resume"
+    checkpoint = load_checkpoint(checkpoint_path, start_key) if checkpoint_path is not None else None
     resumed_threads = checkpoint["config"]["trainer"]["num_threads"] if checkpoint is not None else None
     torch.set_num_threads(pick_threads(cfg.trainer.num_threads, since=cpu_since, resumed=resumed_threads))
     if dataset is None:
@@ -208,7 +209,7 @@ def _prepare(
         fingerprint=fingerprint, loss_fn=loss_fn, world=world,
     )
     # A checkpoint of another model is a config error here, before anything is written.
-    start_update = training.checkpoints.restore(checkpoint, checkpoint_path) if checkpoint is not None else 0
+    start_update = training.checkpoints.restore(checkpoint, checkpoint_path, start_key) if checkpoint is not None else 0
     if world.is_main:  # the only rank that writes
         expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
@@ -226,12 +227,15 @@ def _check_continues(
 ) -> None:
     """A resume continues its run unchanged (the schedule unless ``trainer.resume_schedule=override``);
     a branch may change the schedule, but not the LR at its first update, nor anything else."""
+    saved = checkpoint["schedule"]["fingerprint"]
     if branching:
+        check_kept(saved, fingerprint, path)
         update = int(checkpoint["update"])
-        lr = built.schedule.lr(update) * built.optimizer.param_groups[0]["lr_scale"]
-        check_lr_continues(path, update, lr, cfg.trainer.branch_lr_jump)
+        row = lr_rows(built.optimizer, built.schedule, update + 1, first=update)[0]  # as its lr.csv will have it
+        check_lr_continues(path, update, row, saved, cfg.trainer.branch_lr_jump)
     else:
-        check_schedule_unchanged(checkpoint["schedule"]["fingerprint"], fingerprint, path, cfg.trainer.resume_schedule)
+        check_same_branch(cfg.trainer.branch_from, checkpoint["config"].get("lineage"), path)
+        check_schedule_unchanged(saved, fingerprint, path, cfg.trainer.resume_schedule)
     check_run_unchanged(checkpoint["config"], OmegaConf.to_container(config), path, list(cfg.trainer.resume_accept))
 
 

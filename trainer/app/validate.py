@@ -214,5 +214,5 @@ def warmup_warning(cfg: DictConfig, schedule: Schedule) -> str | None:
     return (
         f"warning: schedule.warmup_steps: model={cfg.model.name} trains with AdamW from {first:.3g}, "
         f"{first / peak:.0%} of its peak LR, at update 0; transformers trained with Adam often diverge "
-        "early without a warmup (seed 004): set schedule.warmup_steps (e.g. 100) or schedule.warmup_ratio"
+        "early without a warmup (seed 004): set schedule.warmup_steps (e.g. auto: T / 14) or schedule.warmup_ratio"
     )

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from trainer.errors import ConfigError
 from trainer.params import Param
+from trainer.rundir.resume import resume_path
 
 KEY = "trainer.branch_from"
 
@@ -45,36 +46,86 @@ def check_branch(trainer: DictConfig) -> None:
                                    "(resume=auto with branch_from resumes a stopped branch)")
 
 
+def start_checkpoint(trainer: DictConfig, run_dir: Path) -> tuple[Path | None, bool]:
+    """The checkpoint this run starts from, and whether it branches: the run directory's own
+    ``last.pt`` first (``trainer.resume=auto``: a stopped branch resumes itself), else
+    ``trainer.branch_from``, which must lie outside this run's directory."""
+    path = resume_path(trainer.resume, run_dir)
+    if path is not None or trainer.branch_from is None:
+        return path, False
+    source = Path(trainer.branch_from).expanduser()
+    if source.resolve().parent == run_dir.resolve():
+        raise ConfigError(KEY, f"{source} is this run's own directory: a branch needs a directory of its own "
+                               "(hydra.run.dir=...), or its parent's files would be overwritten")
+    return source, True
+
+
+def check_same_branch(branch_from: str | None, kept: dict[str, Any] | None, path: Path) -> None:
+    """A resumed run with ``trainer.branch_from`` set must be a branch of that very checkpoint."""
+    if branch_from is None:
+        return
+    parent = kept["checkpoint"] if kept else None
+    if parent is None or Path(parent).resolve() != Path(branch_from).expanduser().resolve():
+        what = f"a branch of {parent}" if parent else "no branch"
+        raise ConfigError(KEY, f"{path} is {what}, not of {branch_from}: resume it with its own trainer.branch_from, "
+                               "or branch into another directory")
+
+
 def lineage(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Where a branch comes from: the parent's run directory and checkpoint, its update and checksum."""
     return {"parent": str(path.parent), "checkpoint": str(path), "update": int(checkpoint["update"]),
             "checksum": checkpoint.get("checksum")}
 
 
-def parent_lr(path: Path, update: int) -> float | None:
-    """The first group's LR at ``update`` in the ``lr.csv`` beside checkpoint ``path``, if there is one."""
+#: The schedule fingerprint's entries a branch keeps from its parent (besides every ``optimizer.*``
+#: setting): the data position of update N and the parameter groups depend on them.
+KEPT = ("updates_per_epoch", "global_batch_size", "group_lr_scales", "unfreeze")
+
+
+def check_kept(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """A branch changes its schedule only: not the optimizer, the global batch or the groups."""
+    keys = sorted({str(k) for k in (*saved, *current) if k in KEPT or str(k).startswith("optimizer.")})
+    changed = [k for k in keys if saved.get(k) != current.get(k)]
+    if changed:
+        what = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ConfigError(KEY, f"{path} was trained with other settings ({what}); a branch changes its schedule only: "
+                               "keep them, or start a new run (trainer.init_from) from its weights")
+
+
+def parent_row(path: Path, update: int) -> dict[str, float] | None:
+    """The ``lr/<group>`` values at ``update`` in the ``lr.csv`` beside checkpoint ``path``, if any."""
     table = path.parent / "lr.csv"
     if not table.is_file():
         return None
-    with open(table, newline="") as f:
-        for row in csv.DictReader(f):
-            if int(float(row["update"])) == update:
-                return float(next(value for key, value in row.items() if key.startswith("lr/")))
+    try:
+        with open(table, newline="") as f:
+            for row in csv.DictReader(f):
+                if int(float(row["update"])) == update:
+                    return {k: float(v) for k, v in row.items() if k.startswith("lr/")}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError("trainer.branch_lr_jump", f"{table} cannot be read ({type(error).__name__}): pass "
+                                                    "trainer.branch_lr_jump=allow to branch without comparing") from None
     return None
 
 
-def check_lr_continues(path: Path, update: int, lr: float, policy: str) -> None:
-    """Refuse a branch whose LR ``lr`` at ``update`` is not its parent's (``policy`` ``allow`` accepts it)."""
+def check_lr_continues(path: Path, update: int, row: dict[str, float], parent: dict[str, Any], policy: str) -> None:
+    """Refuse a branch whose LRs at ``update`` (``row``: its ``lr.csv`` row) are not its parent's
+    (``parent``: the parent's schedule fingerprint); ``policy`` ``allow`` accepts any."""
     if policy == "allow":
         return
-    old = parent_lr(path, update)
+    if parent.get("name") == "plateau" or any(p.get("name") == "plateau" for p in parent.get("phases") or ()):
+        raise ConfigError("trainer.branch_lr_jump", "the parent's LR followed its validations (plateau), which its "
+                                                    "lr.csv does not hold: check the LR at the branch point in its "
+                                                    "logs, then pass trainer.branch_lr_jump=allow")
+    old = parent_row(path, update)
     if old is None:
         raise ConfigError("trainer.branch_lr_jump", f"{path.parent} has no lr.csv row for update {update} to compare "
                                                     "the LR with: pass trainer.branch_lr_jump=allow to branch anyway")
-    if not math.isclose(lr, old, rel_tol=1e-9, abs_tol=1e-15):
-        raise ConfigError(
-            "trainer.branch_lr_jump",
-            f"the branch's LR at update {update} is {lr:.6g}, its parent's was {old:.6g}: the LR would jump there. "
-            f"Start the new schedule's change at update {update} (schedule=wsd: total_steps - decay_steps = {update}), "
-            "or pass trainer.branch_lr_jump=allow",
-        )
+    for column in (c for c in row if c.startswith("lr/") and c in old):
+        if not math.isclose(row[column], old[column], rel_tol=1e-9, abs_tol=1e-15):
+            raise ConfigError(
+                "trainer.branch_lr_jump",
+                f"the branch's LR at update {update} is {row[column]:.6g}, its parent's was {old[column]:.6g} "
+                f"({column}): the LR would jump there. Start the new schedule's change at update {update} "
+                f"(schedule=wsd: total_steps - decay_steps = {update}), or pass trainer.branch_lr_jump=allow",
+            )

@@ -162,7 +162,7 @@ class Checkpointer:
         if self.keep_last_n > 0:
             prune_numbered(self.run_dir, self.keep_last_n)
 
-    def restore(self, checkpoint: dict[str, Any], path: Path) -> int:
+    def restore(self, checkpoint: dict[str, Any], path: Path, key: str = "trainer.resume") -> int:
         """Load every state of ``checkpoint`` (read from ``path``) into this run; returns the updates
         it had done. One that does not fit this run (another model, optimizer or group layout) is a
         ConfigError, raised before anything is written."""
@@ -176,7 +176,7 @@ class Checkpointer:
             # After the model: a control the checkpoint's run lacked starts from the restored weights.
             c.controls.load_state_dict(checkpoint["controls"])
         except (RuntimeError, ValueError, KeyError) as error:
-            raise ConfigError("trainer.resume", f"{path} does not fit this run: {one_line(error)}") from None
+            raise ConfigError(key, f"{path} does not fit this run: {one_line(error)}") from None
         self.best = checkpoint["checkpoints"]["best"]
         # Only this directory's own last.pt is "the last checkpoint" a stop may keep as last_good.pt:
         # a run resumed from another file (last_good.pt itself, another run's) has none yet.

@@ -3,8 +3,8 @@
 
 A resume must continue the run it stopped as if it never had: the schedule fingerprint (every
 setting that fixes the LR of an update, and the optimizer's own settings) must match, unless
-``trainer.resume_schedule=override`` says a change is meant (e.g. a WSD cooldown branched from a
-running job)."""
+``trainer.resume_schedule=override`` says a change is meant (a cooldown branched into a run of its
+own is :mod:`trainer.rundir.branch`)."""
 
 from __future__ import annotations
 
@@ -106,5 +106,5 @@ def check_schedule_unchanged(saved: dict, current: dict, path: Path, policy: str
         "trainer.resume_schedule",
         f"{path} was trained with another schedule or optimizer setting ({diff}); resuming would change "
         "every later update. Pass trainer.resume_schedule=override to continue with the new settings "
-        "(e.g. to branch a WSD cooldown)",
+        "(a WSD cooldown into a run of its own: trainer.branch_from)",
     )

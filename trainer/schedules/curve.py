@@ -32,10 +32,11 @@ PLATEAU_NOTE = "plateau: the LR cuts depend on validation and are not drawn"
 Row = dict[str, float]
 
 
-def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: int) -> list[Row]:
-    """Every update's LRs (and momentum) as training applies them, through the same
-    :func:`~trainer.schedules.schedule.apply_schedule`, on a copy of the groups' settings: the optimizer
-    itself is left as it was. A ``plateau`` schedule gives its LR before any cut."""
+def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: int, first: int = 0) -> list[Row]:
+    """The LRs (and momentum) of updates ``first`` to ``num_updates - 1`` as training applies them,
+    through the same :func:`~trainer.schedules.schedule.apply_schedule` (a pure function of the
+    update), on a copy of the groups' settings: the optimizer itself is left as it was. A
+    ``plateau`` schedule gives its LR before any cut."""
     from trainer.optim.groups import group_names
     from trainer.schedules.schedule import applied_lrs, applied_momentum, apply_schedule
 
@@ -43,7 +44,7 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
     names = group_names(optimizer)
     scheduled_momentum = schedule.momentum_fn is not None
     rows = []
-    for update in range(num_updates):
+    for update in range(first, num_updates):
         apply_schedule(groups, schedule, update)
         row = {"update": update, "t": schedule.position(update)}
         row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(groups, steps_done=update))})

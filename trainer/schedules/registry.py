@@ -4,7 +4,8 @@ schedule config to a run.
 Conventions, shared by every schedule:
 
 - ``t`` is the 0-based index of the optimizer update (``interval=step``) or of the epoch
-  (``interval=epoch``) that is about to run. Update ``t`` uses the LR the schedule gives at ``t``
+  (``interval=epoch``) that is about to run, or the examples or tokens trained on before it
+  (``sample``, ``token``: :meth:`~trainer.schedules.schedule.Schedule.position`). Update ``t`` uses the LR the schedule gives at ``t``
   (seed 000's table: warmup_cosine gives 0 at t=0 and the peak at t=W).
 - A schedule function returns the absolute LR for a reference group whose base LR is the peak
   ``peak_lr`` (η, ``optimizer.lr``). The trainer scales every parameter group by its own base LR:

@@ -77,11 +77,6 @@ class Schedule:
             return update // self.updates_per_epoch
         return update * self.units_per_update  # step: 1 per update
 
-    def first_update_at(self, t: int) -> int:
-        """The first optimizer update whose schedule index is at least ``t``."""
-        return first_update_at(t, self.interval, updates_per_epoch=self.updates_per_epoch,
-                               units_per_update=self.units_per_update)
-
     def lr(self, update: int) -> float:
         """LR for the reference group (base LR = η) at optimizer update ``update``, times
         :attr:`lr_scale`."""
@@ -99,7 +94,8 @@ class Schedule:
 
     def phase_starts(self) -> list[tuple[int, str]]:
         """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
-        return [(self.first_update_at(start), name) for name, start in self.phases[1:]]
+        return [(first_update_at(start, self.interval, updates_per_epoch=self.updates_per_epoch,
+                                 units_per_update=self.units_per_update), name) for name, start in self.phases[1:]]
 
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""
