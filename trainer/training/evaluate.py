@@ -177,6 +177,14 @@ class Validation:
         return evaluate(self.model, batches, self.precision, flip=self.flip, loss_fn=self.loss_fn, world=self.world)
 
     def recompute_batch_norm(self, batches: Callable[[], Iterable[Batch]]) -> None:
-        """:func:`recompute_batch_norm` over ``batches()``, made only when the model has BatchNorm."""
-        if batch_norms(self.model):
-            recompute_batch_norm(self.model, batches(), self.precision)
+        """:func:`recompute_batch_norm` over ``batches()``, made only when the model has BatchNorm;
+        under several ranks each averages its own batches, then the ranks average their statistics
+        (the mean exactly, the variance without the spread between ranks' means), so every rank
+        validates, and rank 0 saves, the same ones."""
+        layers = batch_norms(self.model)
+        if not layers:
+            return
+        recompute_batch_norm(self.model, batches(), self.precision)
+        for layer in layers:
+            layer.running_mean.copy_(self.world.mean(layer.running_mean))
+            layer.running_var.copy_(self.world.mean(layer.running_var))
