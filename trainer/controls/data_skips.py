@@ -1,9 +1,10 @@
 """``data.on_error=skip``: the examples a map-style dataset left out, as ``data/skipped``.
 
-The dataset counts them in the training process as it takes each micro-batch from its workers
-(:meth:`~trainer.data.map_style.MapDataset.usable`), and fails the run past ``data.max_skipped``;
-this control logs the running count with each logged update, adds it to the final metrics and
-keeps it in the checkpoint, so a resumed run goes on counting where the stopped one was. Under
+The dataset collects them in the training process as it takes each micro-batch from its workers
+(:meth:`~trainer.data.map_style.MapDataset.usable`), each distinct example once however often it
+is read (every epoch, every validation), and fails the run past ``data.max_skipped`` of them; this
+control logs their running count with each logged update, adds it to the final metrics and keeps
+them in the checkpoint, so a resumed run goes on counting where the stopped one was. Under
 several ranks each counts what it read itself: the log and the cap are per rank.
 """
 
@@ -38,16 +39,16 @@ class DataSkips(Control):
 
     def counters(self) -> dict[str, torch.Tensor]:
         # fill_ from a host number launches a kernel without a sync, and only when the count moved.
-        if self.dataset.skipped != self._shown:
-            self._shown = self.dataset.skipped
+        if len(self.dataset.skipped) != self._shown:
+            self._shown = len(self.dataset.skipped)
             self._count.fill_(self._shown)
         return {"data/skipped": self._count}
 
     def final_metrics(self) -> dict[str, float]:
-        return {"data/skipped": self.dataset.skipped}
+        return {"data/skipped": len(self.dataset.skipped)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.dataset.skipped}
+        return {"skipped": sorted(self.dataset.skipped)}  # [(split, index)]: a checkpoint loads without pickle
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        self.dataset.skipped = state["skipped"] if state is not None else 0
+        self.dataset.skipped = {(str(split), int(index)) for split, index in state["skipped"]} if state else set()

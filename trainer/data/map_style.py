@@ -50,8 +50,8 @@ PARAMS = {
     "num_classes": Param(None, "classes when the training split has no classes attribute", int, low=1, extra=(None,)),
     "on_error": Param("raise", "an example that cannot be read or used mid-run: raise (the run fails naming it) or "
                       "skip (left out of its micro-batch, counted as data/skipped)", str, choices=("raise", "skip")),
-    "max_skipped": Param(10, "with on_error=skip, the most examples skipped over the run (training and every "
-                         "validation) before it fails as with raise", int, low=0),
+    "max_skipped": Param(10, "with on_error=skip, the most distinct examples left out over the run (each counts "
+                         "once, however often it is read) before it fails as with raise", int, low=0),
 }
 #: ``data=image_folder``'s own keys, which its split targets read (conf/data/image_folder.yaml).
 IMAGE_FOLDER_PARAMS = {
@@ -296,7 +296,8 @@ class MapDataset:
 
     ``input_shape`` is one example's input shape; ``num_classes`` the classes (or vocabulary).
     ``val=None`` trains without validation. ``skip``: ``data.on_error=skip``, which leaves out
-    examples that fail, at most ``max_skipped`` over the run (``skipped`` counts them).
+    examples that fail, at most ``max_skipped`` distinct ones over the run (``skipped`` holds them,
+    as (split, index): an example left out at every epoch or validation counts once).
     """
 
     train: TorchDataset
@@ -307,7 +308,7 @@ class MapDataset:
     pin_memory: bool = False
     skip: bool = False
     max_skipped: int = 10
-    skipped: int = 0
+    skipped: set[tuple[str, int]] = field(default_factory=set)
     _loaders: dict[tuple, tuple[DataLoader, EpochSampler | None]] = field(default_factory=dict, repr=False)
 
     @property
@@ -325,13 +326,13 @@ class MapDataset:
     def usable(self, batch: Batch | Flawed) -> Batch:
         """A batch as a worker read it: a :class:`Flawed` one raises its error, or with
         ``data.on_error=skip`` adds its left-out examples to ``skipped`` (a DataError past
-        ``max_skipped``). One isinstance check for a batch that read well."""
+        ``max_skipped`` distinct ones). One isinstance check for a batch that read well."""
         if not isinstance(batch, Flawed):
             return batch
         if batch.batch is None:
             raise batch.errors[0]
-        self.skipped += len(batch.errors)
-        if self.skipped > self.max_skipped:
+        self.skipped.update((error.split, error.indices[0]) for error in batch.errors)
+        if len(self.skipped) > self.max_skipped:
             last = batch.errors[-1]
             raise DataError(last.split, last.indices, last.cause, last.path, f"more than data.max_skipped="
                             f"{self.max_skipped} examples skipped: fix the data, or raise data.max_skipped")
