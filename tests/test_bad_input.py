@@ -125,6 +125,8 @@ DOORS = [
     ("trainer.preview", ["schedule.min_Lr=0.1"], "error: schedule.min_Lr: no such key; did you mean min_lr?"),
     ("trainer.sample", ["missing_run"], "error: RUN_DIR: missing_run is not a directory"),
     ("trainer.compare", ["empty"], "error: SWEEP_DIR: empty holds no runs"),
+    ("trainer.compare", [], "error: the following arguments are required: sweep_dir (see python -m trainer.compare --help)"),
+    ("trainer.sample", ["--chars", "abc", "missing_run"], "error: argument --chars: invalid int value: 'abc'"),
 ]
 
 

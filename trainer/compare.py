@@ -11,7 +11,6 @@ sets the sweep's exit code from how its jobs ended.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -24,7 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.errors import FINISHED, refuse, sweep_exit_code
+from trainer.errors import FINISHED, OneLineParser, refuse, sweep_exit_code
 from trainer.files import figure_bytes, write_atomic
 from trainer.rundir.hparams import read_overrides
 from trainer.rundir.summary import SUMMARY_FILE, read_summary
@@ -278,7 +277,7 @@ class SweepReport(Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m trainer.compare", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m trainer.compare", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (one sub-directory per job)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: SWEEP_DIR)")
     args = parser.parse_args(argv)

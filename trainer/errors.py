@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from collections.abc import Sequence
@@ -155,6 +156,14 @@ def refuse(error: ConfigError | str) -> NoReturn:
     """How every door refuses bad input: one line on stderr, exit code 2."""
     print(f"error: {error}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The tools' argument parser: a missing or malformed argument is refused as every door refuses
+    bad input (argparse's own error prints its usage line first: two lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        refuse(f"{message} (see {self.prog} --help)")
 
 
 def require(ok: bool, key: str, message: str) -> None:

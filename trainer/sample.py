@@ -8,7 +8,6 @@ sampling). Characters map to token ids through the run's ``vocab.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trainer.data.text import decode, encode
-from trainer.errors import ConfigError, one_line, refuse, require
+from trainer.errors import ConfigError, OneLineParser, one_line, refuse, require
 from trainer.models import SEQUENCE_MODELS, build_model
 from trainer.rundir.checkpoint import load_checkpoint
 
@@ -64,7 +63,7 @@ def generate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m trainer.sample", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m trainer.sample", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run of model=gpt (holds config.yaml, vocab.json, last.pt)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights to use (default: RUN_DIR/last.pt)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
