@@ -143,6 +143,11 @@ def budget_updates(trainer: DictConfig, updates_per_epoch: int, global_batch: in
 AUTO_WARMUP_RATIO = 1 / 14
 
 
+def warms_up(schedule: DictConfig) -> bool:
+    """Whether ``schedule`` asks for a warmup: any ``warmup_steps`` (``auto`` too) or a ``warmup_ratio``."""
+    return schedule.warmup_steps != 0 or schedule.warmup_ratio is not None
+
+
 def check_one_warmup(warmup_steps: int | str, warmup_ratio: float | None) -> None:
     """A warmup is given as ``schedule.warmup_steps`` or ``schedule.warmup_ratio``, not both
     (``auto`` steps give way to a ratio)."""

@@ -20,7 +20,7 @@ from trainer.optim import schedule_free
 from trainer.optim.factory import check_optimizer
 from trainer.optim.unfreeze import UNFREEZE, check_unfreeze
 from trainer.params import Param, check_params, unknown_key_message
-from trainer.plan import check_one_warmup
+from trainer.plan import check_one_warmup, warms_up
 from trainer.rundir import branch, init_from
 from trainer.rundir.writers import LOGGER, check_writers, writer_nodes
 from trainer.schedules.registry import COMMON, COMMON_KEYS, check_schedule_params, schedule_names, spec_of
@@ -182,18 +182,17 @@ def _validate_schedule(schedule: DictConfig, optimizer: DictConfig) -> None:
             "schedule.interval",
             f"{name} is defined per optimizer update; use schedule.interval=step",
         )
-    warms_up = schedule.warmup_steps != 0 or schedule.warmup_ratio is not None
     if spec_of(schedule.name).absolute:  # it sweeps absolute LRs: nothing may scale or bend them
         what = f"{schedule.name} gives absolute LRs (it ignores optimizer.lr)"
         require(optimizer.lr_scaling == "none", "optimizer.lr_scaling", f"{what}; use optimizer.lr_scaling=none")
         require(schedule.temperature == 1, "schedule.temperature", f"{what}; leave schedule.temperature=1")
         require(
-            not warms_up, "schedule.warmup_steps",
+            not warms_up(schedule), "schedule.warmup_steps",
             f"{what} from its first to its last; a warmup would keep it from reaching the last: set "
             "schedule.warmup_steps=0 (and leave schedule.warmup_ratio unset)",
         )
     require(
-        not warms_up or schedule.warmup_start_lr < optimizer.lr,
+        not warms_up(schedule) or schedule.warmup_start_lr < optimizer.lr,
         "schedule.warmup_start_lr",
         f"the warmup rises from {schedule.warmup_start_lr} to the peak optimizer.lr={optimizer.lr}: start below the peak",
     )

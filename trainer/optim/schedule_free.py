@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from trainer.errors import ConfigError, require
 from trainer.params import Param
+from trainer.plan import warms_up
 
 if TYPE_CHECKING:  # torch is imported where it runs: the schedules' package face (and so --help) goes without it
     import torch
@@ -76,8 +77,7 @@ def check_schedule(optimizer: DictConfig, schedule: DictConfig) -> None:
     ``optimizer.allow_schedule=true``: one ConfigError naming the key otherwise."""
     if not names_schedule_free(optimizer) or optimizer.get("allow_schedule", False):
         return
-    warms_up = schedule.warmup_steps != 0 or schedule.warmup_ratio is not None
-    if schedule.name != "constant" or warms_up:
+    if schedule.name != "constant" or warms_up(schedule):
         what = f"schedule={schedule.name}" if schedule.name != "constant" else "a schedule warmup"
         plus = "" if "allow_schedule" in optimizer else "+"  # optimizer=target has no such key yet
         raise ConfigError(

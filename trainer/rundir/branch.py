@@ -13,7 +13,6 @@ the parent's (read from the parent's ``lr.csv``) would jump there: refused, unle
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 from trainer.errors import ConfigError
 from trainer.params import Param
 from trainer.rundir.resume import resume_path
+from trainer.schedules.curve import read_lr_csv
 
 KEY = "trainer.branch_from"
 
@@ -98,14 +98,11 @@ def parent_row(path: Path, update: int) -> dict[str, float] | None:
     if not table.is_file():
         return None
     try:
-        with open(table, newline="") as f:
-            for row in csv.DictReader(f):
-                if int(float(row["update"])) == update:
-                    return {k: float(v) for k, v in row.items() if k.startswith("lr/")}
+        row = next((row for row in read_lr_csv(table) if int(row["update"]) == update), None)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError("trainer.branch_lr_jump", f"{table} cannot be read ({type(error).__name__}): pass "
                                                     "trainer.branch_lr_jump=allow to branch without comparing") from None
-    return None
+    return None if row is None else {k: v for k, v in row.items() if k.startswith("lr/")}
 
 
 def check_lr_continues(path: Path, update: int, row: dict[str, float], parent: dict[str, Any], policy: str) -> None:
