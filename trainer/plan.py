@@ -10,13 +10,17 @@ from omegaconf import DictConfig
 
 from trainer.errors import require
 
+#: ``max_updates`` of a run that only ``trainer.max_time`` ends: more updates than any run makes.
+UNBOUNDED = 2**62
+
 
 @dataclass(frozen=True)
 class RunPlan:
     """Quantities derived from the config and the data size.
 
-    ``max_updates`` counts optimizer updates; ``total_steps`` and ``warmup_steps`` are in the
-    schedule's ``interval`` units (updates, epochs, examples or tokens).
+    ``max_updates`` counts optimizer updates (:data:`UNBOUNDED` when only ``trainer.max_time``
+    ends the run); ``total_steps`` and ``warmup_steps`` are in the schedule's ``interval`` units
+    (updates, epochs, examples, tokens or seconds).
     """
 
     updates_per_epoch: int
@@ -108,7 +112,7 @@ def plan_run(
     max_updates = run_length if run_length is not None else budget_updates(
         trainer, updates_per_epoch, global_batch, tokens_per_example)
     num_epochs = math.ceil(max_updates / updates_per_epoch)
-    derived_total = num_epochs if schedule.interval == "epoch" else max_updates * units
+    derived_total = {"epoch": num_epochs, "time": trainer.get("max_time")}.get(schedule.interval, max_updates * units)
     total_steps = schedule.total_steps if schedule.total_steps is not None else derived_total
     warmup_steps = warmup_length(schedule.warmup_steps, schedule.warmup_ratio, total_steps, unit=schedule.interval)
     lr_scale = schedule.temperature * batch_lr_factor(cfg, global_batch)
@@ -126,7 +130,9 @@ def plan_run(
 
 def budget_updates(trainer: DictConfig, updates_per_epoch: int, global_batch: int, tokens_per_example: int | None) -> int:
     """The run's updates from its budget: ``trainer.max_steps``, else the updates that first reach
-    ``trainer.max_samples`` examples or ``trainer.max_tokens`` tokens, else ``trainer.max_epochs``."""
+    ``trainer.max_samples`` examples or ``trainer.max_tokens`` tokens (each also a cap under
+    ``trainer.max_time``), else :data:`UNBOUNDED` when ``trainer.max_time`` ends the run, else
+    ``trainer.max_epochs``."""
     if trainer.max_steps is not None:
         return trainer.max_steps
     if trainer.get("max_samples") is not None:
@@ -135,6 +141,8 @@ def budget_updates(trainer: DictConfig, updates_per_epoch: int, global_batch: in
         require(tokens_per_example is not None, "trainer.max_tokens",
                 "this data's examples are not token sequences: give the budget as trainer.max_samples")
         return -(-trainer.max_tokens // (global_batch * tokens_per_example))
+    if trainer.get("max_time") is not None:
+        return UNBOUNDED
     return trainer.max_epochs * updates_per_epoch
 
 

@@ -29,8 +29,10 @@ from trainer.optim.unfreeze import Stage, unfreeze_stages
 from trainer.plan import RunPlan, plan_run
 from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
+from trainer.schedules.curve import LrLog
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
+from trainer.training.clock import TrainingClock, uses_clock
 from trainer.training.evaluate import Validation, class_scores
 from trainer.training.loop import Loop
 from trainer.training.loss import Loss
@@ -107,14 +109,16 @@ def check_model_fits(model: nn.Module, check: FitCheck, device: torch.device, lo
 
 @dataclass(frozen=True)
 class Optimization:
-    """What decides every update: the model, its optimizer and schedule, the derived plan, and the
-    unfreeze stages the optimizer's groups were made for."""
+    """What decides every update: the model, its optimizer and schedule, the derived plan, the
+    unfreeze stages the optimizer's groups were made for, and the training clock (None unless the
+    schedule or the budget is in seconds)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     plan: RunPlan
     stages: list[Stage]
+    clock: TrainingClock | None = None
 
 
 def build_optimization(
@@ -159,11 +163,14 @@ def build_optimization(
         lr_scale=plan.lr_scale,
         units_per_update=plan.units_per_update,
     )
+    clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device) if uses_clock(cfg) else None
+    if clock is not None:
+        schedule.seconds = clock.at  # interval=time: t is the clock's reading at each update
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
         check_stages_fit(stages, optimizer, plan)
         check_spike_window(cfg, plan)
-    return Optimization(model, optimizer, schedule, plan, stages)
+    return Optimization(model, optimizer, schedule, plan, stages, clock)
 
 
 def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule, RunPlan]:
@@ -202,7 +209,7 @@ def build_training(
     controls = Controls.build(cfg, Parts(model, optimizer, built.schedule, device, world,
                                          scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
-                     cfg.trainer.clip_grad_norm, world, controls=controls)
+                     cfg.trainer.clip_grad_norm, world, controls=controls, clock=built.clock)
     contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed,
                         plan.updates_per_epoch, plan.accumulate_grad_batches)
     checkpoints = Checkpointer(
@@ -227,19 +234,26 @@ def build_loop(
     ``group_lrs_differ``: whether the run's parameter groups ever run at different LRs (then each
     gets its own ``train/lr/<group>`` chart; otherwise ``train/lr`` is every group's)."""
     world = world or World()
+    schedule, names = training.step.schedule, group_names(training.step.optimizer)
+    timed, extra_writers = schedule.interval == "time", []
+    if timed and world.is_main:  # its lr.csv is written as it logs, its t beside each LR
+        extra_writers.append(LrLog(run_dir / "lr.csv", names, momentum=schedule.momentum_fn is not None,
+                                   purge_step=start_update))
     logger = RunLogger(
         run_dir,
         log_every_n_steps=1 if training.controls.logs_every_update else cfg.logger.log_every_n_steps,
         read_every_n_steps=cfg.logger.read_every_n_steps,
         max_updates=plan.max_updates,
         updates_per_epoch=plan.updates_per_epoch,
-        group_names=group_names(training.step.optimizer) if group_lrs_differ else [],
+        group_names=names if group_lrs_differ else [],
         writers=list(cfg.logger.writers),
         config=config,
         progress_bar=cfg.logger.progress_bar,
         start_update=start_update,
         resumed_val=resumed_val,
         world=world,
+        times=schedule.position if timed else None,
+        extra_writers=extra_writers,
     )
     return Loop(
         training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,

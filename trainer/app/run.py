@@ -40,7 +40,17 @@ from trainer.rundir.init_from import init_weights
 from trainer.rundir.lock import hold_run_dir, remove_if_empty
 from trainer.rundir.resume import check_run_unchanged, check_schedule_unchanged, schedule_fingerprint
 from trainer.rundir.summary import describe_run, write_summary
-from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_columns, lr_rows, lr_title, read_lr_csv, write_lr_csv
+from trainer.schedules.curve import (
+    PLATEAU_NOTE,
+    draw_lr,
+    lr_columns,
+    lr_rows,
+    lr_title,
+    phase_joins,
+    read_lr_csv,
+    sampled_rows,
+    write_lr_csv,
+)
 from trainer.training.precision import Precision, resolve_device, resolve_precision
 
 
@@ -190,7 +200,11 @@ def _prepare(
     # The exact LR of every update (the plateau schedule's before any cut, so before a resume
     # restores its cuts), rank 0's to write: lr.csv before training, lr.png from it once the run
     # completes (matplotlib would delay the start; a long run's rows need not stay in memory).
-    lrs = lr_rows(built.optimizer, built.schedule, built.plan.max_updates) if world.is_main else []
+    # A schedule in seconds writes its rows as it goes (LrLog); here only its shape.
+    timed, lrs = built.schedule.interval == "time", []
+    if world.is_main:
+        lrs = sampled_rows(built.optimizer, built.schedule) if timed else lr_rows(built.optimizer, built.schedule,
+                                                                                   built.plan.max_updates)
     config = resolved_config(cfg, built.plan)
     if checkpoint is not None:
         _check_continues(cfg, built, checkpoint, checkpoint_path, fingerprint, config, branching=branching)
@@ -213,7 +227,7 @@ def _prepare(
     if world.is_main:  # the only rank that writes
         expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
-        write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs)
+        write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs if not timed else None)
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
     # A plateau's cuts scale every group alike: groups that start alike stay alike.
     group_lrs_differ = bool(lrs) and len(lr_columns(lrs)) > 1
@@ -242,25 +256,28 @@ def _check_continues(
 def _finish(cfg: DictConfig, run: Prepared, run_dir: Path, metrics: dict[str, float], write: Callable[[str], None]) -> None:
     """After the last update, on rank 0: ``lr.png``, and what each control leaves (``lr_find.json``)."""
     schedule = run.built.schedule
-    draw_lr(read_lr_csv(run_dir / "lr.csv"), run_dir / "lr.png", title=lr_title(cfg, run.built.plan),
-            note=PLATEAU_NOTE if schedule.plateau is not None else None, joins=schedule.phase_starts())
+    rows = read_lr_csv(run_dir / "lr.csv")
+    draw_lr(rows, run_dir / "lr.png", title=lr_title(cfg, run.built.plan),
+            note=PLATEAU_NOTE if schedule.plateau is not None else None, joins=phase_joins(rows, schedule))
     for control in run.training.controls:
         control.finish(run_dir, metrics, write)
 
 
 def write_run_files(
     cfg: DictConfig, config: DictConfig, overrides: list[str] | None, built: Optimization, dataset: Dataset,
-    run_dir: Path, lrs: list[dict[str, float]],
+    run_dir: Path, lrs: list[dict[str, float]] | None,
 ) -> None:
     """What the run directory holds besides logs and checkpoints, written on rank 0 before training:
-    ``config.yaml``, ``overrides.yaml``, ``lr.csv`` (``lrs``), ``param_groups.md``, and what the
-    data keeps there (a vocabulary)."""
+    ``config.yaml``, ``overrides.yaml``, ``lr.csv`` (``lrs``; None: a schedule in seconds, whose
+    rows its run writes as it logs them), ``param_groups.md``, and what the data keeps there (a
+    vocabulary)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     write_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
     if hasattr(dataset, "write_files"):
         dataset.write_files(run_dir)
-    write_lr_csv(lrs, run_dir / "lr.csv")
+    if lrs is not None:
+        write_lr_csv(lrs, run_dir / "lr.csv")
     table = write_group_table(built.optimizer, run_dir)
     if custom_groups(cfg.optimizer, cfg.trainer.unfreeze):
         print(f"parameter groups (also in {run_dir / 'param_groups.md'}):\n{table}")

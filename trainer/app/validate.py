@@ -25,6 +25,7 @@ from trainer.rundir import branch, init_from
 from trainer.rundir.writers import LOGGER, check_writers, writer_nodes
 from trainer.schedules.registry import COMMON, COMMON_KEYS, check_schedule_params, schedule_names, spec_of
 from trainer.schedules.schedule import Schedule
+from trainer.training.clock import check_time
 from trainer.training.precision import check_precision
 
 #: The config's top-level keys: one group per component, and the seed.
@@ -34,12 +35,16 @@ SEED = Param(0, "seeds model init, data order and synthetic data", int, low=0)
 
 #: ``trainer.*`` (conf/trainer/default.yaml) not owned by a feature module: read by trainer.app and trainer.training.
 TRAINER: dict[str, Param] = {
-    "max_epochs": Param(3, "epochs to train; ignored when max_steps is set", int, low=1, extra=(None,)),
+    "max_epochs": Param(3, "epochs to train; ignored when max_steps (max_samples, max_tokens, max_time) is set", int,
+                        low=1, extra=(None,)),
     "max_steps": Param(None, "optimizer updates to train; wins over max_epochs when set", int, low=1, extra=(None,)),
     "max_samples": Param(None, "training examples to train on (the updates that first reach them); in place of "
                          "max_steps", int, low=1, extra=(None,)),
     "max_tokens": Param(None, "tokens to train on, for token data (the updates that first reach them); in place of "
                         "max_steps", int, low=1, extra=(None,)),
+    "max_time": Param(None, "seconds of training (validation and checkpoints not counted) after which the run ends "
+                      "with its validation and checkpoint; max_steps (max_samples, max_tokens) may cap it too", int,
+                      low=1, extra=(None,)),
     "accumulate_grad_batches": Param(1, "micro-batches per optimizer update and rank (the schedule counts updates)",
                                      int, low=1),
     "global_batch_size": Param(None, "examples per update over all ranks; derives accumulate_grad_batches", int,
@@ -105,6 +110,7 @@ def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     check_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule, cfg.optimizer)
     schedule_free.check_schedule(cfg.optimizer, cfg.schedule)
+    check_time(cfg)
     if strategy is None:
         strategy = cfg.trainer.strategy if cfg.trainer.strategy != "auto" else "single"
     # Checks between keys of different owners, each written beside the code it protects.
@@ -134,7 +140,7 @@ def _validate_trainer(trainer: DictConfig) -> None:
     _check_nodes("trainer", *trainer_params(), trainer)
     budgets = [key for key in ("max_steps", "max_samples", "max_tokens") if trainer.get(key) is not None]
     require(
-        budgets or trainer.max_epochs is not None,
+        budgets or trainer.max_epochs is not None or trainer.get("max_time") is not None,
         "trainer.max_epochs",
         "set trainer.max_epochs or trainer.max_steps (both are null)",
     )

@@ -5,6 +5,10 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.distributed import World
 
 
 class StopOnSignal:
@@ -29,6 +33,12 @@ class StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
+
+    def agreed(self, world: World) -> str | None:
+        """The stop signal's name once any rank of ``world`` has one, on every rank at the same update."""
+        if world.any(self.requested is not None):
+            return self.requested or "a signal to another rank"
+        return None
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():

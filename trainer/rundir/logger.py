@@ -9,7 +9,7 @@ sync per update, so the host keeps queueing work ahead of the GPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.distributed import World
+from trainer.plan import UNBOUNDED
 from trainer.rundir.writers import Writer, open_writers
 
 
@@ -31,13 +32,16 @@ class Pending:
     epoch: int
     tags: tuple[str, ...]  # the counters' tags, in the order of ``tensors[2:]``
     tensors: tuple[torch.Tensor, ...]  # loss, grad_norm, *counters
+    t: float | None = None  # a schedule in seconds: the t its LR was set from
 
 
 class RunLogger:
     """Writes ``train/lr``, ``train/lr/<group>`` (for each of ``group_names``: pass none when every
     group runs at ``train/lr``), ``train/momentum``, ``train/loss``,
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
-    ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only)."""
+    ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only);
+    with ``times`` (a schedule in seconds: the t of an update), ``train/t`` too. ``extra_writers``
+    (rank 0's) get every scalar as the named writers do (a time run's ``lr.csv``)."""
 
     def __init__(
         self,
@@ -54,8 +58,10 @@ class RunLogger:
         start_update: int = 0,
         resumed_val: Mapping[str, float] | None = None,
         world: World | None = None,
+        times: Callable[[int], float] | None = None,
+        extra_writers: Sequence[Writer] = (),
     ) -> None:
-        self.world = world or World()
+        self.world, self.times = world or World(), times
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
@@ -68,16 +74,17 @@ class RunLogger:
         self.last_val: tuple[int, dict[str, float]] = (-1, {})
         self.group_names = group_names
         self.updates_per_epoch = updates_per_epoch
-        self.num_epochs = -(-max_updates // updates_per_epoch)
+        bounded = max_updates < UNBOUNDED  # else trainer.max_time alone ends the run: no count to show
+        self.num_epochs = -(-max_updates // updates_per_epoch) if bounded else None
         # Only rank 0 writes. A resumed run's writers drop what was logged after its checkpoint.
-        self.writers: list[Writer] = open_writers(
+        self.writers: list[Writer] = [*open_writers(
             writers, run_dir, purge_step=start_update, config=config or {}
-        ) if self.world.is_main else []
+        ), *extra_writers] if self.world.is_main else []
         if resumed_val:  # logged at the checkpoint's own update: the purge dropped them, so again
             self._write(start_update, resumed_val)
             self.last_val = (start_update, dict(resumed_val))
         self.bar = tqdm(
-            total=max_updates, initial=start_update, unit="upd", dynamic_ncols=True,
+            total=max_updates if bounded else None, initial=start_update, unit="upd", dynamic_ncols=True,
             disable=not (progress_bar and self.world.is_main),
         )
         self._show_epoch()
@@ -87,7 +94,11 @@ class RunLogger:
             writer.scalars(step, values)
 
     def _show_epoch(self) -> None:
-        """``epoch E/N`` (1-based) before the bar, for the update it runs next."""
+        """``epoch E/N`` (1-based; ``epoch E`` when only the time budget ends the run) before the bar,
+        for the update it runs next."""
+        if self.num_epochs is None:
+            self.bar.set_description(f"epoch {self.bar.n // self.updates_per_epoch + 1}", refresh=False)
+            return
         epoch = min(self.bar.n // self.updates_per_epoch, self.num_epochs - 1)
         self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}", refresh=False)
 
@@ -108,7 +119,8 @@ class RunLogger:
         copied on the device (one small op each, no sync)."""
         counters = counters or {}
         tensors = (loss, grad_norm, *(count.clone() for count in counters.values()))
-        self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors))
+        t = self.times(update) if self.times is not None else None
+        self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors, t))
 
     def read(self) -> list[dict[str, float]]:
         """Read every pending update's device values (one host-device sync) and write their
@@ -128,6 +140,8 @@ class RunLogger:
                 scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, pending.lrs)})
             if pending.momentum is not None:
                 scalars["train/momentum"] = pending.momentum
+            if pending.t is not None:
+                scalars["train/t"] = pending.t
             self._write(pending.update, scalars)
             records.append(scalars)
         if not self.bar.disable:

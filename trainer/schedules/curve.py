@@ -4,14 +4,18 @@ What ``python -m trainer.preview`` writes, what every run writes into its direct
 curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report draws per job.
 ``lr.csv`` has one row per optimizer update (0-based): ``update``, ``t`` (the schedule index, in
 ``schedule.interval`` units), ``lr/<group>`` for every parameter group, and ``momentum`` when the
-schedule sets it. matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
+schedule sets it. A schedule in seconds (``interval=time``) is known only as the run goes: its run
+writes a row per logged update as it logs it (:class:`LrLog`), the t read from the training clock.
+matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -54,9 +58,30 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
     return rows
 
 
+def sampled_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, points: int = 65) -> list[Row]:
+    """A schedule in seconds at ``points`` values of t spread evenly over [0, T] (``update``: the
+    point's index), for what depends on the curve's shape alone (whether the groups' LRs differ)."""
+    spacing = schedule.total_steps / (points - 1)
+    return lr_rows(optimizer, dataclasses.replace(schedule, seconds=lambda point: point * spacing), points)
+
+
+def phase_joins(rows: Sequence[Row], schedule: Schedule) -> list[tuple[int, str]]:
+    """(first update, name) of each later phase of a chain: for a schedule in seconds, the first of
+    ``rows`` whose t reaches the phase's start (the updates are the run's, or an estimate's)."""
+    if schedule.interval != "time":
+        return schedule.phase_starts()
+    joins = []
+    for name, start in schedule.phases[1:]:
+        reached = next((row for row in rows if row["t"] >= start), None)
+        if reached is not None:
+            joins.append((int(reached["update"]), name))
+    return joins
+
+
 def lr_title(cfg: DictConfig, plan: RunPlan) -> str:
-    """``NAME (interval, T=total_steps, W=warmup_steps)``: the schedule as the run derived it."""
-    return f"{cfg.schedule.name} ({cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps})"
+    """``NAME (interval, T=total_steps, W=warmup_steps)``: the schedule as the run derived it (in seconds: ``T=60 s``)."""
+    unit = " s" if cfg.schedule.interval == "time" else ""
+    return f"{cfg.schedule.name} ({cfg.schedule.interval}, T={plan.total_steps}{unit}, W={plan.warmup_steps}{unit})"
 
 
 def write_lr_csv(rows: list[Row], path: Path) -> None:
@@ -70,6 +95,47 @@ def write_lr_csv(rows: list[Row], path: Path) -> None:
 def read_lr_csv(path: Path) -> list[Row]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+class LrLog:
+    """``lr.csv`` of a run with a schedule in seconds: one row per logged update, written as the
+    run's logger writes its scalars (``train/t``, ``train/lr``, ``train/lr/<group>``,
+    ``train/momentum``: the LRs as applied), a writer of :mod:`trainer.rundir.writers`' kind.
+
+    ``group_names``: every parameter group's, in order (a group without a ``train/lr/<group>`` of
+    its own runs at ``train/lr``). A resumed run (``purge_step`` > 0) first drops the rows at or
+    after the update it resumes from, and a row a kill cut short, as the other writers do.
+    """
+
+    def __init__(self, path: Path, group_names: Sequence[str], *, momentum: bool, purge_step: int) -> None:
+        self.names, self.momentum = list(group_names), momentum
+        header = ["update", "t", *(f"lr/{name}" for name in self.names), *(["momentum"] if momentum else [])]
+        kept = []
+        if purge_step > 0 and path.is_file():
+            with open(path, newline="") as f:
+                kept = [row for row in list(csv.reader(f))[1:] if len(row) == len(header) and int(row[0]) < purge_step]
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([header, *kept])
+        write_atomic(path, text.getvalue())
+        self._file = open(path, "a", newline="")
+        self._csv = csv.writer(self._file)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if "train/t" not in values:  # a validation's
+            return
+        lrs = [values.get(f"train/lr/{name}", values["train/lr"]) for name in self.names]
+        extra = [values["train/momentum"]] if self.momentum else []
+        self._csv.writerow([step, *(repr(float(v)) for v in (values["train/t"], *lrs, *extra))])
+
+    def hparams(self, hparams: Mapping[str, object], *, experiment: bool) -> None:
+        """Nothing: lr.csv holds LRs only."""
+
+    def flush(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self, status: str) -> None:
+        self._file.close()
 
 
 def lr_columns(rows: list[Row]) -> list[list[str]]:

@@ -5,7 +5,8 @@ Conventions, shared by every schedule:
 
 - ``t`` is the 0-based index of the optimizer update (``interval=step``) or of the epoch
   (``interval=epoch``) that is about to run, or the examples or tokens trained on before it
-  (``sample``, ``token``: :meth:`~trainer.schedules.schedule.Schedule.position`). Update ``t`` uses the LR the schedule gives at ``t``
+  (``sample``, ``token``), or the seconds of training before it (``time``, a float:
+  :meth:`~trainer.schedules.schedule.Schedule.position`). Update ``t`` uses the LR the schedule gives at ``t``
   (seed 000's table: warmup_cosine gives 0 at t=0 and the peak at t=W).
 - A schedule function returns the absolute LR for a reference group whose base LR is the peak
   ``peak_lr`` (η, ``optimizer.lr``). The trainer scales every parameter group by its own base LR:
@@ -48,7 +49,8 @@ FitCheck = Callable[..., None]
 #: Keys every schedule config has (conf/schedule_common.yaml), besides ``name``.
 COMMON: dict[str, Param] = {
     "interval": Param("step", "what t, warmup_steps and total_steps count: optimizer updates, epochs, training "
-                      "examples or tokens seen", str, choices=("step", "epoch", "sample", "token")),
+                      "examples or tokens seen, or seconds of training", str,
+                      choices=("step", "epoch", "sample", "token", "time")),
     "warmup_steps": Param(0, "W: linear warmup from warmup_start_lr, in t units; auto: round(T / 14), about 7% of the run",
                           int, low=0, extra=("auto",)),
     "warmup_ratio": Param(None, "W = round(warmup_ratio * total_steps) instead", float, low=0, high=1, extra=(None,)),

@@ -50,7 +50,9 @@ class Schedule:
     ``interval='epoch'`` maps update index u to epoch ``u // updates_per_epoch``, so the LR is
     constant within an epoch and changes exactly at epoch boundaries. ``sample`` and ``token`` map
     it to the examples or tokens trained on before it, ``u × units_per_update`` (the global batch,
-    or its tokens): a pure function of u, as every batch of a run has the same size.
+    or its tokens): a pure function of u, as every batch of a run has the same size. ``time`` maps
+    it to the seconds of training before it, which only the run's clock knows: ``seconds(u)``
+    (:class:`trainer.training.clock.TrainingClock`; the preview's estimate), a float.
 
     A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
     validations from ``plateau_start`` (in t units) on.
@@ -70,11 +72,14 @@ class Schedule:
     phases: tuple[tuple[str, int], ...] = ()
     plateau_start: int = 0
     units_per_update: int = 1  # interval=sample|token: examples or tokens per optimizer update
+    seconds: Callable[[int], float] | None = None  # interval=time: the t (seconds of training) of an update
 
-    def position(self, update: int) -> int:
+    def position(self, update: int) -> int | float:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
         if self.interval == "epoch":
             return update // self.updates_per_epoch
+        if self.interval == "time":
+            return self.seconds(update)
         return update * self.units_per_update  # step: 1 per update
 
     def lr(self, update: int) -> float:

@@ -5,7 +5,8 @@ logger when it reads)."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from trainer.controls import Controls, Read, Stop
@@ -16,7 +17,8 @@ from trainer.errors import Preempted
 from trainer.plan import RunPlan
 from trainer.rundir.checkpoint import Checkpointer
 from trainer.rundir.logger import RunLogger
-from trainer.schedules.schedule import applied_lrs, applied_momentum, apply_schedule
+from trainer.schedules.schedule import applied_lrs, applied_momentum
+from trainer.training.clock import paused, spent
 from trainer.training.evaluate import Validation, at_eval_weights, move_to
 from trainer.training.step import TrainStep
 
@@ -47,11 +49,11 @@ class Loop:
         A resumed run that had ended (its last update, or a control's stop) trains nothing.
         """
         self.checkpoints.resume_rng()  # last: nothing before the first update draws from it
-        apply_schedule(self.step.optimizer, self.step.schedule, start_update)
+        self.step.begin(start_update)
         self.step.model.train()
         move_to(self.step.optimizer, "y")  # schedule-free: gradients are taken at y (a checkpoint holds x)
         update, metrics = start_update, {}
-        self.ending = self.controls.ended()
+        self.ending = self.controls.ended() or spent(self.step.clock)
         with StopOnSignal() as signals:
             first, last = update // self.plan.updates_per_epoch, self.plan.num_epochs
             for epoch in range(first, last if self.ending is None and update < self.plan.max_updates else first):
@@ -91,7 +93,7 @@ class Loop:
                     improved = self.checkpoints.improves(metrics[self.objective])
                 stop = self.controls.after_validation(validation, update, last=last)  # every control sees it
                 self.ending = self.ending or stop
-            preempted = self._preempted(signals)
+            preempted = signals.agreed(self.world)
             if self.checkpoints.due_at_epoch_end(epoch, update) or last or improved or preempted or self.ending:
                 self._checkpoint(update, improved=improved)
         if preempted:
@@ -103,7 +105,7 @@ class Loop:
     def _between_updates(self, update: int, signals: StopOnSignal) -> None:
         if self.checkpoints.due_after_update(update):
             self._checkpoint(update)
-        preempted = self._preempted(signals)
+        preempted = signals.agreed(self.world)
         if preempted:
             self._checkpoint(update)
             raise Preempted(preempted, update)
@@ -121,6 +123,7 @@ class Loop:
         # one sync per read.
         if self.logger.read_due(update) or (log_now and self.controls.acts_on_each_log):
             self._read(update + 1)
+        self.ending = self.ending or spent(self.step.clock)  # trainer.max_time: no update past the budget
 
     def _read(self, updates_done: int, *, before_checkpoint: bool = False) -> None:
         """Write the pending logged updates (one host-device sync) and show them to the controls:
@@ -158,15 +161,11 @@ class Loop:
             self.checkpoints.save(update, val_metrics=self.logger.val_at(update), improved=improved,
                                   keep_last_as=keep_last_as)
 
-    def _at_x(self, epoch: int | None = None) -> AbstractContextManager:
-        """The optimizer's evaluation weights (schedule-free's x) in the block; with ``epoch``,
-        BatchNorm statistics recomputed there from the epoch's first training micro-batches."""
+    @contextlib.contextmanager
+    def _at_x(self, epoch: int | None = None) -> Iterator[None]:
+        """The optimizer's evaluation weights (schedule-free's x) in the block, the training clock stopped;
+        with ``epoch``, BatchNorm statistics recomputed there from the epoch's first training micro-batches."""
         count = self.bn_batches if epoch is not None else 0
         recompute = lambda: self.validation.recompute_batch_norm(lambda: self.batches.first(epoch, count))  # noqa: E731
-        return at_eval_weights(self.step.optimizer, recompute if count else None)
-
-    def _preempted(self, signals: StopOnSignal) -> str | None:
-        """The stop signal's name once any rank has one, on every rank at the same update."""
-        if self.world.any(signals.requested is not None):
-            return signals.requested or "a signal to another rank"
-        return None
+        with paused(self.step.clock), at_eval_weights(self.step.optimizer, recompute if count else None):
+            yield

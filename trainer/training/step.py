@@ -18,6 +18,7 @@ from trainer.data.batches import Batch
 from trainer.distributed import World
 from trainer.optim.groups import trainable_parameters
 from trainer.schedules.schedule import Schedule, apply_schedule
+from trainer.training.clock import TrainingClock
 from trainer.training.loss import Loss
 from trainer.training.precision import Precision
 
@@ -27,7 +28,8 @@ class TrainStep:
 
     ``model`` is the module to call: under DDP its wrapper, which averages the gradients over the
     ranks in the backward of the last micro-batch (the others skip the all-reduce), so clipping
-    and the finiteness check see the same global gradient on every rank.
+    and the finiteness check see the same global gradient on every rank. ``clock``: the training
+    clock a schedule in seconds reads its t from (and a budget in seconds its end), or None.
     """
 
     def __init__(
@@ -41,8 +43,9 @@ class TrainStep:
         world: World | None = None,
         *,
         controls: Controls | None = None,
+        clock: TrainingClock | None = None,
     ) -> None:
-        self.world = world or World()
+        self.world, self.clock = world or World(), clock
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.controls = controls or Controls([])
         self.precision, self.loss_fn, self.clip_grad_norm = precision, loss_fn, clip_grad_norm
@@ -97,19 +100,32 @@ class TrainStep:
         self.controls.after_step(Update(total_loss, grad_norm, finite, applied))
         # The schedule advances once per optimizer update (never per micro-batch), right after
         # the step that used the current LR, so update t always runs with the schedule's LR at t.
+        if self.clock is not None:  # in seconds: t of the next update is the clock's reading now
+            self.clock.stamp(update + 1)
         apply_schedule(self.optimizer, self.schedule, update + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, grad_norm
 
+    def begin(self, update: int) -> None:
+        """Before this process's first update, ``update``: the clock starts, and that update's LR is set."""
+        if self.clock is not None:
+            self.clock.start()
+        apply_schedule(self.optimizer, self.schedule, update)
+
     def state_dict(self) -> dict:
-        """The loss scale, and the precision it belongs to."""
-        return {"precision": self.precision.name, "scaler": self.scaler.state_dict()}
+        """The loss scale, and the precision it belongs to; the training clock, when there is one."""
+        state = {"precision": self.precision.name, "scaler": self.scaler.state_dict()}
+        if self.clock is not None:
+            state["clock"] = self.clock.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         # A loss scale carries over only between runs of the same precision: fp16's dynamic scale
         # means nothing to bf16's unit scaler (and the CPU's disabled one saves an empty state).
         if state["precision"] == self.precision.name and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        if self.clock is not None:
+            self.clock.load_state_dict(state.get("clock"))
 
 
 @contextlib.contextmanager
