@@ -4,10 +4,16 @@ Takes the same overrides as ``python -m trainer``, derives the run's length the 
 writes ``lr.csv`` (one row per optimizer update: update, t, the LR of every parameter group, and
 the momentum when it is scheduled) and ``lr.png`` to the run directory, then prints a summary.
 ``-m schedule=a,b,c`` previews several and also draws them on one plot (``SWEEP_DIR/lr.png``).
+
+A schedule in seconds (``schedule.interval=time``) is drawn against a throughput the user gives,
+``preview.updates_per_second``: update u at t = u / that (the run reads t from its clock), and the
+plot and summary say it is an estimate. A ``trainer.max_time`` budget ends the preview where that
+throughput spends it.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,13 +22,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from trainer.app.cli import run_as_process
 from trainer.components import CONFIG_DIR
-from trainer.errors import EXIT_CONFIG, ConfigError, refuse
+from trainer.errors import EXIT_CONFIG, ConfigError, refuse, require
+from trainer.params import Param, check_params
 from trainer.rundir.lock import remove_created_run_dir, remove_if_empty
-from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, phase_joins, read_lr_csv, write_lr_csv
 
 
 def build_optimizers_without_dynamo() -> None:
@@ -47,30 +54,69 @@ def build_optimizers_without_dynamo() -> None:
         setattr(method, "__dynamo_disable", method)
 
 
-def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
-    """Compute every update's LRs through the same code path training uses; write CSV and PNG."""
+#: ``preview.*`` (conf/preview.yaml): what only the preview reads, taken out before the trainer's checks.
+PREVIEW: dict[str, Param] = {
+    "updates_per_second": Param(None, "the throughput a schedule in seconds (schedule.interval=time) or a "
+                                "trainer.max_time budget is drawn against: update u at t = u / this; an estimate "
+                                "(e.g. from a run's progress bar)", float, low=0, low_open=True, extra=(None,)),
+}
+
+
+def take_preview_keys(cfg: DictConfig) -> float | None:
+    """Check ``preview.*`` and take it out of ``cfg`` (the trainer's checks know no such node);
+    returns ``preview.updates_per_second``."""
+    node = cfg.get("preview") or {}
+    check_params(PREVIEW, node, "preview", owner="the preview")
+    with open_dict(cfg):
+        cfg.pop("preview", None)
+    return node.get("updates_per_second")
+
+
+def write_preview(cfg: DictConfig, out_dir: Path, *, updates_per_second: float | None = None) -> list[dict[str, float]]:
+    """Compute every update's LRs through the same code path training uses; write CSV and PNG.
+    ``updates_per_second``: the estimated throughput a schedule in seconds is drawn against."""
     # Only here: --help and --cfg never call this, and need not wait for torch.
     from trainer.app.build import build_for_preview
     from trainer.optim.groups import group_names
 
     optimizer, schedule, plan = build_for_preview(cfg)
-    rows = lr_rows(optimizer, schedule, plan.max_updates)
+    updates, estimate = estimated_updates(cfg, schedule, plan.max_updates, updates_per_second)
+    rows = lr_rows(optimizer, schedule, updates)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_lr_csv(rows, out_dir / "lr.csv")
     note = PLATEAU_NOTE if schedule.plateau is not None else None
-    joins = schedule.phase_starts()
-    draw_lr(rows, out_dir / "lr.png", title=lr_title(cfg, plan), note=note, joins=joins)
+    joins = phase_joins(rows, schedule)
+    draw_lr(rows, out_dir / "lr.png", title=lr_title(cfg, plan) + (f"\n{estimate}" if estimate else ""), note=note,
+            joins=joins)
     lrs = [r[f"lr/{group_names(optimizer)[0]}"] for r in rows]
     print(
-        f"{cfg.schedule.name}: {plan.max_updates} updates ({plan.updates_per_epoch}/epoch), "
+        f"{cfg.schedule.name}: {updates} updates ({plan.updates_per_epoch}/epoch), "
         f"interval={cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps}\n"
-        f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
+        + (f"  {estimate}\n" if estimate else "")
+        + f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
         + (f"  phases: {schedule.phases[0][0]}, then " + ", ".join(f"{n} from update {u}" for u, n in joins) + "\n"
            if joins else "")
         + (f"  {note}\n" if note else "")
         + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )
     return rows
+
+
+def estimated_updates(cfg: DictConfig, schedule: Any, max_updates: int, updates_per_second: float | None) -> tuple[int, str]:
+    """The updates to preview and, when an estimated throughput decides them, what to say about it.
+    A schedule in seconds reads t = u / ``updates_per_second`` (required for it); a
+    ``trainer.max_time`` budget ends at the first update whose t reaches it."""
+    max_time = cfg.trainer.get("max_time")
+    if schedule.interval == "time":
+        require(updates_per_second is not None, "preview.updates_per_second",
+                "a schedule in seconds is drawn against a throughput: give the optimizer updates per second you "
+                "expect (e.g. preview.updates_per_second=20, from a run's progress bar)")
+        schedule.seconds = lambda update: update / updates_per_second
+    if updates_per_second is None:
+        return max_updates, f"trainer.max_time={max_time} s may end the run sooner" if max_time is not None else ""
+    if max_time is not None:
+        max_updates = min(max_updates, math.ceil(max_time * updates_per_second))
+    return max_updates, f"t = update / ({updates_per_second:g} updates/s): an estimated throughput (preview.updates_per_second)"
 
 
 class CombinedPlot(Callback):
@@ -107,7 +153,7 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     build_optimizers_without_dynamo()
     try:
-        write_preview(cfg, out_dir)
+        write_preview(cfg, out_dir, updates_per_second=take_preview_keys(cfg))
     except ConfigError as error:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             remove_created_run_dir()
