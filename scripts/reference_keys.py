@@ -245,10 +245,17 @@ def section_model() -> str:
     return "\n".join(parts)
 
 
+def section_preview() -> str:
+    from trainer.preview import PREVIEW
+
+    return ("## `preview.*`\n\n`conf/preview.yaml`: read by `python -m trainer.preview` only (besides every key "
+            "above).\n\n" + table(rows("preview", PREVIEW)))
+
+
 def render() -> str:
     """The Markdown of docs/reference/keys.md."""
     sections = [section_seed(), section_trainer(), section_logger(), section_optimizer(), section_schedule(),
-                section_data(), section_model()]
+                section_data(), section_model(), section_preview()]
     text = HEADER + "\n" + "\n".join(sections)
     return re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
 
