@@ -25,10 +25,11 @@ from tests.test_distributed import LAUNCH_TIMEOUT, env, torchrun_command
 from tests.test_resume import preempt_after
 from tests.test_schedules import seed000_get_lr
 from trainer.app.run import train
-from trainer.errors import Preempted
+from trainer.errors import ConfigError, Preempted
 from trainer.preview import write_preview
 from trainer.rundir.checkpoint import load_checkpoint
 from trainer.rundir.events import read_scalars
+from trainer.rundir.kill_hook import KILL_HOOK
 from trainer.schedules.curve import read_lr_csv
 from trainer.training.clock import TrainingClock
 
@@ -146,6 +147,25 @@ def test_a_budget_ends_a_schedule_in_updates_at_the_first_update_past_it(tmp_pat
     assert load_checkpoint(run_dir / "last.pt")["update"] == 8
 
 
+def test_a_budget_added_on_resume_counts_from_the_resume(tmp_path, monkeypatch):
+    """A run in updates stopped at its 4th continues under a 1 s budget: 4 updates of 0.25 s more."""
+    run_dir, schedule = tmp_path / "run", ["schedule=cosine", "schedule.total_steps=100", "schedule.min_lr=0"]
+    fake_run(monkeypatch, run_dir, *schedule, "trainer.max_steps=4")
+    fake_run(monkeypatch, run_dir, *schedule, "trainer.max_steps=100", "trainer.max_time=1", "trainer.resume=auto")
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["update"] == 8 and last["step"]["clock"] == {"seconds": 1.0, "update": 8, "t": 1.0}
+    lrs = [lr for _, lr in read_scalars(run_dir)["train/lr"]]
+    assert lrs == pytest.approx([0.0005 * (1 + math.cos(math.pi * u / 100)) for u in range(8)], rel=1e-6)
+
+
+def test_a_schedule_in_seconds_cannot_continue_a_checkpoint_without_a_clock(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    fake_run(monkeypatch, run_dir, "schedule=cosine", "schedule.total_steps=100", "trainer.max_steps=4")
+    with pytest.raises(ConfigError, match="holds no training clock"):
+        fake_run(monkeypatch, run_dir, "schedule=cosine", "schedule.interval=time", "schedule.total_steps=100",
+                 "trainer.max_steps=8", "trainer.resume=auto", "trainer.resume_schedule=override")
+
+
 def test_a_run_in_updates_has_no_clock(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     fake_run(monkeypatch, run_dir, "schedule=cosine", "trainer.max_steps=3")
@@ -206,6 +226,28 @@ def test_a_real_budget_through_the_cli(tmp_path):
     assert [t for _, t in logged["train/t"]] == pytest.approx(ts, rel=1e-6)
     assert logged["val/loss"][-1][0] == len(rows)
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_kill_9_resumes_on_the_checkpoints_clock(tmp_path):
+    """SIGKILL at the start of the third checkpoint write (update 60; last.pt holds update 40): the
+    resumed run trains update 40 at the t the checkpoint kept and goes on from there, every update
+    in lr.csv once, t increasing throughout (no clock restarted at 0), the LR the formula at each."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "data.train_size=2048", "schedule=linear", "schedule.interval=time", "schedule.min_lr=1e-4",
+            "optimizer.lr=0.01", "trainer.max_time=2", "trainer.checkpoint_every_n_steps=20", "trainer.resume=auto",
+            f"hydra.run.dir={run_dir}"]
+    killed = run_cli("trainer", args, check=False, env={KILL_HOOK: "3:0"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    saved = load_checkpoint(run_dir / "last.pt")
+    assert saved["update"] == 40
+    run_cli("trainer", args)
+    rows = read_lr_csv(run_dir / "lr.csv")
+    ts = [r["t"] for r in rows]
+    assert [r["update"] for r in rows] == list(range(len(rows))) and len(rows) > 40
+    assert ts[40] == saved["step"]["clock"]["t"] and all(a < b for a, b in zip(ts, ts[1:])) and ts[-1] < 2
+    assert [r["lr/decay"] for r in rows] == pytest.approx([0.01 + (1e-4 - 0.01) * t / 2 for t in ts], rel=1e-12)
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["update"] == len(rows) and last["step"]["clock"]["t"] >= 2
 
 
 @pytest.mark.parametrize(("overrides", "key", "text"), [

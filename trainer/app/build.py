@@ -163,8 +163,10 @@ def build_optimization(
         lr_scale=plan.lr_scale,
         units_per_update=plan.units_per_update,
     )
-    clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device) if uses_clock(cfg) else None
-    if clock is not None:
+    clock = None
+    if uses_clock(cfg):
+        clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device,
+                              counts_schedule=schedule.interval == "time")
         schedule.seconds = clock.at  # interval=time: t is the clock's reading at each update
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)

@@ -60,7 +60,8 @@ def check_time(cfg: DictConfig) -> None:
 
 
 class TrainingClock:
-    """Seconds of training, agreed over ``world``'s ranks; ``max_time``: the budget (seconds).
+    """Seconds of training, agreed over ``world``'s ranks; ``max_time``: the budget (seconds);
+    ``counts_schedule``: the schedule's t is read from it (``interval=time``), not only a budget.
 
     :meth:`stamp` reads it for an update; :meth:`at` gives that reading back (the schedule's t,
     also logged as ``train/t``); :meth:`paused` stops it for a block; :meth:`spent` says when the
@@ -68,8 +69,8 @@ class TrainingClock:
     """
 
     def __init__(self, world: World | None = None, *, max_time: int | None = None,
-                 device: torch.device | None = None) -> None:
-        self.world, self.max_time = world or World(), max_time
+                 device: torch.device | None = None, counts_schedule: bool = True) -> None:
+        self.world, self.max_time, self.counts_schedule = world or World(), max_time, counts_schedule
         self.device = device if device is not None and device.type == "cuda" else None
         self.read = SOURCE  # looked up now: a test's fake clock is in place by the time a run is built
         self.seconds = 0.0  # counted before ``since``
@@ -125,10 +126,13 @@ class TrainingClock:
         return {"seconds": self.elapsed(), "update": update, "t": self.stamps[update]}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        if state is None:
-            raise ValueError("it holds no training clock (its run did not count seconds), which a schedule or budget "
-                             "in seconds needs to continue")
-        self.seconds, self.stamps = float(state["seconds"]), {int(state["update"]): float(state["t"])}
+        """A checkpoint's clock; None (its run counted no seconds): a budget alone counts from this
+        process's first update, a schedule in seconds cannot continue it."""
+        if state is None and self.counts_schedule:
+            raise ValueError("it holds no training clock (its run did not count seconds), which a schedule in "
+                             "seconds needs to continue")
+        if state is not None:
+            self.seconds, self.stamps = float(state["seconds"]), {int(state["update"]): float(state["t"])}
 
 
 def paused(clock: TrainingClock | None) -> contextlib.AbstractContextManager:
