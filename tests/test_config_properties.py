@@ -73,7 +73,7 @@ INVALID = {
     "data.batch_size": st.integers(max_value=0).map(str),
     "schedule.warmup_steps": st.integers(max_value=-1).map(str),
     "schedule.interval": st.text("abcdefghijklmnopqrstuvwxyz", min_size=1).filter(
-        lambda s: s not in ("step", "epoch", "sample", "token")),
+        lambda s: s not in ("step", "epoch", "sample", "token", "time")),
     "trainer.device": st.sampled_from(["tpu", "gpu", "mps0"]),
     "trainer.precision": st.sampled_from(["fp8", "half", "int8"]),
     "trainer.nonfinite": st.sampled_from(["ignore", "warn"]),
