@@ -31,6 +31,7 @@ the range test (it sweeps every group).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -57,7 +58,8 @@ DECAY_CHOICES = ("none", "lr")
 #: Common keys that only the run's schedule sets, and why.
 RUNS_OWN = {
     "interval": "a schedule named here counts in the run's schedule.interval: leave it out",
-    "temperature": "the run's schedule.temperature scales every schedule alike; scale a group with its rule's lr_scale",
+    "temperature": "the run's schedule.temperature scales every schedule of the run alike: leave it out (a group's LR "
+                   "has its rule's lr_scale)",
 }
 
 
@@ -90,10 +92,7 @@ def check_named_schedules(optimizer: DictConfig, schedule: DictConfig) -> None:
     owned = [(group_key(i), rule["schedule"]) for i, rule in enumerate(optimizer.get("param_groups") or ())
              if rule.get("schedule") is not None]
     for key, value in owned:
-        given = _check_named(value, key, schedule, optimizer.lr)
-        moving = _moves_momentum(given)
-        require(moving is None, f"{key}.{moving}", "momentum is one per run, the run's schedule's: a group's own "
-                                                   "schedule may not move it; set it to false")
+        check_group_schedule(value, key, interval=schedule.interval, peak_lr=optimizer.lr)
     run = spec_of(schedule.name)
     if owned and (metric_driven(schedule) or run.absolute):
         why = ("cuts the LR when validation stalls, and a group on its own schedule would not follow the cuts"
@@ -107,11 +106,19 @@ def check_named_schedules(optimizer: DictConfig, schedule: DictConfig) -> None:
     elif decay not in DECAY_CHOICES:
         require(not isinstance(decay, str) or decay in schedule_names(), DECAY_KEY,
                 f"got {decay!r}; expected none, lr, a schedule ({', '.join(schedule_names())}) or {{name: ..., its keys}}")
-        _check_named(decay, DECAY_KEY, schedule, optimizer.lr)
+        check_named(decay, DECAY_KEY, interval=schedule.interval, peak_lr=optimizer.lr)
 
 
-def _check_named(value: Any, key: str, run: DictConfig, peak_lr: float) -> dict[str, Any]:
-    """One named schedule, checked as ``schedule.*`` is; returns it as a mapping."""
+def check_group_schedule(value: Any, key: str, *, interval: str, peak_lr: float) -> None:
+    """A group's own schedule: :func:`check_named`, and it may not move momentum."""
+    moving = _moves_momentum(check_named(value, key, interval=interval, peak_lr=peak_lr))
+    require(moving is None, f"{key}.{moving}", "momentum is one per run, the run's schedule's: a group's own "
+                                               "schedule may not move it; set it to false")
+
+
+def check_named(value: Any, key: str, *, interval: str, peak_lr: float) -> dict[str, Any]:
+    """One named schedule (``value``, at config key ``key``), checked as ``schedule.*`` is, for a
+    run that counts ``interval`` and peaks at ``peak_lr``; returns it as a mapping."""
     given = as_mapping(value)
     name_key = key if isinstance(value, str) else f"{key}.name"
     name = given.get("name")
@@ -133,8 +140,8 @@ def _check_named(value: Any, key: str, run: DictConfig, peak_lr: float) -> dict[
                                            "schedule can follow: name a schedule known in advance")
     require(not spec.absolute, key, f"{name} gives absolute LRs for a whole run: it can only be the run's schedule")
     for phase in (name, *(p["name"] for p in given.get("phases") or ())):
-        require(not spec_of(phase).per_update or run.interval == "step", key,
-                f"{phase} is defined per optimizer update, and the run counts schedule.interval={run.interval}")
+        require(not spec_of(phase).per_update or interval == "step", key,
+                f"{phase} is defined per optimizer update, and the run counts schedule.interval={interval}")
     return given
 
 
@@ -150,26 +157,36 @@ def _moves_momentum(given: Mapping[str, Any]) -> str | None:
 def bind_named_schedules(schedule: Schedule, cfg: DictConfig, plan: RunPlan) -> Schedule:
     """``schedule`` (the run's, bound) with the schedules named in ``cfg.optimizer`` bound beside it."""
     optimizer = cfg.optimizer
-    groups = {i: _bind(rule["schedule"], group_key(i), cfg, plan)
+    bind = functools.partial(
+        bind_named, run=cfg.schedule, peak_lr=optimizer.lr, total_steps=plan.total_steps,
+        warmup_steps=plan.warmup_steps, updates_per_epoch=plan.updates_per_epoch, lr_scale=plan.lr_scale,
+        units_per_update=plan.units_per_update,
+    )
+    groups = {i: bind(rule["schedule"], group_key(i))
               for i, rule in enumerate(optimizer.get("param_groups") or ()) if rule.get("schedule") is not None}
     decay = optimizer.get("weight_decay_schedule", "none")
-    shape = _bind(decay, DECAY_KEY, cfg, plan) if decay not in DECAY_CHOICES else None
+    shape = bind(decay, DECAY_KEY) if decay not in DECAY_CHOICES else None
     return dataclasses.replace(schedule, group_schedules=groups, decay_follows_lr=decay == "lr", decay_shape=shape)
 
 
-def _bind(value: Any, key: str, cfg: DictConfig, plan: RunPlan) -> Schedule:
-    """One named schedule bound as the module docstring says (errors keyed to ``key``)."""
-    given, run = as_mapping(value), cfg.schedule
-    total = given.get("total_steps") or plan.total_steps
+def bind_named(
+    value: Any, key: str, *, run: Mapping[str, Any], peak_lr: float, total_steps: int, warmup_steps: int,
+    updates_per_epoch: int = 1, lr_scale: float = 1.0, units_per_update: int = 1,
+) -> Schedule:
+    """One named schedule (``value``, checked) bound as the module docstring says, beside a run
+    whose schedule config is ``run`` (its ``interval``, ``warmup_from_zero``, ``warmup_start_lr``)
+    and whose derived lengths and scale are the other arguments; errors keyed to ``key``."""
+    given = as_mapping(value)
+    total = given.get("total_steps") or total_steps
     with keyed(key):
         if given.get("warmup_steps") is not None or given.get("warmup_ratio") is not None:
-            warmup = warmup_length(given.get("warmup_steps") or 0, given.get("warmup_ratio"), total, unit=run.interval)
+            warmup = warmup_length(given.get("warmup_steps") or 0, given.get("warmup_ratio"), total, unit=run["interval"])
         else:  # the run's, unless a chain, which warms up in a phase
             warmup = 0 if spec_of(given["name"]).build is not None else warmup_length(
-                plan.warmup_steps, None, total, unit=run.interval)
-        definition = {"interval": run.interval, "warmup_from_zero": run.warmup_from_zero,
-                      "warmup_start_lr": run.warmup_start_lr, **given}
+                warmup_steps, None, total, unit=run["interval"])
+        definition = {"interval": run["interval"], "warmup_from_zero": run["warmup_from_zero"],
+                      "warmup_start_lr": run["warmup_start_lr"], **given}
         return build_schedule(
-            definition, peak_lr=cfg.optimizer.lr, total_steps=total, updates_per_epoch=plan.updates_per_epoch,
-            warmup_steps=warmup, lr_scale=plan.lr_scale, units_per_update=plan.units_per_update,
+            definition, peak_lr=peak_lr, total_steps=total, updates_per_epoch=updates_per_epoch,
+            warmup_steps=warmup, lr_scale=lr_scale, units_per_update=units_per_update,
         )
