@@ -1,8 +1,8 @@
 """A schedule bound to a run (:class:`Schedule`) and how it is applied to an optimizer.
 
-:func:`apply_schedule` is the one place that writes LRs (and scheduled momentum) into the
-optimizer's groups; training, the preview and ``lr.csv`` all go through it, so the LR that is
-logged is the LR that was applied."""
+:func:`apply_schedule` is the one place that writes LRs (scheduled weight decay and momentum too)
+into the optimizer's groups; training, the preview and ``lr.csv`` all go through it, so the LR that
+is logged is the LR that was applied."""
 
 from __future__ import annotations
 
