@@ -45,23 +45,22 @@ RUN = ["schedule=wsd", f"schedule.warmup_steps={W}", f"schedule.decay_steps={D}"
 BIAS_CONSTANT = "optimizer.param_groups=[{match: '*.bias', lr_scale: 0.5, schedule: constant}]"
 
 
-def expected_columns(decay: str = "none") -> dict[str, list[float]]:
-    """Every lr.csv column of RUN + BIAS_CONSTANT (+ ``optimizer.weight_decay_schedule=decay``) from the formulas."""
-    columns = {"lr/decay": [wsd(t) for t in range(T)], f"lr/{BIAS}": [0.5 * constant(t) for t in range(T)]}
-    if decay == "lr":  # λ × each group's own LR shape; the biases do not decay
-        columns.update({"wd/decay": [LAMBDA * wsd(t) / ETA for t in range(T)], f"wd/{BIAS}": [0.0] * T})
-    return columns
+def expected_columns() -> dict[str, list[float]]:
+    """Every lr.csv column of RUN + BIAS_CONSTANT + ``optimizer.weight_decay_schedule=lr``, from the
+    formulas: the weight decay is λ × each group's own LR shape, and the biases do not decay."""
+    return {"lr/decay": [wsd(t) for t in range(T)], f"lr/{BIAS}": [0.5 * constant(t) for t in range(T)],
+            "wd/decay": [LAMBDA * wsd(t) / ETA for t in range(T)], f"wd/{BIAS}": [0.0] * T}
 
 
 def test_each_group_follows_its_own_schedule_and_the_weight_decay_its_lr_in_a_real_run(train_cli):
     proc, run_dir = train_cli(*RUN, BIAS_CONSTANT, "optimizer.weight_decay_schedule=lr")
     rows = read_lr_csv(run_dir / "lr.csv")
     assert [r["update"] for r in rows] == list(range(T))
-    for column, values in expected_columns("lr").items():
+    for column, values in expected_columns().items():
         assert [r[column] for r in rows] == pytest.approx(values, rel=1e-12, abs=1e-15), column
     # TensorBoard holds what the optimizer's groups had just before each step (float32 there).
     scalars = read_scalars(run_dir)
-    for column, values in expected_columns("lr").items():
+    for column, values in expected_columns().items():
         tag = f"train/{column}"
         assert [s for s, _ in scalars[tag]] == list(range(T)), tag
         assert [v for _, v in scalars[tag]] == pytest.approx(values, rel=1e-6, abs=1e-12), tag
@@ -125,7 +124,7 @@ def test_the_preview_writes_and_prints_every_groups_curve(tmp_path):
     proc = run_cli("trainer.preview", [*TINY, *RUN, BIAS_CONSTANT, "optimizer.weight_decay_schedule=lr",
                                        f"hydra.run.dir={out}"])
     rows = read_lr_csv(out / "lr.csv")
-    for column, values in expected_columns("lr").items():
+    for column, values in expected_columns().items():
         assert [r[column] for r in rows] == pytest.approx(values, rel=1e-12, abs=1e-15), column
     assert f"lr/{BIAS}: first=0 peak=0.005 (update 4) last=0.005" in proc.stdout
     assert f"wd/decay: first=0 peak=0.1 (update 4) last={LAMBDA * wsd(T - 1) / ETA:.6g}" in proc.stdout
