@@ -22,7 +22,7 @@ from trainer.app.cli import run_as_process
 from trainer.components import CONFIG_DIR
 from trainer.errors import EXIT_CONFIG, ConfigError, refuse
 from trainer.rundir.lock import remove_created_run_dir, remove_if_empty
-from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, read_lr_csv, write_lr_csv
+from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_columns, lr_rows, lr_title, read_lr_csv, write_lr_csv
 
 
 def build_optimizers_without_dynamo() -> None:
@@ -67,10 +67,25 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
         f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
         + (f"  phases: {schedule.phases[0][0]}, then " + ", ".join(f"{n} from update {u}" for u, n in joins) + "\n"
            if joins else "")
+        + group_lines(rows)
         + (f"  {note}\n" if note else "")
         + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )
     return rows
+
+
+def group_lines(rows: list[dict[str, float]]) -> str:
+    """One line per distinct group LR curve when the groups' curves differ (scales, their own
+    schedules), and per weight-decay curve when it is scheduled: ``lr/GROUP: first, peak, last``."""
+    lines = []
+    for prefix in ("lr/", "wd/"):
+        curves = lr_columns(rows, prefix=prefix)
+        if prefix == "wd/" or len(curves) > 1:
+            for columns in curves:
+                values = [r[columns[0]] for r in rows]
+                lines.append(f"  {' = '.join(columns)}: first={values[0]:.6g} peak={max(values):.6g} "
+                             f"(update {values.index(max(values))}) last={values[-1]:.6g}\n")
+    return "".join(lines)
 
 
 class CombinedPlot(Callback):

@@ -29,6 +29,7 @@ from trainer.optim.unfreeze import Stage, unfreeze_stages
 from trainer.plan import RunPlan, plan_run
 from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
+from trainer.schedules.named import bind_named_schedules
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
 from trainer.training.evaluate import Validation, class_scores
@@ -159,6 +160,7 @@ def build_optimization(
         lr_scale=plan.lr_scale,
         units_per_update=plan.units_per_update,
     )
+    schedule = bind_named_schedules(schedule, cfg, plan)  # the groups' own, and the weight decay's
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
         check_stages_fit(stages, optimizer, plan)
@@ -222,10 +224,12 @@ def build_training(
 def build_loop(
     cfg: DictConfig, training: Training, *, plan: RunPlan, run_dir: Path, config: dict, start_update: int = 0,
     resumed_val: dict[str, float] | None = None, world: World | None = None, group_lrs_differ: bool = True,
+    group_wds_differ: bool = False,
 ) -> Loop:
     """The loop over ``training``'s parts, with its logger: built last, as its files open here.
     ``group_lrs_differ``: whether the run's parameter groups ever run at different LRs (then each
-    gets its own ``train/lr/<group>`` chart; otherwise ``train/lr`` is every group's)."""
+    gets its own ``train/lr/<group>`` chart; otherwise ``train/lr`` is every group's);
+    ``group_wds_differ``: the same for their scheduled weight decays (``train/wd/<group>``)."""
     world = world or World()
     logger = RunLogger(
         run_dir,
@@ -234,6 +238,7 @@ def build_loop(
         max_updates=plan.max_updates,
         updates_per_epoch=plan.updates_per_epoch,
         group_names=group_names(training.step.optimizer) if group_lrs_differ else [],
+        wd_group_names=group_names(training.step.optimizer) if group_wds_differ else [],
         writers=list(cfg.logger.writers),
         config=config,
         progress_bar=cfg.logger.progress_bar,

@@ -3,7 +3,8 @@
 What ``python -m trainer.preview`` writes, what every run writes into its directory (the exact
 curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report draws per job.
 ``lr.csv`` has one row per optimizer update (0-based): ``update``, ``t`` (the schedule index, in
-``schedule.interval`` units), ``lr/<group>`` for every parameter group, and ``momentum`` when the
+``schedule.interval`` units), ``lr/<group>`` for every parameter group, ``wd/<group>`` (its weight
+decay) for every group when ``optimizer.weight_decay_schedule`` moves it, and ``momentum`` when the
 schedule sets it. matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
 """
 
@@ -33,7 +34,7 @@ Row = dict[str, float]
 
 
 def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: int, first: int = 0) -> list[Row]:
-    """The LRs (and momentum) of updates ``first`` to ``num_updates - 1`` as training applies them,
+    """The LRs (weight decays, momentum) of updates ``first`` to ``num_updates - 1`` as training applies them,
     through the same :func:`~trainer.schedules.schedule.apply_schedule` (a pure function of the
     update), on a copy of the groups' settings: the optimizer itself is left as it was. A
     ``plateau`` schedule gives its LR before any cut."""
@@ -48,6 +49,8 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
         apply_schedule(groups, schedule, update)
         row = {"update": update, "t": schedule.position(update)}
         row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(groups, steps_done=update))})
+        if schedule.scheduled_decay:
+            row.update({f"wd/{name}": group["weight_decay"] for name, group in zip(names, groups.param_groups)})
         if scheduled_momentum:
             row["momentum"] = applied_momentum(groups)
         rows.append(row)
@@ -72,10 +75,11 @@ def read_lr_csv(path: Path) -> list[Row]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def lr_columns(rows: list[Row]) -> list[list[str]]:
-    """The ``lr/<group>`` columns, those with identical values together: one curve each."""
+def lr_columns(rows: list[Row], prefix: str = "lr/") -> list[list[str]]:
+    """The ``lr/<group>`` columns (``prefix="wd/"``: the weight decays'), those with identical
+    values together: one curve each."""
     curves: dict[tuple[float, ...], list[str]] = {}
-    for column in (k for k in rows[0] if k.startswith("lr/")):
+    for column in (k for k in rows[0] if k.startswith(prefix)):
         curves.setdefault(tuple(r[column] for r in rows), []).append(column)
     return list(curves.values())
 
@@ -85,15 +89,24 @@ def draw_lr(
 ) -> None:
     """Plot ``rows`` (from :func:`lr_rows`) to ``path``: one line per distinct group curve, labelled
     with every group it stands for (``lr/decay = lr/no_decay``), momentum on a second axis; a
-    dotted vertical line at each of a chain's ``joins`` (first update, phase name), labelled."""
+    dotted vertical line at each of a chain's ``joins`` (first update, phase name), labelled; the
+    weight decays, when scheduled (``wd/<group>`` columns), in a panel below, drawn the same way."""
     from matplotlib.figure import Figure  # the object API needs no GUI backend
 
-    fig = Figure(figsize=(7, 4.4), layout="constrained")
-    ax = fig.subplots()
+    decays = lr_columns(rows, prefix="wd/")
+    fig = Figure(figsize=(7, 6.6 if decays else 4.4), layout="constrained")
     updates = [r["update"] for r in rows]
+    if decays:
+        ax, below = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+        for columns in decays:
+            below.plot(updates, [r[columns[0]] for r in rows], label=" = ".join(columns))
+        below.set(xlabel="optimizer update", ylabel="weight decay")
+        below.legend(fontsize="small", frameon=False)
+    else:
+        ax = fig.subplots()
+        ax.set_xlabel("optimizer update")
     for columns in lr_columns(rows):
         ax.plot(updates, [r[columns[0]] for r in rows], label=" = ".join(columns))
-    ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate")
     ax.set_title(title if note is None else f"{title}\n{note}", fontsize="medium")
     for update, name in joins:
