@@ -12,8 +12,10 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, run_cli
 from tests.test_bad_input import assert_one_line_error
+from trainer.compare import branch_parents, collect, lr_figure
 from trainer.rundir.checkpoint import load_checkpoint
 from trainer.rundir.events import read_scalars
+from trainer.schedules.curve import read_lr_csv
 
 #: WSD on the tiny job (8 updates per epoch): warmup 4, then η; 16 updates.
 WSD = [*TINY, "schedule=wsd", "schedule.warmup_steps=4", "optimizer.lr=0.01", "trainer.max_steps=16"]
@@ -98,3 +100,15 @@ def test_one_command_sweeps_cooldown_lengths_from_one_checkpoint(tmp_path, paren
         lrs = [lr for _, lr in read_scalars(job)["train/lr"]]
         assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01 / length, rel=1e-6)  # linear to 0
         assert json.loads((job / "metrics.json").read_text())["lineage"]["update"] == 8
+    # The report draws both branches from update 8 on, over the parent's whole curve (its lr.csv).
+    assert f"Branches of `{parent}` at update(s) 8 are drawn over its curve" in (sweep_dir / "report.md").read_text()
+    jobs = collect(sweep_dir)
+    figure, caption = lr_figure(jobs, branch_parents(jobs))
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines() if not line.get_label().startswith("_")}
+    parent_lrs = [row["lr/decay"] for row in read_lr_csv(parent / "lr.csv")]
+    assert list(lines["parent parent"].get_ydata()) == parent_lrs and len(parent_lrs) == 16
+    for job in jobs:
+        branch = lines[f"{job.name.split('_', 1)[0]} wsd"]
+        assert list(branch.get_xdata()) == list(range(8, job.lineage["update"] + len(branch.get_xdata())))
+        assert list(branch.get_ydata()) == [r["lr/decay"] for r in read_lr_csv(sweep_dir / job.name / "lr.csv")[8:]]
+    assert "over their parent's curve" in caption

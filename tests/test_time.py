@@ -104,6 +104,23 @@ def test_every_update_runs_at_the_formula_of_the_clocks_t_with_validation_and_ch
     assert summary["status"] == "completed" and summary["metrics"]["updates"] == 12
 
 
+def test_a_groups_own_schedule_and_the_weight_decays_read_the_same_clock(tmp_path, monkeypatch):
+    """The biases on constant (the run's 1 s warmup, at half the LR), every λ following its group's
+    LR shape (weight_decay_schedule=lr): each column at the clock's t."""
+    run_dir = tmp_path / "run"
+    fake_run(monkeypatch, run_dir, *TIMED, "optimizer.weight_decay=0.1", "optimizer.weight_decay_schedule=lr",
+             "optimizer.param_groups=[{match: '*.bias', lr_scale: 0.5, schedule: constant}]")
+    rows = read_lr_csv(run_dir / "lr.csv")
+    ts = [TRAIN_S * u for u in range(12)]
+    assert [r["t"] for r in rows] == ts
+    expected = {"lr/decay": [expected_lr(t) for t in ts], "lr/no_decay/*.bias": [0.005 * min(t, 1) for t in ts],
+                "wd/decay": [0.1 * expected_lr(t) / 0.01 for t in ts], "wd/no_decay/*.bias": [0.0] * 12}
+    for column, values in expected.items():
+        assert [r[column] for r in rows] == pytest.approx(values, rel=1e-12, abs=1e-15), column
+    logged = read_scalars(run_dir)
+    assert [v for _, v in logged["train/lr/no_decay/*.bias"]] == pytest.approx(expected["lr/no_decay/*.bias"], rel=1e-6)
+
+
 def test_a_stopped_time_run_resumes_on_the_same_clock(tmp_path, monkeypatch):
     """SIGTERM during update 9 (mid-epoch 2): last.pt holds update 10 and the clock's 2.5 s; the
     resumed process (its fake clock at another origin) goes on from there, update for update."""

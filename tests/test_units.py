@@ -8,11 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import QUIET, TINY, run_cli
+from tests.conftest import QUIET, REPO, TINY, compose_config, run_cli
+from tests.forked_cli import ForkedCLI
 from tests.test_bad_input import assert_one_line_error
 from tests.test_experiments import text_file
 from tests.test_resume import straight_and_resumed
 from tests.test_schedules import seed000_get_lr
+from trainer.app.run import train
+from trainer.rundir.checkpoint import load_checkpoint
 from trainer.rundir.events import read_scalars
 from trainer.schedules.curve import read_lr_csv
 
@@ -31,6 +34,19 @@ def test_a_sample_schedule_and_budget_through_the_cli(tmp_path):
     assert lr_values(run_dir) == pytest.approx(expected, rel=1e-6, abs=1e-12)  # the event file holds float32
     assert [r["t"] for r in read_lr_csv(run_dir / "lr.csv")] == [u * 32 for u in range(32)]
     assert [step for step, _ in read_scalars(run_dir)["train/lr"]] == list(range(32))
+
+
+def test_samples_count_the_examples_trained_on_when_an_epoch_ends_ragged(tmp_path):
+    """250 examples in batches of 32: each epoch's last 26 are dropped (7 whole updates per epoch),
+    so t stays 32 per update across epoch ends, and 500 examples take 16 updates (512 examples)."""
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [*TINY, "data.train_size=250", "schedule=warmup_cosine", "schedule.interval=sample",
+                        "schedule.warmup_steps=64", "schedule.min_lr=0", "optimizer.lr=0.01", "trainer.max_samples=500",
+                        f"hydra.run.dir={run_dir}"])
+    assert [r["t"] for r in read_lr_csv(run_dir / "lr.csv")] == [u * 32 for u in range(16)]
+    expected = [seed000_get_lr(u * 32, 64, 512, 0.01, 0.0) for u in range(16)]
+    assert lr_values(run_dir) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert [step for step, _ in read_scalars(run_dir)["val/loss"]] == [7, 14, 16]  # epochs of 7 updates
 
 
 def test_a_token_schedule_and_budget_on_text(tmp_path):
@@ -78,3 +94,35 @@ def test_a_unit_the_run_cannot_count_is_one_line(tmp_path, overrides, key, text)
     proc = run_cli("trainer", [*TINY, *overrides, f"hydra.run.dir={run_dir}"], check=False)
     assert_one_line_error(proc, key)
     assert text in proc.stderr and not run_dir.exists()
+
+
+#: Per unit, a run of 3 epochs with a warmup and a budget in that unit (checkpoint every 3 updates).
+KILLED_RUNS = {
+    "sample": ["schedule.warmup_steps=100", "trainer.max_samples=768"],  # 24 updates of 32 examples
+    "token": ["model=gpt", "data=shakespeare_char", "model.block_size=8", "model.n_layer=1", "model.n_head=2",
+              "model.n_embd=16", "schedule.warmup_steps=300", "trainer.max_tokens=1600"],  # 50 updates of 32 tokens
+}
+
+
+@pytest.mark.parametrize("interval", sorted(KILLED_RUNS))
+def test_a_run_counted_in_units_killed_by_sigkill_resumes_exactly(tmp_path, interval):
+    """SIGKILL after the first validation, then ``trainer.resume=auto``: the same parameters and
+    the same LR at every logged update as a run never killed (the count resumes with the update)."""
+    base = [*QUIET, f"data.path={text_file(tmp_path)}", "data.batch_size=4"] if interval == "token" else TINY
+    run = [*base, *KILLED_RUNS[interval], "schedule=warmup_cosine", f"schedule.interval={interval}",
+           "optimizer.lr=0.01", "trainer.checkpoint_every_n_steps=3"]
+    killed = tmp_path / "killed"
+    with ForkedCLI(REPO) as cli:
+        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"],
+                               kill_after_validations=1)
+        assert code == -9, output
+        assert load_checkpoint(killed / "last.pt")["update"] > 0
+        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"])
+        assert code == 0, output
+    straight = tmp_path / "straight"
+    train(compose_config(*run, base=[]), straight)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["update"] == b["update"] > 8
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert read_scalars(killed)["train/lr"] == read_scalars(straight)["train/lr"]

@@ -3,7 +3,7 @@
 Reads each job directory's logs (through its log writers), ``config.yaml``, ``overrides.yaml`` and ``metrics.json``
 and writes, into SWEEP_DIR (or ``--out``): ``report.md`` (jobs sorted by the objective),
 ``report.csv``, ``lr.png`` (LR against update, one line per job) and ``loss.png`` (train and val
-loss). Jobs still running or that failed are listed with their status instead of breaking it. A
+loss; cooldown branches drawn from their update N on, over their parent run's curve). Jobs still running or that failed are listed with their status instead of breaking it. A
 directory with no runs, or one run's own directory, is refused in one line (exit 2), nothing written.
 :class:`SweepReport` does the same at the end of every ``python -m trainer -m ...`` sweep and
 sets the sweep's exit code from how its jobs ended.
@@ -15,7 +15,7 @@ import csv
 import io
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ class Job:
     #: (update, LR) of every update the job ran, from its schedule (lr.csv); empty for a plateau
     #: schedule (its cuts are known only from its logs) or a job without lr.csv
     lr_curve: list[tuple[int, float]] = field(default_factory=list)
+    #: a branch's parent (``trainer.branch_from``; see :func:`trainer.rundir.branch.lineage`), else None
+    lineage: dict[str, Any] | None = None
 
     def final(self, tag: str) -> float:
         points = self.scalars.get(tag)
@@ -81,12 +83,15 @@ def read_job(job_dir: Path) -> Job:
         overrides = job_dir.name.split("_", 1)[1].split(",")
     if schedule == "?":
         schedule = next((o.split("=", 1)[1] for o in overrides if o.startswith("schedule=")), "?")
+    lineage = (summary or {}).get("lineage") or (OmegaConf.to_container(config.lineage)
+                                                 if config is not None and config.get("lineage") else None)
+    first = lineage["update"] if lineage else 0  # a branch's updates before N are its parent's
     lr_curve = []
     if (job_dir / "lr.csv").is_file() and not (config is not None and metric_driven(config.schedule)):
         rows = read_lr_csv(job_dir / "lr.csv")
         column = next(k for k in rows[0] if k.startswith("lr/"))  # the first group's, as train/lr
         ran = (summary or {}).get("metrics", {}).get("updates", len(rows))  # a range test may stop early
-        lr_curve = [(int(r["update"]), r[column]) for r in rows[: int(ran)]]
+        lr_curve = [(int(r["update"]), r[column]) for r in rows[first : int(ran)]]
     return Job(
         name=job_dir.name,
         schedule=schedule,
@@ -96,7 +101,37 @@ def read_job(job_dir: Path) -> Job:
         wall_time_s=None if summary is None else summary.get("wall_time_s"),
         error=None if summary is None else summary.get("error"),
         lr_curve=lr_curve,
+        lineage=lineage,
     )
+
+
+def branch_parents(jobs: list[Job]) -> list[Job]:
+    """The runs the branches among ``jobs`` were branched from (``lineage["parent"]``), each once,
+    read from their own directories; parents that are gone, or are among ``jobs``, are left out."""
+    names = {job.name for job in jobs}
+    dirs = dict.fromkeys(Path(job.lineage["parent"]) for job in jobs if job.lineage)
+    return [read_job(d) for d in dirs if d.is_dir() and d.name not in names]
+
+
+def branch_points(jobs: list[Job]) -> dict[str, list[int]]:
+    """Parent run directory -> the updates its branches among ``jobs`` start at, sorted."""
+    points: dict[str, set[int]] = {}
+    for job in jobs:
+        if job.lineage:
+            points.setdefault(job.lineage["parent"], set()).add(job.lineage["update"])
+    return {parent: sorted(updates) for parent, updates in points.items()}
+
+
+def _draw_parents(ax: Any, parents: Sequence[Job], jobs: list[Job], curve: Any) -> None:
+    """Each parent's ``curve(job)`` points in grey beneath its branches, and each branch point
+    (update N) as a dotted vertical line."""
+    for parent in parents:
+        points = curve(parent)
+        if points:
+            ax.plot([s for s, _ in points], [v for _, v in points], "-", color="0.6", linewidth=2.5, zorder=0,
+                    label=f"parent {parent.name}")
+    for update in sorted({update for updates in branch_points(jobs).values() for update in updates}):
+        ax.axvline(update, color="0.6", linestyle=":", linewidth=1, zorder=0)
 
 
 def collect(sweep_dir: Path, *, skip: Mapping[str, int | None] | None = None) -> list[Job]:
@@ -156,12 +191,15 @@ def rows(jobs: list[Job]) -> list[dict[str, str]]:
     return table
 
 
-def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, log_y: bool = False) -> None:
+def _plot(
+    jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, log_y: bool = False, parents: Sequence[Job] = (),
+) -> None:
     # Only here: Hydra imports this module for SweepReport on every run, sweep or not.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
+    _draw_parents(ax, parents, jobs, lambda parent: parent.scalars.get(tags[0]))
     for index, job in enumerate(jobs):
         for tag in tags:
             points = job.scalars.get(tag)
@@ -180,14 +218,16 @@ def _plot(jobs: list[Job], path: Path, *, tags: tuple[str, ...], ylabel: str, lo
     write_atomic(path, figure_bytes(fig, dpi=110))
 
 
-def _plot_lr(jobs: list[Job], path: Path) -> str:
+def lr_figure(jobs: list[Job], parents: Sequence[Job] = ()) -> tuple[Any, str]:
     """Each job's LR of every update from its schedule (lr.csv), not the logged points: those are
     every ``log_every_n_steps`` updates and alias a periodic schedule. Jobs without a curve
-    (plateau, or older runs) show ``train/lr`` as logged, marked so. Returns the plot's caption."""
+    (plateau, or older runs) show ``train/lr`` as logged, marked so. A branch is drawn from its
+    update N on, over its parent's curve (``parents``, grey). Returns the figure and its caption."""
     from matplotlib.figure import Figure  # only here, as in _plot
 
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
+    _draw_parents(ax, parents, jobs, lambda parent: parent.lr_curve or parent.scalars.get("train/lr"))
     logged = False
     for index, job in enumerate(jobs):
         label = f"{job.name.split('_', 1)[0]} {job.schedule}"
@@ -203,11 +243,12 @@ def _plot_lr(jobs: list[Job], path: Path) -> str:
     if ax.get_lines():
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
-    write_atomic(path, figure_bytes(fig, dpi=110))
     caption = "LR of every update, from each job's schedule (its lr.csv)"
     if logged:
         caption += "; jobs marked (logged): train/lr as logged, every logger.log_every_n_steps updates"
-    return caption
+    if parents:
+        caption += "; branches over their parent's curve (grey), dotted where they branch"
+    return fig, caption
 
 
 def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] | None = None) -> Path:
@@ -223,12 +264,16 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
     writer.writerows(table)
     write_atomic(out_dir / "report.csv", text.getvalue())
     common = sorted(_common_overrides(jobs))
-    lr_caption = _plot_lr(jobs, out_dir / "lr.png")
+    parents = branch_parents(jobs)
+    figure, lr_caption = lr_figure(jobs, parents)
+    write_atomic(out_dir / "lr.png", figure_bytes(figure, dpi=110))
     lines = [
         f"# Sweep report: {sweep_dir}",
         "",
         f"{len(jobs)} jobs, sorted by final val/loss (lower is better); unfinished jobs last.",
         f"Shared overrides: `{' '.join(common)}`" if common else "",
+        *(f"Branches of `{parent}` at update(s) {', '.join(map(str, updates))} are drawn over its curve (grey)."
+          for parent, updates in branch_points(jobs).items()),
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -240,7 +285,8 @@ def write_report(sweep_dir: Path, out_dir: Path | None = None, jobs: list[Job] |
         "",
     ]
     write_atomic(out_dir / "report.md", "\n".join(lines))
-    _plot(jobs, out_dir / "loss.png", tags=("train/loss", "val/loss"), ylabel="loss (nats)", log_y=True)
+    _plot(jobs, out_dir / "loss.png", tags=("train/loss", "val/loss"), ylabel="loss (nats)", log_y=True,
+          parents=parents)
     return out_dir / "report.md"
 
 

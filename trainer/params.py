@@ -36,7 +36,9 @@ class Param:
     ``kind``: ``bool``, ``int``, ``float`` (ints are accepted), ``str``, ``list`` (of ``item``; a
     ``dict`` item is any mapping, checked by its owner) or ``dict`` (names to ``item``). ``low``/``high`` bound a number, or every item of a list or
     dict; ``choices`` lists the only values allowed (a ``str``'s, say); ``extra`` holds values
-    accepted besides the typed ones (``None`` for "null = off", ``"auto"``).
+    accepted besides the typed ones (``None`` for "null = off", ``"auto"``); ``or_mapping``: a
+    mapping is accepted too, its keys checked by the owner (a schedule named with its parameters,
+    ``{name: wsd, decay_steps: 200}``, where a name alone would do).
     """
 
     default: Any
@@ -53,10 +55,11 @@ class Param:
     increasing: bool = False  # a list's items strictly increase
     min_items: int = 0
     fields: Mapping[str, Param] | None = None  # a list of records (``item=dict``): each one's keys
+    or_mapping: bool = False
 
     def check(self, value: Any, key: str) -> None:
         """Raise :class:`ConfigError` naming ``key`` unless ``value`` is allowed."""
-        if any(_same(value, v) for v in self.extra):
+        if any(_same(value, v) for v in self.extra) or self.or_mapping and isinstance(value, Mapping):
             return
         if self.kind is list and self.fields is not None:
             ok = _is_list(value)
@@ -106,7 +109,7 @@ class Param:
             what = self._item_words(self.kind)
         for value in self.extra:
             what += f" or {_show(value)}"
-        return what
+        return what + (" or a mapping" if self.or_mapping else "")
 
     def _item_words(self, kind: type | None = None) -> str:
         kind = kind or self.item

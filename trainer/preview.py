@@ -29,7 +29,16 @@ from trainer.components import CONFIG_DIR
 from trainer.errors import EXIT_CONFIG, ConfigError, refuse, require
 from trainer.params import Param, check_params
 from trainer.rundir.lock import remove_created_run_dir, remove_if_empty
-from trainer.schedules.curve import PLATEAU_NOTE, draw_lr, lr_rows, lr_title, phase_joins, read_lr_csv, write_lr_csv
+from trainer.schedules.curve import (
+    PLATEAU_NOTE,
+    draw_lr,
+    lr_columns,
+    lr_rows,
+    lr_title,
+    phase_joins,
+    read_lr_csv,
+    write_lr_csv,
+)
 
 
 def build_optimizers_without_dynamo() -> None:
@@ -80,7 +89,7 @@ def write_preview(cfg: DictConfig, out_dir: Path, *, updates_per_second: float |
     from trainer.optim.groups import group_names
 
     optimizer, schedule, plan = build_for_preview(cfg)
-    updates, estimate = estimated_updates(cfg, schedule, plan.max_updates, updates_per_second)
+    schedule, updates, estimate = estimated_updates(cfg, schedule, plan.max_updates, updates_per_second)
     rows = lr_rows(optimizer, schedule, updates)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_lr_csv(rows, out_dir / "lr.csv")
@@ -96,27 +105,45 @@ def write_preview(cfg: DictConfig, out_dir: Path, *, updates_per_second: float |
         + f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
         + (f"  phases: {schedule.phases[0][0]}, then " + ", ".join(f"{n} from update {u}" for u, n in joins) + "\n"
            if joins else "")
+        + group_lines(rows)
         + (f"  {note}\n" if note else "")
         + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )
     return rows
 
 
-def estimated_updates(cfg: DictConfig, schedule: Any, max_updates: int, updates_per_second: float | None) -> tuple[int, str]:
-    """The updates to preview and, when an estimated throughput decides them, what to say about it.
-    A schedule in seconds reads t = u / ``updates_per_second`` (required for it); a
+def group_lines(rows: list[dict[str, float]]) -> str:
+    """One line per distinct group LR curve when the groups' curves differ (scales, their own
+    schedules), and per weight-decay curve when it is scheduled: ``lr/GROUP: first, peak, last``."""
+    lines = []
+    for prefix in ("lr/", "wd/"):
+        curves = lr_columns(rows, prefix=prefix)
+        if prefix == "wd/" or len(curves) > 1:
+            for columns in curves:
+                values = [r[columns[0]] for r in rows]
+                lines.append(f"  {' = '.join(columns)}: first={values[0]:.6g} peak={max(values):.6g} "
+                             f"(update {values.index(max(values))}) last={values[-1]:.6g}\n")
+    return "".join(lines)
+
+
+def estimated_updates(
+    cfg: DictConfig, schedule: Any, max_updates: int, updates_per_second: float | None,
+) -> tuple[Any, int, str]:
+    """The schedule to preview, its updates and, when an estimated throughput decides them, what to
+    say about it. A schedule in seconds reads t = u / ``updates_per_second`` (required for it); a
     ``trainer.max_time`` budget ends at the first update whose t reaches it."""
     max_time = cfg.trainer.get("max_time")
     if schedule.interval == "time":
         require(updates_per_second is not None, "preview.updates_per_second",
                 "a schedule in seconds is drawn against a throughput: give the optimizer updates per second you "
                 "expect (e.g. preview.updates_per_second=20, from a run's progress bar)")
-        schedule.seconds = lambda update: update / updates_per_second
+        schedule = schedule.reading(lambda update: update / updates_per_second)
     if updates_per_second is None:
-        return max_updates, f"trainer.max_time={max_time} s may end the run sooner" if max_time is not None else ""
+        return schedule, max_updates, f"trainer.max_time={max_time} s may end the run sooner" if max_time else ""
     if max_time is not None:
         max_updates = min(max_updates, math.ceil(max_time * updates_per_second))
-    return max_updates, f"t = update / ({updates_per_second:g} updates/s): an estimated throughput (preview.updates_per_second)"
+    return schedule, max_updates, (f"t = update / ({updates_per_second:g} updates/s): an estimated throughput "
+                                   "(preview.updates_per_second)")
 
 
 class CombinedPlot(Callback):

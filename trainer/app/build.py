@@ -30,6 +30,7 @@ from trainer.plan import RunPlan, plan_run
 from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
 from trainer.schedules.curve import LrLog
+from trainer.schedules.named import bind_named_schedules
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
 from trainer.training.clock import TrainingClock, uses_clock
@@ -163,11 +164,12 @@ def build_optimization(
         lr_scale=plan.lr_scale,
         units_per_update=plan.units_per_update,
     )
+    schedule = bind_named_schedules(schedule, cfg, plan)  # the groups' own, and the weight decay's
     clock = None
     if uses_clock(cfg):
         clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device,
                               counts_schedule=schedule.interval == "time")
-        schedule.seconds = clock.at  # interval=time: t is the clock's reading at each update
+        schedule = schedule.reading(clock.at)  # interval=time: t is the clock's reading at each update
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
         check_stages_fit(stages, optimizer, plan)
@@ -231,16 +233,18 @@ def build_training(
 def build_loop(
     cfg: DictConfig, training: Training, *, plan: RunPlan, run_dir: Path, config: dict, start_update: int = 0,
     resumed_val: dict[str, float] | None = None, world: World | None = None, group_lrs_differ: bool = True,
+    group_wds_differ: bool = False,
 ) -> Loop:
     """The loop over ``training``'s parts, with its logger: built last, as its files open here.
     ``group_lrs_differ``: whether the run's parameter groups ever run at different LRs (then each
-    gets its own ``train/lr/<group>`` chart; otherwise ``train/lr`` is every group's)."""
+    gets its own ``train/lr/<group>`` chart; otherwise ``train/lr`` is every group's);
+    ``group_wds_differ``: the same for their scheduled weight decays (``train/wd/<group>``)."""
     world = world or World()
     schedule, names = training.step.schedule, group_names(training.step.optimizer)
     timed, extra_writers = schedule.interval == "time", []
     if timed and world.is_main:  # its lr.csv is written as it logs, its t beside each LR
-        extra_writers.append(LrLog(run_dir / "lr.csv", names, momentum=schedule.momentum_fn is not None,
-                                   purge_step=start_update))
+        extra_writers.append(LrLog(run_dir / "lr.csv", names, decays=schedule.scheduled_decay,
+                                   momentum=schedule.momentum_fn is not None, purge_step=start_update))
     logger = RunLogger(
         run_dir,
         log_every_n_steps=1 if training.controls.logs_every_update else cfg.logger.log_every_n_steps,
@@ -248,6 +252,7 @@ def build_loop(
         max_updates=plan.max_updates,
         updates_per_epoch=plan.updates_per_epoch,
         group_names=names if group_lrs_differ else [],
+        wd_group_names=names if group_wds_differ else [],
         writers=list(cfg.logger.writers),
         config=config,
         progress_bar=cfg.logger.progress_bar,

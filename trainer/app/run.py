@@ -122,6 +122,7 @@ class Prepared:
     resumed_val: dict[str, float] | None  # val/* logged at the resumed checkpoint's own update
     group_lrs_differ: bool  # decided once per run, from its whole LR curve: one chart per group, or train/lr alone
     lineage: dict | None = None  # a branch's parent (trainer.branch_from), kept when the branch resumes
+    group_wds_differ: bool = False  # the same for scheduled weight decays: train/wd/<group>, or train/wd alone
 
 
 def _train(
@@ -136,7 +137,7 @@ def _train(
         loop = build_loop(
             cfg, run.training, plan=run.built.plan, run_dir=run_dir, config=OmegaConf.to_container(run.config),
             start_update=run.start_update, resumed_val=run.resumed_val, world=world,
-            group_lrs_differ=run.group_lrs_differ,
+            group_lrs_differ=run.group_lrs_differ, group_wds_differ=run.group_wds_differ,
         )
         metrics = loop.run(run.start_update)
         status = loop.ending.status if loop.ending is not None else "completed"
@@ -232,7 +233,8 @@ def _prepare(
     # A plateau's cuts scale every group alike: groups that start alike stay alike.
     group_lrs_differ = bool(lrs) and len(lr_columns(lrs)) > 1
     return Prepared(built, training, config, start_update, resumed_val, group_lrs_differ,
-                    lineage=OmegaConf.to_container(config.lineage) if config.get("lineage") else None)
+                    lineage=OmegaConf.to_container(config.lineage) if config.get("lineage") else None,
+                    group_wds_differ=bool(lrs) and len(lr_columns(lrs, prefix="wd/")) > 1)
 
 
 def _check_continues(

@@ -23,6 +23,7 @@ from trainer.params import Param, check_params, unknown_key_message
 from trainer.plan import check_one_warmup, warms_up
 from trainer.rundir import branch, init_from
 from trainer.rundir.writers import LOGGER, check_writers, writer_nodes
+from trainer.schedules.named import check_named_schedules
 from trainer.schedules.registry import COMMON, COMMON_KEYS, check_schedule_params, schedule_names, spec_of
 from trainer.schedules.schedule import Schedule
 from trainer.training.clock import check_time
@@ -109,6 +110,7 @@ def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     _validate_data_and_model(cfg.data, cfg.model)
     check_optimizer(cfg.optimizer)
     _validate_schedule(cfg.schedule, cfg.optimizer)
+    check_named_schedules(cfg.optimizer, cfg.schedule)  # optimizer.param_groups[].schedule, weight_decay_schedule
     schedule_free.check_schedule(cfg.optimizer, cfg.schedule)
     check_time(cfg)
     if strategy is None:

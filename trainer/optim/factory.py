@@ -33,8 +33,11 @@ COMMON: dict[str, Param] = {
                          high=1, low_open=True, extra=(None,)),
     "layer_order": Param(None, "module names bottom to top, one depth each, for layer_decay on a model without "
                                "its own order", list, item=str, min_items=1, extra=(None,)),
-    "param_groups": Param([], "rules {match, lr_scale, weight_decay} over parameter names; the first match wins",
-                          list, item=dict, fields=RULE),
+    "param_groups": Param([], "rules {match, lr_scale, weight_decay, schedule} over parameter names; the first match "
+                          "wins", list, item=dict, fields=RULE),
+    "weight_decay_schedule": Param("none", "none: each group keeps its weight decay λ; lr: λ × its LR schedule's shape "
+                                   "lr(t)/peak; a schedule name or {name: ..., its keys}: λ × that schedule's shape", str,
+                                   or_mapping=True),
 }
 
 #: Each optimizer's own keys, with the defaults of its YAML (which may also differ in lr and
@@ -127,8 +130,11 @@ def build_optimizer(
         layer_decay=cfg.get("layer_decay"), layer_order=cfg.get("layer_order"), rules=cfg.get("param_groups") or (),
         unfreeze=unfreeze,
     )
+    scheduled_decay = cfg.get("weight_decay_schedule", "none") != "none"
     for group in groups:
         group["lr"] = cfg.lr * group["lr_scale"]
+        if scheduled_decay:  # what optimizer.weight_decay_schedule scales at every update
+            group["base_weight_decay"] = group["weight_decay"]
     config = OmegaConf.to_container(cfg, resolve=True)
     config["_target_"] = target_of(cfg, "optimizer")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k not in OURS + ("_target_",)}

@@ -29,6 +29,10 @@ RULE: dict[str, Param] = {
     "lr_scale": Param(1.0, "LR multiplier of the parameters it matches", float, low=0, low_open=True),
     "weight_decay": Param(None, "their weight decay (no-decay parameters keep 0); null: optimizer.weight_decay",
                           float, low=0, extra=(None,)),
+    # Checked and bound with the schedules (trainer.schedules.named), which this layer may not import.
+    "schedule": Param(None, "their own LR schedule instead of the run's: a schedule name (constant) or {name: ..., its "
+                            "keys}, bound with the run's η, interval, length and warmup; × lr_scale", str,
+                      extra=(None,), or_mapping=True),
 }
 
 
@@ -54,9 +58,11 @@ def parameter_groups(
       that is its module or a parent of it, else 1.0 (label: the module name).
     - ``layer_decay``: depth d of D gets ``layer_decay^(D - d)`` (:mod:`trainer.optim.layer_decay`;
       label ``depthD``).
-    - ``rules``: ``optimizer.param_groups``, ``{match, lr_scale, weight_decay}``: the first rule
-      whose glob matches the parameter's name sets its scale and, when given, the weight decay of
-      its decayed parameters (no-decay ones keep 0); label: the glob.
+    - ``rules``: ``optimizer.param_groups``, ``{match, lr_scale, weight_decay, schedule}``: the
+      first rule whose glob matches the parameter's name sets its scale and, when given, the weight
+      decay of its decayed parameters (no-decay ones keep 0); label: the glob. A rule's own
+      ``schedule`` is bound with the run's (:mod:`trainer.schedules.named`); its groups carry
+      ``schedule_rule``, the rule's index, which tells the schedule to follow.
     - ``unfreeze``: a stage's modules (label ``unfreezeK``, K its 1-based place), whose groups
       carry ``unfreeze_at`` (:mod:`trainer.optim.unfreeze`).
 
@@ -69,17 +75,15 @@ def parameter_groups(
     _check_modules(model, names, {module: f"trainer.unfreeze.{stage.index}.modules" for module, stage in stage_of.items()})
     placing = _Placing(
         lr_scales, layer_scales(model, layer_decay, layer_order) if layer_decay is not None else {},
-        _match_rules(model, names, rules), stage_of, weight_decay,
+        rules, _match_rules(model, names, rules), stage_of, weight_decay,
     )
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     groups: dict[tuple[str, tuple[str, ...]], dict] = {}
     for name, param in model.named_parameters():  # a tied parameter comes once
         if not param.requires_grad:
             continue
-        kind = "all"
-        if split_decay:
-            kind = "no_decay" if param.ndim < 2 or id(param) in embeddings else "decay"
-        labels, scale, decay, stage = placing.place(name)
+        kind = ("no_decay" if param.ndim < 2 or id(param) in embeddings else "decay") if split_decay else "all"
+        labels, scale, decay, stage, own_schedule = placing.place(name)
         group = groups.setdefault((kind, tuple(labels)), {
             "name": "/".join([kind, *labels]),
             "params": [],
@@ -87,6 +91,7 @@ def parameter_groups(
             "weight_decay": 0.0 if kind == "no_decay" else decay,
             "lr_scale": scale,
             **({"unfreeze_at": stage.at_update} if stage is not None else {}),
+            **({"schedule_rule": own_schedule} if own_schedule is not None else {}),
         })
         group["params"].append(param)
         group["param_names"].append(name)
@@ -112,12 +117,14 @@ class _Placing:
 
     lr_scales: Mapping[str, float]  # module -> LR multiplier
     depths: Mapping[str, tuple[int, float]]  # parameter -> (depth, multiplier)
-    rule_of: Mapping[str, Mapping[str, Any]]  # parameter -> its optimizer.param_groups rule
+    rules: Sequence[Mapping[str, Any]]  # optimizer.param_groups
+    rule_of: Mapping[str, int]  # parameter -> the index of its rule
     stage_of: Mapping[str, Stage]  # module -> its unfreeze stage
     weight_decay: float
 
-    def place(self, name: str) -> tuple[list[str], float, float, Stage | None]:
-        """The labels, LR scale, weight decay (of a decayed parameter) and unfreeze stage of ``name``."""
+    def place(self, name: str) -> tuple[list[str], float, float, Stage | None, int | None]:
+        """The labels, LR scale, weight decay (of a decayed parameter) and unfreeze stage of
+        ``name``, and the index of its rule when that names its own schedule."""
         labels, scale, decay = [], 1.0, self.weight_decay
         prefix = max((p for p in self.lr_scales if under(name, p)), key=len, default=None)
         if prefix is not None:
@@ -127,7 +134,8 @@ class _Placing:
             depth, depth_scale = self.depths[name]
             labels.append(f"depth{depth}")
             scale *= depth_scale
-        rule = self.rule_of.get(name)
+        index = self.rule_of.get(name)
+        rule = self.rules[index] if index is not None else None
         if rule is not None:
             labels.append(str(rule["match"]))
             scale *= float(rule.get("lr_scale", 1.0))
@@ -138,7 +146,7 @@ class _Placing:
         if stage is not None:
             labels.append(f"unfreeze{stage.index + 1}")
             scale *= stage.lr_scale
-        return labels, scale, decay, stage
+        return labels, scale, decay, stage, index if rule is not None and rule.get("schedule") is not None else None
 
 
 def _check_modules(model: nn.Module, names: list[str], keys: Mapping[str, str]) -> None:
@@ -157,14 +165,13 @@ def _check_modules(model: nn.Module, names: list[str], keys: Mapping[str, str]) 
         raise ConfigError(key, names_nothing(model, prefix))
 
 
-def _match_rules(model: nn.Module, names: list[str], rules: Sequence[Mapping[str, Any]]) -> dict[str, Mapping]:
-    """Parameter name -> the first ``optimizer.param_groups`` rule whose glob matches it; a rule
-    that matches no parameter, or only parameters an earlier rule took, is a ConfigError."""
-    rule_of: dict[str, Mapping] = {}
+def _match_rules(model: nn.Module, names: list[str], rules: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Parameter name -> the index of the first ``optimizer.param_groups`` rule whose glob matches
+    it; a rule that matches no parameter, or only parameters an earlier rule took, is a ConfigError."""
     first_of: dict[str, int] = {}  # parameter name -> the index of the rule that took it
     for index, rule in enumerate(rules):
         matched = [name for name in names if fnmatch.fnmatchcase(name, str(rule["match"]))]
-        if matched and all(name in rule_of for name in matched):
+        if matched and all(name in first_of for name in matched):
             earlier = sorted({first_of[name] for name in matched})
             raise ConfigError(
                 f"optimizer.param_groups.{index}.match",
@@ -179,9 +186,8 @@ def _match_rules(model: nn.Module, names: list[str], rules: Sequence[Mapping[str
                 f"modules are {', '.join(modules)}",
             )
         for name in matched:
-            if name not in rule_of:
-                rule_of[name], first_of[name] = rule, index
-    return rule_of
+            first_of.setdefault(name, index)
+    return first_of
 
 
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:

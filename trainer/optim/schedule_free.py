@@ -77,14 +77,25 @@ def check_schedule(optimizer: DictConfig, schedule: DictConfig) -> None:
     ``optimizer.allow_schedule=true``: one ConfigError naming the key otherwise."""
     if not names_schedule_free(optimizer) or optimizer.get("allow_schedule", False):
         return
+    plus = "" if "allow_schedule" in optimizer else "+"  # optimizer=target has no such key yet
     if schedule.name != "constant" or warms_up(schedule):
         what = f"schedule={schedule.name}" if schedule.name != "constant" else "a schedule warmup"
-        plus = "" if "allow_schedule" in optimizer else "+"  # optimizer=target has no such key yet
         raise ConfigError(
             "optimizer.allow_schedule",
             f"{optimizer._target_} is schedule-free and expects a constant LR, but {what} would scale it: use "
             "schedule=constant schedule.warmup_steps=0 (its own warmup is optimizer.warmup_steps), or "
             f"{plus}optimizer.allow_schedule=true to apply the schedule anyway",
+        )
+    for index, rule in enumerate(optimizer.get("param_groups") or ()):  # a group's own schedule, likewise
+        own = rule.get("schedule")
+        own = {"name": own} if isinstance(own, str) else own
+        # A constant without a warmup of its own takes the run's: none, as checked above.
+        if own is None or own.get("name") == "constant" and not own.get("warmup_steps") and own.get("warmup_ratio") is None:
+            continue
+        raise ConfigError(
+            f"optimizer.param_groups.{index}.schedule",
+            f"{optimizer._target_} is schedule-free and expects a constant LR, but this group's own schedule would "
+            f"scale it: use schedule: constant, or {plus}optimizer.allow_schedule=true to apply it anyway",
         )
 
 

@@ -32,12 +32,14 @@ class Pending:
     epoch: int
     tags: tuple[str, ...]  # the counters' tags, in the order of ``tensors[2:]``
     tensors: tuple[torch.Tensor, ...]  # loss, grad_norm, *counters
+    wds: list[float] | None = None  # as applied, one per group, when optimizer.weight_decay_schedule moves them
     t: float | None = None  # a schedule in seconds: the t its LR was set from
 
 
 class RunLogger:
     """Writes ``train/lr``, ``train/lr/<group>`` (for each of ``group_names``: pass none when every
-    group runs at ``train/lr``), ``train/momentum``, ``train/loss``,
+    group runs at ``train/lr``), ``train/wd`` and ``train/wd/<group>`` likewise (``wd_group_names``)
+    when the weight decay is scheduled (the loop records it), ``train/momentum``, ``train/loss``,
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
     ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only);
     with ``times`` (a schedule in seconds: the t of an update), ``train/t`` too. ``extra_writers``
@@ -52,6 +54,7 @@ class RunLogger:
         max_updates: int,
         updates_per_epoch: int,
         group_names: list[str],
+        wd_group_names: Sequence[str] = (),
         writers: Sequence[str] = ("tensorboard",),
         config: Mapping[str, Any] | None = None,
         progress_bar: bool = True,
@@ -72,7 +75,7 @@ class RunLogger:
         self.val_history: dict[str, list[tuple[int, float]]] = {}
         #: The last validation logged: (updates done, metrics); a checkpoint at that update keeps them.
         self.last_val: tuple[int, dict[str, float]] = (-1, {})
-        self.group_names = group_names
+        self.group_names, self.wd_group_names = group_names, wd_group_names
         self.updates_per_epoch = updates_per_epoch
         bounded = max_updates < UNBOUNDED  # else trainer.max_time alone ends the run: no count to show
         self.num_epochs = -(-max_updates // updates_per_epoch) if bounded else None
@@ -112,15 +115,15 @@ class RunLogger:
 
     def record(
         self, update: int, *, lrs: list[float], momentum: float | None, loss: torch.Tensor, grad_norm: torch.Tensor,
-        epoch: int, counters: Mapping[str, torch.Tensor] | None = None,
+        epoch: int, counters: Mapping[str, torch.Tensor] | None = None, wds: list[float] | None = None,
     ) -> None:
         """Keep one logged update's values until :meth:`read`. ``loss`` and ``grad_norm`` are this
         update's own tensors; ``counters`` (tag -> a running count, the same on every rank) are
-        copied on the device (one small op each, no sync)."""
+        copied on the device (one small op each, no sync); ``wds``: the groups' weight decays, when scheduled."""
         counters = counters or {}
         tensors = (loss, grad_norm, *(count.clone() for count in counters.values()))
         t = self.times(update) if self.times is not None else None
-        self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors, t))
+        self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors, wds, t))
 
     def read(self) -> list[dict[str, float]]:
         """Read every pending update's device values (one host-device sync) and write their
@@ -138,6 +141,9 @@ class RunLogger:
                        "train/grad_norm": grad_norm, **{tag: int(count) for tag, count in zip(pending.tags, counts)}}
             if self.group_names:
                 scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, pending.lrs)})
+            if pending.wds is not None:
+                scalars["train/wd"] = pending.wds[0]
+                scalars.update({f"train/wd/{name}": wd for name, wd in zip(self.wd_group_names, pending.wds)})
             if pending.momentum is not None:
                 scalars["train/momentum"] = pending.momentum
             if pending.t is not None:

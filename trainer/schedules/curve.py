@@ -3,7 +3,8 @@
 What ``python -m trainer.preview`` writes, what every run writes into its directory (the exact
 curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report draws per job.
 ``lr.csv`` has one row per optimizer update (0-based): ``update``, ``t`` (the schedule index, in
-``schedule.interval`` units), ``lr/<group>`` for every parameter group, and ``momentum`` when the
+``schedule.interval`` units), ``lr/<group>`` for every parameter group, ``wd/<group>`` (its weight
+decay) for every group when ``optimizer.weight_decay_schedule`` moves it, and ``momentum`` when the
 schedule sets it. A schedule in seconds (``interval=time``) is known only as the run goes: its run
 writes a row per logged update as it logs it (:class:`LrLog`), the t read from the training clock.
 matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
@@ -12,7 +13,6 @@ matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -37,7 +37,7 @@ Row = dict[str, float]
 
 
 def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: int, first: int = 0) -> list[Row]:
-    """The LRs (and momentum) of updates ``first`` to ``num_updates - 1`` as training applies them,
+    """The LRs (weight decays, momentum) of updates ``first`` to ``num_updates - 1`` as training applies them,
     through the same :func:`~trainer.schedules.schedule.apply_schedule` (a pure function of the
     update), on a copy of the groups' settings: the optimizer itself is left as it was. A
     ``plateau`` schedule gives its LR before any cut."""
@@ -52,6 +52,8 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
         apply_schedule(groups, schedule, update)
         row = {"update": update, "t": schedule.position(update)}
         row.update({f"lr/{name}": lr for name, lr in zip(names, applied_lrs(groups, steps_done=update))})
+        if schedule.scheduled_decay:
+            row.update({f"wd/{name}": group["weight_decay"] for name, group in zip(names, groups.param_groups)})
         if scheduled_momentum:
             row["momentum"] = applied_momentum(groups)
         rows.append(row)
@@ -62,7 +64,7 @@ def sampled_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, points: i
     """A schedule in seconds at ``points`` values of t spread evenly over [0, T] (``update``: the
     point's index), for what depends on the curve's shape alone (whether the groups' LRs differ)."""
     spacing = schedule.total_steps / (points - 1)
-    return lr_rows(optimizer, dataclasses.replace(schedule, seconds=lambda point: point * spacing), points)
+    return lr_rows(optimizer, schedule.reading(lambda point: point * spacing), points)
 
 
 def phase_joins(rows: Sequence[Row], schedule: Schedule) -> list[tuple[int, str]]:
@@ -99,17 +101,18 @@ def read_lr_csv(path: Path) -> list[Row]:
 
 class LrLog:
     """``lr.csv`` of a run with a schedule in seconds: one row per logged update, written as the
-    run's logger writes its scalars (``train/t``, ``train/lr``, ``train/lr/<group>``,
-    ``train/momentum``: the LRs as applied), a writer of :mod:`trainer.rundir.writers`' kind.
+    run's logger writes its scalars (``train/t``, ``train/lr``, ``train/lr/<group>``, ``train/wd``,
+    ``train/wd/<group>``, ``train/momentum``: as applied), a writer of :mod:`trainer.rundir.writers`' kind.
 
     ``group_names``: every parameter group's, in order (a group without a ``train/lr/<group>`` of
-    its own runs at ``train/lr``). A resumed run (``purge_step`` > 0) first drops the rows at or
+    its own runs at ``train/lr``; likewise its weight decay, with ``decays``: scheduled). A resumed run (``purge_step`` > 0) first drops the rows at or
     after the update it resumes from, and a row a kill cut short, as the other writers do.
     """
 
-    def __init__(self, path: Path, group_names: Sequence[str], *, momentum: bool, purge_step: int) -> None:
-        self.names, self.momentum = list(group_names), momentum
-        header = ["update", "t", *(f"lr/{name}" for name in self.names), *(["momentum"] if momentum else [])]
+    def __init__(self, path: Path, group_names: Sequence[str], *, decays: bool, momentum: bool, purge_step: int) -> None:
+        self.names, self.decays, self.momentum = list(group_names), decays, momentum
+        header = ["update", "t", *(f"lr/{name}" for name in self.names),
+                  *(f"wd/{name}" for name in (self.names if decays else ())), *(["momentum"] if momentum else [])]
         kept = []
         if purge_step > 0 and path.is_file():
             with open(path, newline="") as f:
@@ -124,8 +127,9 @@ class LrLog:
         if "train/t" not in values:  # a validation's
             return
         lrs = [values.get(f"train/lr/{name}", values["train/lr"]) for name in self.names]
+        wds = [values.get(f"train/wd/{name}", values["train/wd"]) for name in (self.names if self.decays else ())]
         extra = [values["train/momentum"]] if self.momentum else []
-        self._csv.writerow([step, *(repr(float(v)) for v in (values["train/t"], *lrs, *extra))])
+        self._csv.writerow([step, *(repr(float(v)) for v in (values["train/t"], *lrs, *wds, *extra))])
 
     def hparams(self, hparams: Mapping[str, object], *, experiment: bool) -> None:
         """Nothing: lr.csv holds LRs only."""
@@ -138,10 +142,11 @@ class LrLog:
         self._file.close()
 
 
-def lr_columns(rows: list[Row]) -> list[list[str]]:
-    """The ``lr/<group>`` columns, those with identical values together: one curve each."""
+def lr_columns(rows: list[Row], prefix: str = "lr/") -> list[list[str]]:
+    """The ``lr/<group>`` columns (``prefix="wd/"``: the weight decays'), those with identical
+    values together: one curve each."""
     curves: dict[tuple[float, ...], list[str]] = {}
-    for column in (k for k in rows[0] if k.startswith("lr/")):
+    for column in (k for k in rows[0] if k.startswith(prefix)):
         curves.setdefault(tuple(r[column] for r in rows), []).append(column)
     return list(curves.values())
 
@@ -151,15 +156,24 @@ def draw_lr(
 ) -> None:
     """Plot ``rows`` (from :func:`lr_rows`) to ``path``: one line per distinct group curve, labelled
     with every group it stands for (``lr/decay = lr/no_decay``), momentum on a second axis; a
-    dotted vertical line at each of a chain's ``joins`` (first update, phase name), labelled."""
+    dotted vertical line at each of a chain's ``joins`` (first update, phase name), labelled; the
+    weight decays, when scheduled (``wd/<group>`` columns), in a panel below, drawn the same way."""
     from matplotlib.figure import Figure  # the object API needs no GUI backend
 
-    fig = Figure(figsize=(7, 4.4), layout="constrained")
-    ax = fig.subplots()
+    decays = lr_columns(rows, prefix="wd/")
+    fig = Figure(figsize=(7, 6.6 if decays else 4.4), layout="constrained")
     updates = [r["update"] for r in rows]
+    if decays:
+        ax, below = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+        for columns in decays:
+            below.plot(updates, [r[columns[0]] for r in rows], label=" = ".join(columns))
+        below.set(xlabel="optimizer update", ylabel="weight decay")
+        below.legend(fontsize="small", frameon=False)
+    else:
+        ax = fig.subplots()
+        ax.set_xlabel("optimizer update")
     for columns in lr_columns(rows):
         ax.plot(updates, [r[columns[0]] for r in rows], label=" = ".join(columns))
-    ax.set_xlabel("optimizer update")
     ax.set_ylabel("learning rate")
     ax.set_title(title if note is None else f"{title}\n{note}", fontsize="medium")
     for update, name in joins:

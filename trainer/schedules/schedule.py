@@ -1,13 +1,14 @@
 """A schedule bound to a run (:class:`Schedule`) and how it is applied to an optimizer.
 
-:func:`apply_schedule` is the one place that writes LRs (and scheduled momentum) into the
-optimizer's groups; training, the preview and ``lr.csv`` all go through it, so the LR that is
-logged is the LR that was applied."""
+:func:`apply_schedule` is the one place that writes LRs (scheduled weight decay and momentum too)
+into the optimizer's groups; training, the preview and ``lr.csv`` all go through it, so the LR that
+is logged is the LR that was applied."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainer.optim.schedule_free import own_warmup
@@ -20,14 +21,21 @@ if TYPE_CHECKING:  # applying a schedule needs only the optimizer's groups, not 
 
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
-    """Set every group's LR (and scheduled momentum / beta1) for optimizer update ``update``, and
-    which groups are frozen then (``trainer.unfreeze``: LR 0, no gradients)."""
-    lr = schedule.lr(update)
+    """Set every group's LR for optimizer update ``update``: its own schedule's
+    (``optimizer.param_groups[].schedule``), else ``schedule``'s, times its ``lr_scale``; its weight
+    decay where ``optimizer.weight_decay_schedule`` moves it; scheduled momentum / beta1; and which
+    groups are frozen then (``trainer.unfreeze``: LR 0, no gradients)."""
     momentum = schedule.momentum(update)
+    lrs: dict[int, float] = {}  # per schedule: groups that share one compute it once
     for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+        own = schedule.of_group(group)
+        if id(own) not in lrs:
+            lrs[id(own)] = own.lr(update)
+        group["lr"] = lrs[id(own)] * group["lr_scale"]
         if momentum is not None:
             set_momentum(group, momentum)
+        if schedule.scheduled_decay:
+            group["weight_decay"] = group["base_weight_decay"] * schedule.decay_factor(own, update)
     freeze_until_due(optimizer.param_groups, update)
 
 
@@ -72,7 +80,24 @@ class Schedule:
     phases: tuple[tuple[str, int], ...] = ()
     plateau_start: int = 0
     units_per_update: int = 1  # interval=sample|token: examples or tokens per optimizer update
+    # Schedules named in optimizer.* (trainer.schedules.named), bound like this one:
+    #: optimizer.param_groups rules' own schedules, by rule index (a group's ``schedule_rule``).
+    group_schedules: Mapping[int, Schedule] = field(default_factory=dict)
+    #: optimizer.weight_decay_schedule=lr: each group's λ follows the shape of its own LR schedule.
+    decay_follows_lr: bool = False
+    #: optimizer.weight_decay_schedule=NAME: every group's λ follows this schedule's shape.
+    decay_shape: Schedule | None = None
     seconds: Callable[[int], float] | None = None  # interval=time: the t (seconds of training) of an update
+
+    def reading(self, seconds: Callable[[int], float]) -> Schedule:
+        """This schedule, and those named beside it (the groups' own, the weight decay's), with t
+        read from ``seconds`` (``interval=time``: the training clock, or the preview's estimate)."""
+        def read(schedule: Schedule) -> Schedule:
+            return dataclasses.replace(schedule, seconds=seconds)
+
+        groups = {index: read(own) for index, own in self.group_schedules.items()}
+        shape = read(self.decay_shape) if self.decay_shape is not None else None
+        return dataclasses.replace(self, seconds=seconds, group_schedules=groups, decay_shape=shape)
 
     def position(self, update: int) -> int | float:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
@@ -101,6 +126,25 @@ class Schedule:
         """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
         return [(first_update_at(start, self.interval, updates_per_epoch=self.updates_per_epoch,
                                  units_per_update=self.units_per_update), name) for name, start in self.phases[1:]]
+
+    @property
+    def scheduled_decay(self) -> bool:
+        """Whether ``optimizer.weight_decay_schedule`` moves the groups' weight decay."""
+        return self.decay_follows_lr or self.decay_shape is not None
+
+    def of_group(self, group: Mapping[str, Any]) -> Schedule:
+        """The schedule an optimizer group follows: its rule's own, else this one."""
+        return self.group_schedules.get(group.get("schedule_rule"), self)
+
+    def shape(self, update: int) -> float:
+        """The LR at ``update`` relative to the peak, η × :attr:`lr_scale` (1 at the peak; a
+        plateau's cuts included)."""
+        return self.lr(update) / (self.peak_lr * self.lr_scale)
+
+    def decay_factor(self, own: Schedule, update: int) -> float:
+        """What a group's weight decay λ is multiplied by at ``update`` (``own``: the schedule its
+        LR follows): the shape of ``own`` (``weight_decay_schedule=lr``) or of :attr:`decay_shape`."""
+        return (own if self.decay_follows_lr else self.decay_shape).shape(update)
 
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""

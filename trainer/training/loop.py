@@ -115,10 +115,11 @@ class Loop:
         optimizer, log_now = self.step.optimizer, self.logger.due(update)
         lrs = applied_lrs(optimizer) if log_now else None
         momentum = applied_momentum(optimizer) if log_now and self.step.schedule.momentum_fn is not None else None
+        wds = [g["weight_decay"] for g in optimizer.param_groups] if log_now and self.step.schedule.scheduled_decay else None
         loss, grad_norm = self.step(micro_batches, update)
         if log_now:
             self.logger.record(update, lrs=lrs, momentum=momentum, loss=loss, grad_norm=grad_norm, epoch=epoch,
-                               counters=self.controls.counters())
+                               counters=self.controls.counters(), wds=wds)
         # Controls that act on each logged update read it at once; otherwise reads are batched,
         # one sync per read.
         if self.logger.read_due(update) or (log_now and self.controls.acts_on_each_log):
