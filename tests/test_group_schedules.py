@@ -156,7 +156,7 @@ def test_a_changed_group_schedule_is_refused_on_resume(tmp_path):
 
 REFUSED = [
     (["optimizer.param_groups=[{match: '*.bias', schedule: nope}]"], "optimizer.param_groups.0.schedule",
-     "unknown schedule 'nope'"),
+     "got 'nope', not a registry schedule"),
     (["optimizer.param_groups=[{match: '*.bias', schedule: {name: wsd, decay_stepz: 3}}]"],
      "optimizer.param_groups.0.schedule.decay_stepz", "did you mean decay_steps?"),
     (["optimizer.param_groups=[{match: '*.bias', schedule: {name: cosine, interval: epoch}}]"],

@@ -122,9 +122,10 @@ def check_named(value: Any, key: str, *, interval: str, peak_lr: float) -> dict[
     given = as_mapping(value)
     name_key = key if isinstance(value, str) else f"{key}.name"
     name = given.get("name")
-    require(name is not None, name_key, "missing: name a registry schedule, e.g. {name: cosine, min_lr_ratio: 0.1}")
+    require(name is not None, name_key,
+            f"got {value!r}, which names no schedule: give a registry schedule, e.g. {{name: cosine, min_lr_ratio: 0.1}}")
     require(isinstance(name, str) and name in schedule_names(), name_key,
-            f"unknown schedule {name!r}; known: {', '.join(schedule_names())}")
+            f"got {name!r}, not a registry schedule; known: {', '.join(schedule_names())}")
     for fixed, why in RUNS_OWN.items():
         require(fixed not in given, f"{key}.{fixed}", why)
     common = {k: given[k] for k in COMMON if k in given}
