@@ -21,7 +21,7 @@ from trainer.data.loading import TrainBatches
 from trainer.data.map_style import worker_count
 from trainer.distributed import World
 from trainer.errors import ConfigError, one_line
-from trainer.models import build_model
+from trainer.models import SEQUENCE_MODELS, build_model
 from trainer.optim import schedule_free
 from trainer.optim.factory import build_optimizer
 from trainer.optim.groups import group_names
@@ -39,6 +39,13 @@ from trainer.training.step import TrainStep
 
 #: ``loss=cross_entropy``'s target: its errors are the model's (its outputs), not the loss's.
 CROSS_ENTROPY = "trainer.training.loss.CrossEntropy"
+
+
+def tokens_per_example(cfg: DictConfig, input_shape: tuple[int, ...]) -> int | None:
+    """The tokens one example trains on: its length, for token data (a shipped token source, or
+    any data a sequence model reads); None for other data."""
+    sequences = cfg.data.get("name") in SEQUENCE_DATA or cfg.model.get("name") in SEQUENCE_MODELS
+    return input_shape[0] if sequences and len(input_shape) == 1 else None
 
 
 def seed_everything(seed: int) -> None:
@@ -131,7 +138,7 @@ def build_optimization(
     world = world or World()
     run_length = spec_of(cfg.schedule.name).run_length  # a schedule that sets the run's length itself
     plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None,
-                    tokens_per_example=input_shape[0] if cfg.data.name in SEQUENCE_DATA else None)
+                    tokens_per_example=tokens_per_example(cfg, input_shape))
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
