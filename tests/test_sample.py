@@ -24,8 +24,8 @@ def gpt_run(tmp_path_factory):
 
 
 def test_top_k_1_is_greedy_decoding(gpt_run):
-    model, vocab = load_model(gpt_run)
-    prompt = torch.tensor([vocab.index(c) for c in "to be"])
+    model, codec = load_model(gpt_run)
+    prompt = torch.tensor(codec.encode("to be"))
     tokens = generate(model, prompt, 25, top_k=1)
     expected = prompt
     with torch.no_grad():
@@ -46,10 +46,10 @@ def test_the_cli_continues_the_prompt_reproducibly(gpt_run):
 
 
 def test_a_trained_model_has_learned_its_text(gpt_run):
-    model, vocab = load_model(gpt_run)
+    model, codec = load_model(gpt_run)
     prompt = "that is the "
-    tokens = generate(model, torch.tensor([vocab.index(c) for c in prompt]), 9, top_k=1)
-    assert "".join(vocab[i] for i in tokens[len(prompt):]) == "question\n"
+    tokens = generate(model, torch.tensor(codec.encode(prompt)), 9, top_k=1)
+    assert codec.decode(tokens[len(prompt):].tolist()) == "question\n"
 
 
 def test_a_prompt_with_unseen_characters_is_one_clear_error(gpt_run):
@@ -79,7 +79,7 @@ def test_every_bad_argument_is_one_line_naming_it_and_exit_2(gpt_run, tmp_path):
         ([str(gpt_run), "--checkpoint", str(tmp_path / "mlp" / "last.pt")],
          f"error: --checkpoint: {tmp_path / 'mlp' / 'last.pt'} holds another model than {gpt_run / 'config.yaml'}"),
         ([str(gpt_run), "--temperature", "0"], "error: --temperature: got 0.0; expected > 0"),
-        ([str(gpt_run), "--chars", "-1"], "error: --chars: got -1; expected 0 or more"),
+        ([str(gpt_run), "--chars", "-1"], "error: --tokens: got -1; expected 0 or more tokens"),
         ([str(gpt_run), "--top-k", "0"], "error: --top-k: got 0; expected 1 or more"),
         ([str(gpt_run), "--prompt", ""], "error: --prompt: empty"),
     ]
