@@ -22,6 +22,7 @@ from trainer.data.map_style import worker_count
 from trainer.distributed import World
 from trainer.errors import ConfigError, one_line
 from trainer.models import SEQUENCE_MODELS, build_model
+from trainer.models.flops import flops_per_token, transformer_shape
 from trainer.optim import schedule_free
 from trainer.optim.factory import build_optimizer
 from trainer.optim.groups import group_names
@@ -29,6 +30,7 @@ from trainer.optim.unfreeze import Stage, unfreeze_stages
 from trainer.plan import RunPlan, plan_run
 from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
+from trainer.rundir.throughput import Throughput, device_peak_flops
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
 from trainer.training.evaluate import Validation, class_scores
@@ -226,6 +228,19 @@ def build_training(
     return Training(step, controls, checkpoints, batches, validation)
 
 
+def throughput(cfg: DictConfig, training: Training, plan: RunPlan, world: World) -> Throughput | None:
+    """What ``train/tokens``, ``perf/tokens_per_s`` and ``perf/mfu`` count, for token data (None
+    for other data): the global batch's tokens, the model's FLOPs per token (a transformer whose
+    shape is known) and the peak FLOP/s of every rank's device (a CUDA device in the table)."""
+    seq_len = tokens_per_example(cfg, tuple(training.batches.dataset.input_shape))
+    if seq_len is None:
+        return None
+    model = training.step.model
+    shape, peak = transformer_shape(model), device_peak_flops(next(model.parameters()).device)
+    return Throughput(plan.global_batch_size * seq_len, flops_per_token=flops_per_token(shape, seq_len) if shape else None,
+                      peak=peak * world.world_size if peak else None)
+
+
 def build_loop(
     cfg: DictConfig, training: Training, *, plan: RunPlan, run_dir: Path, config: dict, start_update: int = 0,
     resumed_val: dict[str, float] | None = None, world: World | None = None, group_lrs_differ: bool = True,
@@ -247,6 +262,7 @@ def build_loop(
         start_update=start_update,
         resumed_val=resumed_val,
         world=world,
+        throughput=throughput(cfg, training, plan, world),
     )
     return Loop(
         training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,

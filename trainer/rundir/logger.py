@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.distributed import World
+from trainer.rundir.throughput import Throughput
 from trainer.rundir.writers import Writer, open_writers
 
 
@@ -37,7 +38,9 @@ class RunLogger:
     """Writes ``train/lr``, ``train/lr/<group>`` (for each of ``group_names``: pass none when every
     group runs at ``train/lr``), ``train/momentum``, ``train/loss``,
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
-    ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only)."""
+    ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only).
+    With a ``throughput`` (token data): ``train/tokens`` at every logged update, and
+    ``perf/tokens_per_s`` (and ``perf/mfu``) at the last update of each read."""
 
     def __init__(
         self,
@@ -54,8 +57,10 @@ class RunLogger:
         start_update: int = 0,
         resumed_val: Mapping[str, float] | None = None,
         world: World | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
         self.world = world or World()
+        self.throughput = throughput
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
@@ -109,10 +114,13 @@ class RunLogger:
         counters = counters or {}
         tensors = (loss, grad_norm, *(count.clone() for count in counters.values()))
         self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors))
+        if self.throughput is not None:
+            self.throughput.logged(update)
 
-    def read(self) -> list[dict[str, float]]:
+    def read(self, updates_done: int | None = None) -> list[dict[str, float]]:
         """Read every pending update's device values (one host-device sync) and write their
-        records; returns them, oldest first (none when nothing was pending)."""
+        records; returns them, oldest first (none when nothing was pending). ``updates_done``: the
+        updates the device has done at this sync, for the throughput since the last read."""
         if not self._pending:
             return []
         # Losses, grad norms and counters; the gradient's norm and the counts are the same on every
@@ -120,6 +128,7 @@ class RunLogger:
         columns = [torch.stack(column).float() for column in zip(*(p.tensors for p in self._pending))]
         columns[0] = self.world.mean(columns[0])
         rows = torch.stack(columns, dim=1).tolist()  # one row per pending update
+        rates = self.throughput.measure(updates_done) if self.throughput and updates_done is not None else {}
         records = []
         for pending, (loss, grad_norm, *counts) in zip(self._pending, rows):
             scalars = {"train/lr": pending.lrs[0], "train/loss": loss, "train/epoch": pending.epoch,
@@ -128,6 +137,10 @@ class RunLogger:
                 scalars.update({f"train/lr/{name}": lr for name, lr in zip(self.group_names, pending.lrs)})
             if pending.momentum is not None:
                 scalars["train/momentum"] = pending.momentum
+            if self.throughput is not None:
+                scalars["train/tokens"] = self.throughput.tokens(pending.update)
+            if pending is self._pending[-1]:
+                scalars.update(rates)
             self._write(pending.update, scalars)
             records.append(scalars)
         if not self.bar.disable:
@@ -153,7 +166,10 @@ class RunLogger:
         return self.last_val[1] if self.last_val[0] == update else {}
 
     def flush(self) -> None:
-        """Put every record written so far on the disk (before a checkpoint is)."""
+        """Put every record written so far on the disk (before a checkpoint is, and after a
+        validation: neither counts as training time)."""
+        if self.throughput is not None:
+            self.throughput.pause()
         for writer in self.writers:
             writer.flush()
 
