@@ -9,9 +9,12 @@ import pickle
 
 import pytest
 
-from tests.conftest import QUIET, run_cli
+from tests.conftest import QUIET, REPO, run_cli
 from tests.data.test_tokens import write_tokens
 from tests.test_distributed import assert_same_parameters, model_of, torchrun
+from trainer.components import shipped_targets
+from trainer.data import CLASS_DATA, SEQUENCE_DATA
+from trainer.models import FIXED_INPUT_MODELS, SEQUENCE_MODELS
 from trainer.rundir.events import read_scalars
 
 GPT = ["model=gpt", "model.block_size=16", "model.n_layer=1", "model.n_head=2", "model.n_embd=16"]
@@ -92,6 +95,13 @@ def test_token_budgets_count_the_windows_tokens(folder, tmp_path):
     assert len(lrs) == 4  # ceil(1000 / 256)
     # cosine over 4 × 256 tokens, read at the update's first token
     assert [v for _, v in lrs] == pytest.approx([0.01 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)], rel=1e-6)
+
+
+def test_every_shipped_data_and_model_is_classed_for_the_check_that_they_can_meet():
+    """A new shipped source or model must say whether it holds (reads) token sequences."""
+    data = {path.stem for path in (REPO / "conf" / "data").glob("*.yaml")}
+    assert data == {*SEQUENCE_DATA, *CLASS_DATA, "torch_dataset"}  # torch_dataset: a user's, either kind
+    assert set(shipped_targets("model")) == {*SEQUENCE_MODELS, *FIXED_INPUT_MODELS}
 
 
 @pytest.mark.parametrize("args, key, message", [
