@@ -14,8 +14,10 @@ in a fresh process per folder:
 - ``train``: ``python -m trainer`` training a small GPT on it (30 updates of 16 windows of 256
   tokens, validation on 64 windows): the process's peak resident set (``ru_maxrss``).
 
-If the memory held grew with the data, the large folder's figures would exceed the small one's by
-about its size; they do not. The folders are removed at the end.
+``read`` runs twice: with the trainer's reader (a positioned read per window) and with nanoGPT's
+(an ``np.memmap`` per batch, dropped after it), for comparison. If the memory held grew with the
+data, the large folder's figures would exceed the small one's by about its size. The folders are
+removed at the end.
 """
 
 from __future__ import annotations
@@ -37,16 +39,23 @@ VOCAB = 256
 
 READ = """
 import json, sys, torch
+import numpy as np
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024
 base = hwm()
-from trainer.data.tokens import tokens
+from trainer.data.tokens import TokenFile, tokens
+if sys.argv[2] == "memmap":  # nanoGPT's reader, for comparison: a memmap per batch, dropped after it
+    def windows(self, starts, size):
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return np.stack([data[start : start + size] for start in starts])
+    TokenFile.windows = windows
 data = tokens(path=sys.argv[1], dtype="uint16", vocab_size=None, block_size=1024, windows_per_epoch=None,
               val_windows=None, tokenizer=None)
 seen = sum(int(x.numel()) for x, _ in data.val_batches(64))
+val_peak = hwm()
 epoch = data.train_epoch(64, seed=0, epoch=0)
-seen += sum(int(epoch[i][0].numel()) for i in range(200))
-print(json.dumps({"tokens_read": seen, "peak_rss": hwm(), "rss_after_import_torch": base}))
+seen += sum(int(epoch[i][0].numel()) for i in range(min(200, len(epoch))))
+print(json.dumps({"tokens_read": seen, "val_peak_rss": val_peak, "peak_rss": hwm(), "rss_after_import_torch": base}))
 """
 
 
@@ -69,9 +78,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def read(folder: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", READ, str(folder)], env=env(), capture_output=True, text=True,
-                          check=True)
+def read(folder: Path, reader: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", READ, str(folder), reader], env=env(), capture_output=True,
+                          text=True, check=True)
     return json.loads(proc.stdout)
 
 
@@ -104,17 +113,19 @@ def main() -> None:
         for name, size in (("small", int(args.gb * 1e7)), ("large", int(args.gb * 1e9))):
             folder = Path(tmp) / name
             write_folder(folder, size)
-            row = {"file_bytes": size, **read(folder), "train_peak_rss": train(folder, Path(tmp) / f"run_{name}")}
-            results["runs"].append(row)
-            print(f"{name}: train.bin {size / 1e9:.3f} GB; read {row['tokens_read'] * 2 / 1e9:.3f} GB of it: peak RSS "
-                  f"{row['peak_rss'] / 1e6:.0f} MB (after import torch: {row['rss_after_import_torch'] / 1e6:.0f} MB); "
-                  f"training: peak RSS {row['train_peak_rss'] / 1e6:.0f} MB", flush=True)
+            for reader in ("trainer", "memmap"):
+                row = {"file_bytes": size, "reader": reader, **read(folder, reader)}
+                if reader == "trainer":
+                    row["train_peak_rss"] = train(folder, Path(tmp) / f"run_{name}")
+                results["runs"].append(row)
+                print(f"{name} ({reader}): train.bin {size / 1e9:.3f} GB, {row['tokens_read'] * 2 / 1e9:.3f} GB read; "
+                      f"peak RSS after import torch {row['rss_after_import_torch'] / 1e6:.0f} MB, after validating "
+                      f"{row['val_peak_rss'] / 1e6:.0f} MB, after training batches {row['peak_rss'] / 1e6:.0f} MB"
+                      + (f"; python -m trainer {row['train_peak_rss'] / 1e6:.0f} MB" if "train_peak_rss" in row else ""),
+                      flush=True)
             for path in folder.iterdir():
                 path.unlink()
-    small, large = results["runs"]
-    print(f"large - small: reading {(large['peak_rss'] - small['peak_rss']) / 1e6:+.0f} MB, training "
-          f"{(large['train_peak_rss'] - small['train_peak_rss']) / 1e6:+.0f} MB, for "
-          f"{(large['file_bytes'] - small['file_bytes']) / 1e9:.2f} GB more data\nmachine: {results['machine']}")
+    print(f"machine: {results['machine']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -169,3 +169,16 @@ def test_a_token_past_the_vocabulary_mid_file_is_a_data_error_naming_the_window_
     assert start in starts and start <= 150_000 <= start + BLOCK
     assert error.value.split == "train" and error.value.path == str(tmp_path / "train.bin")
     assert "holds token id 60, outside the vocabulary 0..49" in str(error.value)
+
+
+def test_a_file_cut_short_mid_run_is_a_data_error_naming_it(tmp_path):
+    write_tokens(tmp_path)
+    data = build(tmp_path)
+    with (tmp_path / "val.bin").open("r+b") as file:
+        file.truncate(100 * 2)  # 100 tokens left of 700
+    with pytest.raises(DataError) as error:
+        list(data.val_batches(8))
+    assert error.value.split == "val" and error.value.indices == (96,) and error.value.path == str(tmp_path / "val.bin")
+    # windows of 17 tokens at offsets 0, 16, ...: the one at 96 is the first the file no longer holds
+    assert str(error.value) == (f"val item 96 ({tmp_path / 'val.bin'}): the file ends 4 tokens after this offset, "
+                                "not 17: did it change during the run?")

@@ -1,7 +1,7 @@
 """``data=tokens``: nanoGPT's token files, read from the disk batch by batch.
 
 ``data.path`` is a folder holding ``train.bin`` and ``val.bin``: each one long sequence of token
-ids as ``np.ndarray.tofile`` writes them (``data.dtype``: ``uint16``, what nanoGPT's
+ids as ``np.ndarray.tofile`` (or nanoGPT's ``np.memmap``) writes them (``data.dtype``: ``uint16``, what nanoGPT's
 ``prepare.py`` scripts write, or ``uint32`` for a vocabulary past 65536), and optionally
 ``meta.pkl`` (a dict with ``vocab_size``, and for character data ``itos``/``stoi``). The
 vocabulary size is ``data.vocab_size``, else meta.pkl's.
@@ -23,9 +23,9 @@ Validation reads fixed windows of val.bin: every whole window end to end (defaul
 ``data.val_windows`` windows at evenly spaced offsets, the first at 0 and the last at the end.
 ``val/loss`` is the mean cross-entropy per predicted token, in nats.
 
-Both splits are opened as ``np.memmap`` for each batch and closed after it (as nanoGPT does): only
-the batch's windows are copied out, so the process's resident memory does not grow with the
-files (measured by ``scripts/token_memory.py``; figure in docs/transformers.md). A token id past
+Neither split is loaded: each batch reads its windows from the files, one positioned read per
+window into the batch's own array, so the process's resident memory does not grow with the files
+(measured by ``scripts/token_memory.py``; figures in docs/transformers.md). A token id past
 the vocabulary is a :class:`~trainer.errors.DataError` naming the split, the window's offset and
 the file.
 """
@@ -33,6 +33,7 @@ the file.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -80,6 +81,14 @@ def read_meta(folder: Path) -> dict | None:
     return meta
 
 
+class ShortFile(EOFError):
+    """A window runs past the end of its file (one cut short after the run started)."""
+
+    def __init__(self, start: int, message: str) -> None:
+        super().__init__(message)
+        self.start = start
+
+
 @dataclass(frozen=True)
 class TokenFile:
     """One split's file of ``length`` token ids of ``dtype``."""
@@ -99,16 +108,30 @@ class TokenFile:
         return cls(path, dtype, size // itemsize)
 
     def windows(self, starts: Sequence[int], size: int) -> np.ndarray:
-        """The ``size`` tokens from each of ``starts``, one row each, copied out of a memmap that is
-        dropped on return (its pages then no longer count as this process's memory)."""
-        tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
-        return np.stack([tokens[start : start + size] for start in starts])
+        """The ``size`` tokens from each of ``starts``, one row each, each read by one positioned read
+        (``preadv``) straight into the array: nothing of the file is mapped into this process. (An
+        ``np.memmap`` maps the page cache's whole folios, up to 2 MB around each window on a recent
+        Linux: 120 MB more for a batch of 64 windows, measured in docs/transformers.md.)"""
+        rows = np.empty((len(starts), size), dtype=self.dtype)
+        itemsize = rows.itemsize
+        with self.path.open("rb", buffering=0) as file:
+            for row, start in zip(rows, starts):
+                got = os.preadv(file.fileno(), [memoryview(row).cast("B")], int(start) * itemsize)
+                if got != size * itemsize:
+                    raise ShortFile(int(start), f"the file ends {got // itemsize} tokens after this offset, not "
+                                                f"{size}: did it change during the run?")
+        return rows
 
 
 def read_windows(file: TokenFile, starts: Sequence[int], size: int, vocab_size: int, split: str) -> torch.Tensor:
     """Windows of ``size`` tokens at ``starts`` of ``file`` as int64, (len(starts), size); a
     DataError naming the split, offset and file if one holds an id outside the vocabulary."""
-    windows = file.windows(starts, size)
+    try:
+        windows = file.windows(starts, size)
+    except ShortFile as short:
+        raise DataError(split, [short.start], str(short), str(file.path)) from None
+    except OSError as error:  # removed or unreadable mid-run
+        raise DataError(split, [int(starts[0])], one_line(error), str(file.path)) from None
     if windows.size and windows.max() >= vocab_size:
         row = int((windows >= vocab_size).any(axis=1).argmax())
         raise DataError(split, [int(starts[row])], f"the window at this token offset holds token id "
@@ -156,13 +179,20 @@ class TokenWindows:
         return on_device(windows, self.device)
 
 
-def val_starts(length: int, block_size: int, count: int | None) -> np.ndarray:
-    """Offsets of the validation windows in a split of ``length`` tokens: every whole window end to
-    end (``count`` None), or ``count`` evenly spaced ones from 0 to the last that fits."""
+def val_count(length: int, block_size: int, count: int | None) -> int:
+    """Validation windows in a split of ``length`` tokens: ``count``, else every whole window end to end."""
+    return (length - 1) // block_size if count is None else count
+
+
+def val_starts(length: int, block_size: int, count: int | None, first: int, stop: int) -> list[int]:
+    """Offsets of validation windows ``first..stop-1`` (of :func:`val_count`): end to end (``count``
+    None), or ``count`` evenly spaced from 0 to the last that fits. Computed a batch at a time: a
+    list of every offset would grow with the file."""
+    index = np.arange(first, stop, dtype=np.int64)
     if count is None:
-        return np.arange((length - 1) // block_size, dtype=np.int64) * block_size
+        return (index * block_size).tolist()
     last = length - block_size - 1
-    return np.arange(count, dtype=np.int64) * last // max(count - 1, 1)
+    return (index * last // max(count - 1, 1)).tolist()
 
 
 @dataclass(frozen=True)
@@ -202,10 +232,10 @@ class TokenFiles:
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         """The fixed validation windows, in order, ``batch_size`` at a time (the last batch short)."""
-        starts = val_starts(self.val.length, self.block_size, self.val_windows).tolist()
-        for first in range(0, len(starts), batch_size):
-            chunk = starts[first : first + batch_size]
-            yield on_device(read_windows(self.val, chunk, self.block_size + 1, self.vocab_size, "val"), self.device)
+        count = val_count(self.val.length, self.block_size, self.val_windows)
+        for first in range(0, count, batch_size):
+            starts = val_starts(self.val.length, self.block_size, self.val_windows, first, min(first + batch_size, count))
+            yield on_device(read_windows(self.val, starts, self.block_size + 1, self.vocab_size, "val"), self.device)
 
     def write_files(self, run_dir: Path) -> Path:
         """``tokens.json`` (the vocabulary size and the tokenizer) and the tokenizer's own file
