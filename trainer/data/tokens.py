@@ -1,7 +1,7 @@
 """``data=tokens``: nanoGPT's token files, read from the disk batch by batch.
 
 ``data.path`` is a folder holding ``train.bin`` and ``val.bin``: each one long sequence of token
-ids as ``np.ndarray.tofile`` (or nanoGPT's ``np.memmap``) writes them (``data.dtype``: ``uint16``, what nanoGPT's
+ids as ``np.ndarray.tofile`` or nanoGPT's ``np.memmap`` writes them (``data.dtype``: ``uint16``, what nanoGPT's
 ``prepare.py`` scripts write, or ``uint32`` for a vocabulary past 65536), and optionally
 ``meta.pkl`` (a dict with ``vocab_size``, and for character data ``itos``/``stoi``). The
 vocabulary size is ``data.vocab_size``, else meta.pkl's.
