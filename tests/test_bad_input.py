@@ -126,7 +126,7 @@ DOORS = [
     ("trainer.sample", ["missing_run"], "error: RUN_DIR: missing_run is not a directory"),
     ("trainer.compare", ["empty"], "error: SWEEP_DIR: empty holds no runs"),
     ("trainer.compare", [], "error: the following arguments are required: sweep_dir (see python -m trainer.compare --help)"),
-    ("trainer.sample", ["--chars", "abc", "missing_run"], "error: argument --chars: invalid int value: 'abc'"),
+    ("trainer.sample", ["--chars", "abc", "missing_run"], "error: argument --tokens/--chars: invalid int value: 'abc'"),
 ]
 
 

@@ -14,6 +14,7 @@ from tests.conftest import QUIET, REPO, compose_config, run_cli
 from tests.data.test_cifar10 import write_cifar
 from tests.data.test_fashion_mnist import make_fashion
 from tests.data.test_map_style import write_image_folder
+from tests.data.test_tokens import write_tokens
 from trainer.app.build import build_for_preview
 from trainer.rundir.events import read_scalars
 
@@ -54,6 +55,18 @@ RECIPES = {
         "schedule.phases": [{"name": "linear_warmup", "steps": 100, "offset": 1}, {"name": "cosine", "min_lr": 1e-4}],
         "trainer.max_steps": 5000, "trainer.clip_grad_norm": 1.0,
     },
+    # karpathy/nanoGPT config/train_gpt2.py and train.py's defaults
+    "gpt2_owt": {
+        "model.name": "gpt", "model.n_layer": 12, "model.n_head": 12, "model.n_embd": 768, "model.block_size": 1024,
+        "model.dropout": 0.0, "data.name": "tokens", "data.dtype": "uint16", "data.vocab_size": 50304,
+        "data.batch_size": 12, "data.block_size": 1024, "data.tokenizer": "tiktoken:gpt2",
+        "trainer.global_batch_size": 480,  # 12 × 40 = 491,520 tokens per update
+        "optimizer.name": "adamw", "optimizer.lr": 6e-4, "optimizer.betas": [0.9, 0.95], "optimizer.weight_decay": 0.1,
+        "optimizer.no_decay_bias_and_norm": False, "optimizer.param_groups": [{"match": "*ln_*", "weight_decay": 0.0}],
+        "schedule.name": "chain",
+        "schedule.phases": [{"name": "linear_warmup", "steps": 2000, "offset": 1}, {"name": "cosine", "min_lr": 6e-5}],
+        "trainer.max_steps": 600000, "trainer.clip_grad_norm": 1.0, "trainer.precision": "bf16", "trainer.compile": True,
+    },
 }
 
 # LR the built schedule gives at some updates: from each recipe's own formula.
@@ -67,6 +80,8 @@ SCHEDULE_POINTS = {
     "resnet50_imagenet": {0: 0.1, 59: 0.1, 60: 0.01, 119: 0.01, 120: 0.001, 179: 0.001},
     # nanoGPT's warmup 1e-3 (t+1)/101, then cosine to 1e-4 at 5000: halfway (update 2550) is the mean of the two
     "gpt_shakespeare_char": {0: 1e-3 / 101, 50: 1e-3 * 51 / 101, 100: 1e-3, 2550: 5.5e-4, 5000: 1e-4},
+    # nanoGPT's get_lr: 6e-4 (t+1)/2001, then cosine to 6e-5 at 600k, halfway (301,000) the mean
+    "gpt2_owt": {0: 6e-4 / 2001, 1999: 6e-4 * 2000 / 2001, 2000: 6e-4, 301_000: 3.3e-4, 600_000: 6e-5},
 }
 
 
@@ -83,9 +98,17 @@ def test_every_experiment_is_covered():
     assert EXPERIMENTS == sorted(RECIPES) == sorted(SCHEDULE_POINTS)
 
 
+def token_folder(tmp_path, vocab=50304):
+    """A tiny nanoGPT-format folder of GPT-2-sized token ids (uint16, no meta.pkl)."""
+    write_tokens(tmp_path / "owt", train=3000, val=600, vocab=vocab, meta=False)
+    return tmp_path / "owt"
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_to_its_recipe_and_instantiates(name, tmp_path):
     extra = [f"data.path={text_file(tmp_path)}"] if name.startswith("gpt") else []
+    if name == "gpt2_owt":
+        extra = [f"data.path={token_folder(tmp_path)}"]
     if name == "resnet50_imagenet":  # the ImageNet batch of 256 needs 512 images for 2 updates per epoch
         images = write_image_folder(tmp_path / "images", per_class=256, size=(4, 4))
         extra = [f"data.train_dir={images}", f"data.val_dir={images}"]
@@ -114,6 +137,11 @@ def shrunk(name, tmp_path):
         train, val = write_image_folder(tmp_path / "train"), write_image_folder(tmp_path / "val", per_class=2, seed=1)
         return [f"data.train_dir={train}", f"data.val_dir={val}", "data.image_size=32", "data.batch_size=4",
                 "data.num_workers=1", "model.num_classes=2", "trainer.max_epochs=2", "schedule.milestones=[1]"]
+    if name == "gpt2_owt":  # 2 windows × 2 micro-batches per update, 3 updates per epoch; the recipe's vocabulary
+        return [f"data.path={token_folder(tmp_path)}", "data.batch_size=2", "trainer.global_batch_size=4",
+                "data.windows_per_epoch=12", "data.val_windows=4", "model.block_size=32", "model.n_layer=1",
+                "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6", "schedule.phases.0.steps=2",
+                "trainer.compile=false"]
     return [f"data.path={text_file(tmp_path, 4000)}", "data.batch_size=4", "model.block_size=32",
             "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6",
             "schedule.phases.0.steps=2"]
@@ -131,6 +159,8 @@ EXPECTED_LRS = {
     # nanoGPT's 2 warmup updates at 1e-3 (t+1)/3, then cosine to 1e-4 at update 6
     "gpt_shakespeare_char": [1e-3 / 3, 2e-3 / 3] + [1e-4 + 0.45e-3 * (1 + math.cos(math.pi * (t - 2) / 4))
                                                     for t in range(2, 6)],
+    # the same shape at 6e-4 to 6e-5
+    "gpt2_owt": [6e-4 / 3, 12e-4 / 3] + [6e-5 + 2.7e-4 * (1 + math.cos(math.pi * (t - 2) / 4)) for t in range(2, 6)],
 }
 
 
@@ -146,7 +176,12 @@ def test_experiment_trains_through_the_cli(name, tmp_path):
     val_loss = summary["metrics"]["val/loss"]
     assert [v for _, v in scalars["val/loss"]][-1] == pytest.approx(val_loss)
     saved = OmegaConf.load(run_dir / "config.yaml")
-    if name.startswith("gpt"):
+    if name == "gpt2_owt":
+        assert json.loads((run_dir / "tokens.json").read_text()) == {"vocab_size": 50304, "block_size": 32,
+                                                                    "tokenizer": "tiktoken:gpt2"}
+        assert [v for _, v in scalars["train/tokens"]] == [4 * 32 * (u + 1) for u in range(6)]
+        assert 0.9 * math.log(50304) < val_loss < 1.1 * math.log(50304)  # untrained: near log(vocabulary)
+    elif name.startswith("gpt"):
         vocab = json.loads((run_dir / "vocab.json").read_text())
         assert vocab["chars"] == "".join(sorted(set((tmp_path / "text.txt").read_text())))
         # an untrained character model is near log(vocab) nats per character
@@ -155,3 +190,14 @@ def test_experiment_trains_through_the_cli(name, tmp_path):
     else:
         # random images and labels, a few updates: only finiteness and the accuracy's range are known
         assert math.isfinite(val_loss) and val_loss > 0 and 0.0 <= summary["metrics"]["val/acc"] <= 1.0
+
+
+def test_gpt2_owt_decays_what_nanogpt_decays(tmp_path):
+    """nanoGPT's configure_optimizers: every parameter of 2 or more dimensions (matrices and both
+    embeddings) at weight decay 0.1, the others (LayerNorms) at 0."""
+    cfg = compose_config("experiment=gpt2_owt", *shrunk("gpt2_owt", tmp_path), base=[])
+    optimizer, _, _ = build_for_preview(cfg)
+    decays = {(p.dim() >= 2, group["weight_decay"]) for group in optimizer.param_groups for p in group["params"]}
+    assert decays == {(True, 0.1), (False, 0.0)}
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == (
+        50304 * 32 + 32 * 32 + (2 * 2 * 32 + 12 * 32 * 32) + 2 * 32)  # wte, wpe, one block, ln_f

@@ -18,10 +18,10 @@ def reads(monkeypatch):
     sizes = []
     original = RunLogger.read
 
-    def counting(self):
+    def counting(self, *args):
         if self._pending:
             sizes.append(len(self._pending))
-        return original(self)
+        return original(self, *args)
 
     monkeypatch.setattr(RunLogger, "read", counting)
     return sizes

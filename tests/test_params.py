@@ -21,7 +21,7 @@ from tests.conftest import REPO, compose_config
 from trainer.app.build import build_for_preview
 from trainer.app.validate import SEED, trainer_params, validate
 from trainer.components import locate, shipped_targets
-from trainer.data import LOOP_PARAMS
+from trainer.data import LOOP_PARAMS, SEQUENCE_DATA
 from trainer.errors import ConfigError
 from trainer.optim.factory import optimizer_params
 from trainer.params import Param, check_params, declared
@@ -176,7 +176,7 @@ def test_every_component_key_refuses_what_its_declaration_excludes(node, overrid
 
 @pytest.mark.parametrize(("name", "target"), sorted(shipped_targets("data").items()))
 def test_a_shipped_data_yaml_gives_its_builder_exactly_its_declared_keys_at_their_defaults(name, target):
-    model = ["model=gpt"] if name == "shakespeare_char" else []  # data.block_size follows model.block_size
+    model = ["model=gpt"] if name in SEQUENCE_DATA else []  # data.block_size follows model.block_size
     cfg = OmegaConf.to_container(compose_config(f"data={name}", *model, base=[]).data, resolve=True)
     own = {k: v for k, v in cfg.items() if k not in ("_target_", "name", *LOOP_PARAMS)}
     assert own == {key: as_plain(p.default) for key, p in declared(locate(target, "data")).items()}

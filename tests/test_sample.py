@@ -1,7 +1,10 @@
-"""python -m trainer.sample: text from a trained character model."""
+"""python -m trainer.sample: text from a trained language model, decoded with its run's tokenizer."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -24,8 +27,8 @@ def gpt_run(tmp_path_factory):
 
 
 def test_top_k_1_is_greedy_decoding(gpt_run):
-    model, vocab = load_model(gpt_run)
-    prompt = torch.tensor([vocab.index(c) for c in "to be"])
+    model, codec = load_model(gpt_run)
+    prompt = torch.tensor(codec.encode("to be"))
     tokens = generate(model, prompt, 25, top_k=1)
     expected = prompt
     with torch.no_grad():
@@ -46,10 +49,10 @@ def test_the_cli_continues_the_prompt_reproducibly(gpt_run):
 
 
 def test_a_trained_model_has_learned_its_text(gpt_run):
-    model, vocab = load_model(gpt_run)
+    model, codec = load_model(gpt_run)
     prompt = "that is the "
-    tokens = generate(model, torch.tensor([vocab.index(c) for c in prompt]), 9, top_k=1)
-    assert "".join(vocab[i] for i in tokens[len(prompt):]) == "question\n"
+    tokens = generate(model, torch.tensor(codec.encode(prompt)), 9, top_k=1)
+    assert codec.decode(tokens[len(prompt):].tolist()) == "question\n"
 
 
 def test_a_prompt_with_unseen_characters_is_one_clear_error(gpt_run):
@@ -79,7 +82,7 @@ def test_every_bad_argument_is_one_line_naming_it_and_exit_2(gpt_run, tmp_path):
         ([str(gpt_run), "--checkpoint", str(tmp_path / "mlp" / "last.pt")],
          f"error: --checkpoint: {tmp_path / 'mlp' / 'last.pt'} holds another model than {gpt_run / 'config.yaml'}"),
         ([str(gpt_run), "--temperature", "0"], "error: --temperature: got 0.0; expected > 0"),
-        ([str(gpt_run), "--chars", "-1"], "error: --chars: got -1; expected 0 or more"),
+        ([str(gpt_run), "--chars", "-1"], "error: --tokens: got -1; expected 0 or more tokens"),
         ([str(gpt_run), "--top-k", "0"], "error: --top-k: got 0; expected 1 or more"),
         ([str(gpt_run), "--prompt", ""], "error: --prompt: empty"),
     ]
@@ -89,3 +92,75 @@ def test_every_bad_argument_is_one_line_naming_it_and_exit_2(gpt_run, tmp_path):
         assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(start), (args, proc.stderr)
         assert proc.stdout == ""
     assert sorted(p.name for p in no_weights.iterdir()) == ["config.yaml", "vocab.json"]
+
+
+# --- token data: a BPE tokenizer trained here, GPT-2's through tiktoken ------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory):
+    """A byte-level BPE trained on TEXT with ``tokenizers``, TEXT encoded into nanoGPT's files, and
+    model=gpt trained on them through the CLI with data.tokenizer naming the saved tokenizer.json
+    (the model's vocabulary padded by 4 past the tokenizer's). Returns (run dir, tokenizer path)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    root = tmp_path_factory.mktemp("bpe")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([TEXT], trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer.save(str(root / "tokenizer.json"))
+    ids = np.array(tokenizer.encode(TEXT).ids, dtype=np.uint16)
+    cut = int(0.9 * len(ids))
+    ids[:cut].tofile(root / "train.bin")
+    ids[cut:].tofile(root / "val.bin")
+    run_dir = root / "run"
+    run_cli("trainer", [*QUIET, "model=gpt", "data=tokens", f"data.path={root}", f"data.tokenizer={root / 'tokenizer.json'}",
+                        f"data.vocab_size={tokenizer.get_vocab_size() + 4}", "data.batch_size=8", "model.block_size=16",
+                        "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "schedule=cosine",
+                        "trainer.max_steps=150", "optimizer.lr=0.01", f"hydra.run.dir={run_dir}"])
+    return run_dir, root / "tokenizer.json"
+
+
+def test_sample_decodes_a_bpe_run_with_its_saved_tokenizer(bpe_run):
+    from tokenizers import Tokenizer
+
+    run_dir, original = bpe_run
+    assert (run_dir / "tokenizer.json").read_bytes() == original.read_bytes()  # kept with the run
+    tokenizer = Tokenizer.from_file(str(original))
+    out = run_cli("trainer.sample", [str(run_dir), "--prompt", "to be", "--tokens", "12", "--top-k", "1"]).stdout
+    # What the model picks greedily, decoded by the tokenizer itself.
+    model, codec = load_model(run_dir)
+    prompt = torch.tensor(tokenizer.encode("to be").ids)
+    tokens = generate(model, prompt, 12, top_k=1, vocab_size=tokenizer.get_vocab_size())
+    assert out == tokenizer.decode(tokens.tolist()) + "\n"
+    assert codec.encode("to be") == prompt.tolist() and codec.vocab_size == tokenizer.get_vocab_size()
+    assert tokenizer.decode(tokenizer.encode(out).ids) == out  # text of that tokenizer, round trip
+    assert out.startswith("to be") and set(out.split()) <= set(TEXT.split())  # the trained text's words only
+    assert "question" in out  # learned: 12 BPE tokens reach past the end of a line
+
+
+def test_a_tiktoken_run_without_its_files_here_is_one_line(bpe_run, tmp_path):
+    run_dir, _ = bpe_run
+    copy = tmp_path / "gpt2_run"
+    copy.mkdir()
+    (copy / "config.yaml").write_bytes((run_dir / "config.yaml").read_bytes())
+    (copy / "tokens.json").write_text(json.dumps({"vocab_size": 50304, "block_size": 16, "tokenizer": "tiktoken:gpt2"}))
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    proc = run_cli("trainer.sample", [str(copy)], check=False, env={"TIKTOKEN_CACHE_DIR": str(empty)})
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: RUN_DIR: tiktoken's gpt2 files are not on this machine (not in {empty}")
+
+
+def test_gpt2_bpe_through_tiktoken_when_its_files_are_here():
+    from trainer.data.codecs import tiktoken_encoding
+    from trainer.errors import ConfigError
+
+    try:
+        codec = tiktoken_encoding("gpt2", "data.tokenizer")
+    except ConfigError as error:
+        pytest.skip(f"no local tiktoken cache: {error}")
+    assert codec.vocab_size == 50257 and codec.encode("Hello world") == [15496, 995]  # GPT-2's own ids
+    assert codec.decode([15496, 995]) == "Hello world"

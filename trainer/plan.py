@@ -56,7 +56,7 @@ def units_per_update(interval: str, global_batch: int, tokens_per_example: int |
     if interval == "token":
         require(tokens_per_example is not None, "schedule.interval",
                 "token counts tokens, which this data does not have (its examples are not token sequences): "
-                "use sample, or token data such as data=shakespeare_char")
+                "use sample, or token data such as data=tokens or data=shakespeare_char")
         return global_batch * tokens_per_example
     return 1
 

@@ -21,7 +21,8 @@ from trainer.data.loading import TrainBatches
 from trainer.data.map_style import worker_count
 from trainer.distributed import World
 from trainer.errors import ConfigError, one_line
-from trainer.models import build_model
+from trainer.models import SEQUENCE_MODELS, build_model
+from trainer.models.flops import flops_per_token, transformer_shape
 from trainer.optim import schedule_free
 from trainer.optim.factory import build_optimizer
 from trainer.optim.groups import group_names
@@ -29,6 +30,7 @@ from trainer.optim.unfreeze import Stage, unfreeze_stages
 from trainer.plan import RunPlan, plan_run
 from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
+from trainer.rundir.throughput import Throughput, device_peak_flops
 from trainer.schedules.curve import LrLog
 from trainer.schedules.named import bind_named_schedules
 from trainer.schedules.registry import build_schedule, spec_of
@@ -42,6 +44,13 @@ from trainer.training.step import TrainStep
 
 #: ``loss=cross_entropy``'s target: its errors are the model's (its outputs), not the loss's.
 CROSS_ENTROPY = "trainer.training.loss.CrossEntropy"
+
+
+def tokens_per_example(cfg: DictConfig, input_shape: tuple[int, ...]) -> int | None:
+    """The tokens one example trains on: its length, for token data (a shipped token source, or
+    any data a sequence model reads); None for other data."""
+    sequences = cfg.data.get("name") in SEQUENCE_DATA or cfg.model.get("name") in SEQUENCE_MODELS
+    return input_shape[0] if sequences and len(input_shape) == 1 else None
 
 
 def seed_everything(seed: int) -> None:
@@ -136,7 +145,7 @@ def build_optimization(
     world = world or World()
     run_length = spec_of(cfg.schedule.name).run_length  # a schedule that sets the run's length itself
     plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None,
-                    tokens_per_example=input_shape[0] if cfg.data.name in SEQUENCE_DATA else None)
+                    tokens_per_example=tokens_per_example(cfg, input_shape))
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
@@ -230,6 +239,19 @@ def build_training(
     return Training(step, controls, checkpoints, batches, validation)
 
 
+def throughput(cfg: DictConfig, training: Training, plan: RunPlan, world: World) -> Throughput | None:
+    """What ``train/tokens``, ``perf/tokens_per_s`` and ``perf/mfu`` count, for token data (None
+    for other data): the global batch's tokens, the model's FLOPs per token (a transformer whose
+    shape is known) and the peak FLOP/s of every rank's device (a CUDA device in the table)."""
+    seq_len = tokens_per_example(cfg, tuple(training.batches.dataset.input_shape))
+    if seq_len is None:
+        return None
+    model = training.step.model
+    shape, peak = transformer_shape(model), device_peak_flops(next(model.parameters()).device)
+    return Throughput(plan.global_batch_size * seq_len, flops_per_token=flops_per_token(shape, seq_len) if shape else None,
+                      peak=peak * world.world_size if peak else None)
+
+
 def build_loop(
     cfg: DictConfig, training: Training, *, plan: RunPlan, run_dir: Path, config: dict, start_update: int = 0,
     resumed_val: dict[str, float] | None = None, world: World | None = None, group_lrs_differ: bool = True,
@@ -261,6 +283,7 @@ def build_loop(
         world=world,
         times=schedule.position if timed else None,
         extra_writers=extra_writers,
+        throughput=throughput(cfg, training, plan, world),
     )
     return Loop(
         training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,

@@ -12,10 +12,10 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.controls import check_controls, control_keys
-from trainer.data import SEQUENCE_DATA, check_data
+from trainer.data import CLASS_DATA, SEQUENCE_DATA, check_data
 from trainer.distributed import BACKENDS, STRATEGIES
 from trainer.errors import ConfigError, require
-from trainer.models import SEQUENCE_MODELS, check_model
+from trainer.models import FIXED_INPUT_MODELS, SEQUENCE_MODELS, check_model
 from trainer.optim import schedule_free
 from trainer.optim.factory import check_optimizer
 from trainer.optim.unfreeze import UNFREEZE, check_unfreeze
@@ -159,13 +159,16 @@ def _validate_trainer(trainer: DictConfig) -> None:
 def _validate_data_and_model(data: DictConfig, model: DictConfig) -> None:
     # Checked before anything reads data.block_size, which interpolates model.block_size.
     model_name = model.get("name")  # a user's model file may leave it out
+    # Shipped parts that cannot meet are refused here; a user's own model or data is judged by the
+    # fit check before training (a model=gpt reads any token sequences of its block_size).
     if data.get("name") in SEQUENCE_DATA:
         require(
-            model_name in SEQUENCE_MODELS, "model",
-            f"data={data.name} holds character sequences; model={model_name} classifies fixed-size inputs: use model=gpt",
+            model_name not in FIXED_INPUT_MODELS, "model",
+            f"data={data.name} holds token sequences; model={model_name} classifies fixed-size inputs: use model=gpt",
         )
-    elif model_name in SEQUENCE_MODELS:
-        raise ConfigError("data", f"model={model_name} reads token sequences: use data={' or data='.join(SEQUENCE_DATA)}")
+    elif model_name in SEQUENCE_MODELS and data.get("name") in CLASS_DATA:
+        raise ConfigError("data", f"model={model_name} reads token sequences and data={data.name} holds fixed-size "
+                                  f"inputs with a class: use data={' or data='.join(SEQUENCE_DATA)}, or your own token data")
     check_model(model)
     check_data(data)  # after the model: data.block_size follows model.block_size
     if model_name == "gpt":

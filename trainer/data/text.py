@@ -6,6 +6,11 @@ offsets (nanoGPT's sampling), drawn from a generator seeded with (seed, epoch, b
 resumed run re-creates them exactly; an "epoch" is as many windows as fit end to end in the
 split. Validation reads the split once, in non-overlapping windows, so ``val/loss`` is the mean
 cross-entropy per predicted character in nats.
+
+The whole text is held in memory, as the smallest integer type its vocabulary fits (1 byte per
+character up to 256 characters): about the file's size again for an ASCII text, plus the text
+itself while it is split. A corpus larger than memory is tokenized once into nanoGPT's files and
+read with ``data=tokens`` (:mod:`trainer.data.tokens`), whose memory does not grow with the data.
 """
 
 from __future__ import annotations
@@ -20,15 +25,31 @@ import torch
 from trainer.data.batches import Batch, batch_generator, batches_per_epoch
 from trainer.files import write_atomic
 
+#: Characters encoded at a time: the int64 ids of one chunk are the most memory encoding adds.
+ENCODE_CHUNK = 1 << 20
 
-def encode(text: str, vocab: str) -> torch.Tensor:
-    """Token ids (int64, one per character) of ``text`` over ``vocab`` (sorted characters, id = position)."""
-    codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
+
+def encode(text: str, vocab: str, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Token ids (one per character, of ``dtype``) of ``text`` over ``vocab`` (sorted characters,
+    id = position), encoded a chunk at a time."""
     table = torch.tensor([ord(c) for c in vocab])
-    ids = torch.searchsorted(table, codes)
-    if len(text) and (ids.max() >= len(vocab) or not torch.equal(table[ids], codes)):
-        raise ValueError("text has characters outside the vocabulary")
+    ids = torch.empty(len(text), dtype=dtype)
+    for start in range(0, len(text), ENCODE_CHUNK):
+        chunk = text[start : start + ENCODE_CHUNK]
+        codes = torch.frombuffer(bytearray(chunk.encode("utf-32-le")), dtype=torch.int32).long()
+        found = torch.searchsorted(table, codes)
+        if found.max() >= len(vocab) or not torch.equal(table[found], codes):
+            raise ValueError("text has characters outside the vocabulary")
+        ids[start : start + len(chunk)] = found
     return ids
+
+
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer type holding ids 0..vocab_size-1: 1 byte per character up to 256
+    characters, 2 up to 32768, else 4 (int64 would be 8); batches are widened to int64 as cut."""
+    if vocab_size <= 256:
+        return torch.uint8
+    return torch.int16 if vocab_size <= 1 << 15 else torch.int32
 
 
 def decode(ids: torch.Tensor, vocab: str) -> str:
@@ -62,13 +83,14 @@ class WindowBatches:
         starts = torch.randint(
             0, len(self.tokens) - self.block_size, (self.batch_size, 1), generator=generator, device=self.tokens.device
         )
-        windows = self.tokens[starts + self.offsets]
+        windows = self.tokens[starts + self.offsets].long()
         return windows[:, :-1], windows[:, 1:]
 
 
 @dataclass(frozen=True)
 class TokenDataset:
-    """Train and validation token sequences (int64, 1-D) over the character vocabulary ``vocab``.
+    """Train and validation token sequences (1-D, of any integer type: :func:`id_dtype` when split
+from a text) over the character vocabulary ``vocab``; batches are int64.
 
     ``input_shape`` is one example's shape, (block_size,); ``num_classes`` is the vocabulary size.
     """
@@ -106,7 +128,7 @@ class TokenDataset:
         inputs = self.val_tokens[:span].view(count, self.block_size)
         targets = self.val_tokens[1 : span + 1].view(count, self.block_size)
         for start in range(0, count, batch_size):
-            yield inputs[start : start + batch_size], targets[start : start + batch_size]
+            yield inputs[start : start + batch_size].long(), targets[start : start + batch_size].long()
 
     def write_files(self, run_dir: Path) -> Path:
         """Write ``vocab.json`` (the characters in id order) so samples can be decoded later (a
@@ -119,6 +141,6 @@ class TokenDataset:
 def split_text(text: str, *, block_size: int, train_fraction: float = 0.9) -> TokenDataset:
     """Tokenize ``text`` over its own sorted characters; the first ``train_fraction`` trains, the rest validates."""
     vocab = "".join(sorted(set(text)))
-    tokens = encode(text, vocab)
+    tokens = encode(text, vocab, id_dtype(len(vocab)))
     cut = int(train_fraction * len(tokens))
     return TokenDataset(tokens[:cut], tokens[cut:], block_size, vocab)

@@ -18,6 +18,8 @@ from trainer.params import check_params, declared
 
 #: Models that read token sequences (B, T) and predict the next token at every position.
 SEQUENCE_MODELS = ("gpt",)
+#: Shipped models that classify fixed-size inputs (features, images): they cannot read token sequences.
+FIXED_INPUT_MODELS = ("mlp", "cnn", "resnet18", "resnet20")
 
 
 def check_model(cfg: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""A decoder-only character-level transformer (GPT-2 style, pre-norm), after nanoGPT.
+"""A decoder-only transformer language model (GPT-2 style, pre-norm), after nanoGPT.
 
 Tokens (B, T) -> logits (B, T, vocab) for the next token at every position. Causal attention
 goes through ``scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA); the
@@ -95,14 +95,14 @@ class GPT(nn.Module):
     n_layer=Param(6, "transformer blocks", int, low=1),
     n_head=Param(6, "attention heads per block (n_embd must be a multiple)", int, low=1),
     n_embd=Param(384, "width of the residual stream", int, low=1),
-    block_size=Param(256, "context length in tokens (characters); also the data's window length", int, low=1),
+    block_size=Param(256, "context length in tokens; also the data's window length", int, low=1),
     dropout=Param(0.2, DROPOUT.doc, float, low=0, high=1, high_open=True),
 )
 def build_gpt(
     *, input_shape: tuple[int, ...], num_classes: int, n_layer: int, n_head: int, n_embd: int, block_size: int,
     dropout: float,
 ) -> nn.Module:
-    """A :class:`GPT` over a vocabulary of ``num_classes`` characters; ``input_shape`` is (block_size,)."""
+    """A :class:`GPT` over a vocabulary of ``num_classes`` tokens (the data's); ``input_shape`` is (block_size,)."""
     if n_embd % n_head:
         raise ValueError(f"n_embd={n_embd} is not a multiple of n_head={n_head}")
     if tuple(input_shape) != (block_size,):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from trainer.distributed import World
 from trainer.plan import UNBOUNDED
+from trainer.rundir.throughput import Throughput
 from trainer.rundir.writers import Writer, open_writers
 
 
@@ -43,7 +44,9 @@ class RunLogger:
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
     ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only);
     with ``times`` (a schedule in seconds: the t of an update), ``train/t`` too. ``extra_writers``
-    (rank 0's) get every scalar as the named writers do (a time run's ``lr.csv``)."""
+    (rank 0's) get every scalar as the named writers do (a time run's ``lr.csv``).
+    With a ``throughput`` (token data): ``train/tokens`` at every logged update, and
+    ``perf/tokens_per_s`` (and ``perf/mfu``) at the last update of each read."""
 
     def __init__(
         self,
@@ -63,8 +66,10 @@ class RunLogger:
         world: World | None = None,
         times: Callable[[int], float] | None = None,
         extra_writers: Sequence[Writer] = (),
+        throughput: Throughput | None = None,
     ) -> None:
         self.world, self.times = world or World(), times
+        self.throughput = throughput
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
@@ -124,10 +129,13 @@ class RunLogger:
         tensors = (loss, grad_norm, *(count.clone() for count in counters.values()))
         t = self.times(update) if self.times is not None else None
         self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors, wds, t))
+        if self.throughput is not None:
+            self.throughput.logged(update)
 
-    def read(self) -> list[dict[str, float]]:
+    def read(self, updates_done: int | None = None) -> list[dict[str, float]]:
         """Read every pending update's device values (one host-device sync) and write their
-        records; returns them, oldest first (none when nothing was pending)."""
+        records; returns them, oldest first (none when nothing was pending). ``updates_done``: the
+        updates the device has done at this sync, for the throughput since the last read."""
         if not self._pending:
             return []
         # Losses, grad norms and counters; the gradient's norm and the counts are the same on every
@@ -135,6 +143,7 @@ class RunLogger:
         columns = [torch.stack(column).float() for column in zip(*(p.tensors for p in self._pending))]
         columns[0] = self.world.mean(columns[0])
         rows = torch.stack(columns, dim=1).tolist()  # one row per pending update
+        rates = self.throughput.measure(updates_done) if self.throughput and updates_done is not None else {}
         records = []
         for pending, (loss, grad_norm, *counts) in zip(self._pending, rows):
             scalars = {"train/lr": pending.lrs[0], "train/loss": loss, "train/epoch": pending.epoch,
@@ -148,6 +157,10 @@ class RunLogger:
                 scalars["train/momentum"] = pending.momentum
             if pending.t is not None:
                 scalars["train/t"] = pending.t
+            if self.throughput is not None:
+                scalars["train/tokens"] = self.throughput.tokens(pending.update)
+            if pending is self._pending[-1]:
+                scalars.update(rates)
             self._write(pending.update, scalars)
             records.append(scalars)
         if not self.bar.disable:
@@ -173,7 +186,10 @@ class RunLogger:
         return self.last_val[1] if self.last_val[0] == update else {}
 
     def flush(self) -> None:
-        """Put every record written so far on the disk (before a checkpoint is)."""
+        """Put every record written so far on the disk (before a checkpoint is, and after a
+        validation: neither counts as training time)."""
+        if self.throughput is not None:
+            self.throughput.pause()
         for writer in self.writers:
             writer.flush()
 

@@ -52,7 +52,7 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
 COMPUTES = ("seed", "data", "model", "loss", "trainer.clip_grad_norm", "trainer.label_smoothing", "trainer.precision",
             "trainer.ema_decay", "trainer.grad_spike", "trainer.nonfinite", "trainer.early_stopping")
 #: ... of which these are not: what the run names, and how it reads its data.
-NOT_COMPUTED = ("data.name", "model.name", "data.batch_size", "data.loader", "data.num_workers")
+NOT_COMPUTED = ("data.name", "model.name", "data.batch_size", "data.loader", "data.num_workers", "data.tokenizer")
 
 
 def flat(config: dict, prefix: str = "") -> dict[str, object]:

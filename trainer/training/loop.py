@@ -131,7 +131,7 @@ class Loop:
         a stop with an error checkpoints this update and raises it; one without ends the run at
         the next epoch end it reaches. Before a checkpoint the controls look even with nothing
         pending (their counters cover unlogged updates too)."""
-        records = self.logger.read()
+        records = self.logger.read(updates_done)
         if records:
             self.train_loss = records[-1]["train/loss"]
         elif not before_checkpoint:
