@@ -68,6 +68,7 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
         + (f"  phases: {schedule.phases[0][0]}, then " + ", ".join(f"{n} from update {u}" for u, n in joins) + "\n"
            if joins else "")
         + group_lines(rows)
+        + (f"  {plan.ramp.describe()}\n" if plan.ramp is not None else "")
         + (f"  {note}\n" if note else "")
         + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )

@@ -31,7 +31,7 @@ from trainer.rundir.checkpoint import Checkpointer, Contents
 from trainer.rundir.logger import RunLogger
 from trainer.schedules.named import bind_named_schedules
 from trainer.schedules.registry import build_schedule, spec_of
-from trainer.schedules.schedule import Schedule
+from trainer.schedules.schedule import Schedule, bind_ramp
 from trainer.training.evaluate import Validation, class_scores
 from trainer.training.loop import Loop
 from trainer.training.loss import Loss
@@ -161,6 +161,8 @@ def build_optimization(
         units_per_update=plan.units_per_update,
     )
     schedule = bind_named_schedules(schedule, cfg, plan)  # the groups' own, and the weight decay's
+    if plan.ramp is not None:  # t and the LR follow each update's size
+        schedule = bind_ramp(schedule, plan.ramp)
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
         check_stages_fit(stages, optimizer, plan)
@@ -205,8 +207,7 @@ def build_training(
                                          scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
                      cfg.trainer.clip_grad_norm, world, controls=controls)
-    contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed,
-                        plan.updates_per_epoch, plan.accumulate_grad_batches)
+    contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed, plan.data_position)
     checkpoints = Checkpointer(
         run_dir, contents, every_n_steps=cfg.trainer.checkpoint_every_n_steps,
         every_n_epochs=cfg.trainer.checkpoint_every_n_epochs, keep_last_n=cfg.trainer.keep_last_n,
@@ -214,7 +215,7 @@ def build_training(
     batches = TrainBatches(
         dataset, cfg.data.batch_size, cfg.seed, device, plan.updates_per_epoch, plan.accumulate_grad_batches,
         num_workers=worker_count(cfg.data.num_workers, dataset) if cfg.data.loader == "dataloader" else None,
-        rank=world.rank, world_size=world.world_size,
+        rank=world.rank, world_size=world.world_size, ramp=plan.ramp,
     )
     validation = Validation(model, dataset, cfg.data.batch_size, precision, device, loss_fn=loss_fn,
                             flip=getattr(dataset, "flip_test", False), world=world)
@@ -245,6 +246,7 @@ def build_loop(
         start_update=start_update,
         resumed_val=resumed_val,
         world=world,
+        ramp=plan.ramp,
     )
     return Loop(
         training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from trainer.batch_ramp import BatchRamp
 from trainer.distributed import World
 from trainer.rundir.writers import Writer, open_writers
 
@@ -39,7 +40,8 @@ class RunLogger:
     group runs at ``train/lr``), ``train/wd`` and ``train/wd/<group>`` likewise (``wd_group_names``)
     when the weight decay is scheduled (the loop records it), ``train/momentum``, ``train/loss``,
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
-    ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only)."""
+    ``train/spike_skips``, ...), ``train/batch_size`` (examples over all ranks) under a batch
+    ``ramp``, and ``val/*`` scalars through the run's writers (rank 0's only)."""
 
     def __init__(
         self,
@@ -57,8 +59,10 @@ class RunLogger:
         start_update: int = 0,
         resumed_val: Mapping[str, float] | None = None,
         world: World | None = None,
+        ramp: BatchRamp | None = None,
     ) -> None:
         self.world = world or World()
+        self.ramp = ramp
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
@@ -71,7 +75,7 @@ class RunLogger:
         self.last_val: tuple[int, dict[str, float]] = (-1, {})
         self.group_names, self.wd_group_names = group_names, wd_group_names
         self.updates_per_epoch = updates_per_epoch
-        self.num_epochs = -(-max_updates // updates_per_epoch)
+        self.num_epochs = self._epoch_of(max_updates - 1) + 1
         # Only rank 0 writes. A resumed run's writers drop what was logged after its checkpoint.
         self.writers: list[Writer] = open_writers(
             writers, run_dir, purge_step=start_update, config=config or {}
@@ -89,9 +93,12 @@ class RunLogger:
         for writer in self.writers:
             writer.scalars(step, values)
 
+    def _epoch_of(self, update: int) -> int:
+        return update // self.updates_per_epoch if self.ramp is None else self.ramp.epoch_of(update)
+
     def _show_epoch(self) -> None:
         """``epoch E/N`` (1-based) before the bar, for the update it runs next."""
-        epoch = min(self.bar.n // self.updates_per_epoch, self.num_epochs - 1)
+        epoch = min(self._epoch_of(self.bar.n), self.num_epochs - 1)
         self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}", refresh=False)
 
     def due(self, update: int) -> bool:
@@ -134,6 +141,8 @@ class RunLogger:
                 scalars.update({f"train/wd/{name}": wd for name, wd in zip(self.wd_group_names, pending.wds)})
             if pending.momentum is not None:
                 scalars["train/momentum"] = pending.momentum
+            if self.ramp is not None:
+                scalars["train/batch_size"] = self.ramp.size(pending.update)
             self._write(pending.update, scalars)
             records.append(scalars)
         if not self.bar.disable:
@@ -175,7 +184,7 @@ class RunLogger:
 
     def advance(self) -> None:
         self.bar.update(1)
-        if not self.bar.disable and self.bar.n % self.updates_per_epoch == 0:
+        if not self.bar.disable and self._epoch_of(self.bar.n) != self._epoch_of(self.bar.n - 1):  # a new epoch
             self._show_epoch()
 
     def close(self, status: str = "completed") -> None:

@@ -4,8 +4,9 @@ What ``python -m trainer.preview`` writes, what every run writes into its direct
 curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report draws per job.
 ``lr.csv`` has one row per optimizer update (0-based): ``update``, ``t`` (the schedule index, in
 ``schedule.interval`` units), ``lr/<group>`` for every parameter group, ``wd/<group>`` (its weight
-decay) for every group when ``optimizer.weight_decay_schedule`` moves it, and ``momentum`` when the
-schedule sets it. matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
+decay) for every group when ``optimizer.weight_decay_schedule`` moves it, ``momentum`` when the
+schedule sets it, and ``batch_size`` (examples over all ranks) under ``trainer.batch_ramp``.
+matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
             row.update({f"wd/{name}": group["weight_decay"] for name, group in zip(names, groups.param_groups)})
         if scheduled_momentum:
             row["momentum"] = applied_momentum(groups)
+        if schedule.ramp is not None:
+            row["batch_size"] = schedule.ramp.size(update)
         rows.append(row)
     return rows
 

@@ -6,6 +6,7 @@ is logged is the LR that was applied."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,18 +19,22 @@ from trainer.schedules.plateau import ReduceOnPlateau
 if TYPE_CHECKING:  # applying a schedule needs only the optimizer's groups, not torch itself
     import torch
 
+    from trainer.batch_ramp import BatchRamp
+
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
     """Set every group's LR for optimizer update ``update``: its own schedule's
     (``optimizer.param_groups[].schedule``), else ``schedule``'s, times its ``lr_scale``; its weight
     decay where ``optimizer.weight_decay_schedule`` moves it; scheduled momentum / beta1; and which
-    groups are frozen then (``trainer.unfreeze``: LR 0, no gradients)."""
+    groups are frozen then (``trainer.unfreeze``: LR 0, no gradients). Under ``trainer.batch_ramp``
+    every LR is also scaled by ``optimizer.lr_scaling``'s rule at this update's batch size."""
     momentum = schedule.momentum(update)
+    batch = schedule.batch_factor(update)
     lrs: dict[int, float] = {}  # per schedule: groups that share one compute it once
     for group in optimizer.param_groups:
         own = schedule.of_group(group)
         if id(own) not in lrs:
-            lrs[id(own)] = own.lr(update)
+            lrs[id(own)] = own.lr(update) * batch
         group["lr"] = lrs[id(own)] * group["lr_scale"]
         if momentum is not None:
             set_momentum(group, momentum)
@@ -57,7 +62,8 @@ class Schedule:
     ``interval='epoch'`` maps update index u to epoch ``u // updates_per_epoch``, so the LR is
     constant within an epoch and changes exactly at epoch boundaries. ``sample`` and ``token`` map
     it to the examples or tokens trained on before it, ``u × units_per_update`` (the global batch,
-    or its tokens): a pure function of u, as every batch of a run has the same size.
+    or its tokens): a pure function of u, as every batch of a run has the same size. Under a batch
+    ramp (:mod:`trainer.batch_ramp`) they vary, and t is the examples (tokens) trained before u.
 
     A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
     validations from ``plateau_start`` (in t units) on.
@@ -84,9 +90,14 @@ class Schedule:
     decay_follows_lr: bool = False
     #: optimizer.weight_decay_schedule=NAME: every group's λ follows this schedule's shape.
     decay_shape: Schedule | None = None
+    # trainer.batch_ramp: updates of several sizes, so t is the examples (tokens) trained before an
+    # update, and apply_schedule scales its LR by optimizer.lr_scaling's rule at its size (None: no ramp)
+    ramp: BatchRamp | None = None
 
     def position(self, update: int) -> int:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
+        if self.ramp is not None:
+            return self.ramp.position(update)
         if self.interval == "epoch":
             return update // self.updates_per_epoch
         return update * self.units_per_update  # step: 1 per update
@@ -108,6 +119,8 @@ class Schedule:
 
     def phase_starts(self) -> list[tuple[int, str]]:
         """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
+        if self.ramp is not None:
+            return [(self.ramp.first_update_at(start), name) for name, start in self.phases[1:]]
         return [(first_update_at(start, self.interval, updates_per_epoch=self.updates_per_epoch,
                                  units_per_update=self.units_per_update), name) for name, start in self.phases[1:]]
 
@@ -130,10 +143,22 @@ class Schedule:
         LR follows): the shape of ``own`` (``weight_decay_schedule=lr``) or of :attr:`decay_shape`."""
         return (own if self.decay_follows_lr else self.decay_shape).shape(update)
 
+    def batch_factor(self, update: int) -> float:
+        """``optimizer.lr_scaling``'s factor at this update's batch size over the full batch's (in
+        :attr:`lr_scale`): 1 without a batch ramp, and from the ramp's end on."""
+        return 1.0 if self.ramp is None else self.ramp.lr_factor(update)
+
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""
         return None if self.momentum_fn is None else self.momentum_fn(self.position(update))
 
+
+
+def bind_ramp(schedule: Schedule, ramp: BatchRamp) -> Schedule:
+    """``schedule`` and those bound beside it (its groups', its weight decay's) counting t under ``ramp``."""
+    groups = {rule: dataclasses.replace(own, ramp=ramp) for rule, own in schedule.group_schedules.items()}
+    shape = None if schedule.decay_shape is None else dataclasses.replace(schedule.decay_shape, ramp=ramp)
+    return dataclasses.replace(schedule, ramp=ramp, group_schedules=groups, decay_shape=shape)
 
 
 def set_momentum(group: dict[str, Any], momentum: float) -> None:
