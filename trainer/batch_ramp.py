@@ -147,8 +147,8 @@ def check_batch_ramp(node: Mapping[str, Any], interval: str) -> None:
     require(node.get("length") is not None, "trainer.batch_ramp.length",
             f"set how long the batch grows, in trainer.batch_ramp.unit={node.get('unit')}s (e.g. 10000)")
     require(interval in ("sample", "token"), "schedule.interval",
-            f"{interval} counts updates or epochs, which a batch ramp makes smaller early on, so the schedule would run "
-            "ahead of the examples trained: use schedule.interval=sample (or token for token data)")
+            f"{interval} does not count the examples a batch ramp's smaller early updates train, so the schedule "
+            "would run ahead of them: use schedule.interval=sample (or token for token data)")
 
 
 def stage_sizes(node: Mapping[str, Any], *, full: int, micro: int) -> list[int]:

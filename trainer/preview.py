@@ -62,7 +62,8 @@ def write_preview(cfg: DictConfig, out_dir: Path) -> list[dict[str, float]]:
     draw_lr(rows, out_dir / "lr.png", title=lr_title(cfg, plan), note=note, joins=joins)
     lrs = [r[f"lr/{group_names(optimizer)[0]}"] for r in rows]
     print(
-        f"{cfg.schedule.name}: {plan.max_updates} updates ({plan.updates_per_epoch}/epoch), "
+        f"{cfg.schedule.name}: {plan.max_updates} updates ({plan.updates_per_epoch}/epoch"
+        f"{' at the full batch' if plan.ramp is not None else ''}), "
         f"interval={cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps}\n"
         f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
         + (f"  phases: {schedule.phases[0][0]}, then " + ", ".join(f"{n} from update {u}" for u, n in joins) + "\n"
