@@ -164,6 +164,25 @@ def test_batch_size_t_and_lr_of_every_update_follow_their_formulas(single):
                                                                                           [26, 24], [31, 32]]
 
 
+def test_a_group_with_its_own_schedule_and_the_weight_decay_count_the_ramp_s_examples(tmp_path):
+    """The biases follow a constant of their own (the run's warmup, half the LR), the weight decay
+    the shape of each group's LR; t is the examples trained, and the batch-size rule scales every
+    LR at each update's size but not the weight decay (λ follows the schedule's shape alone)."""
+    run_dir = tmp_path / "run"
+    run_cli("trainer.preview", [*RAMP, "data.batch_size=8", "optimizer.weight_decay=0.1", "optimizer.weight_decay_schedule=lr",
+                                "optimizer.param_groups=[{match: '*.bias', lr_scale: 0.5, schedule: constant}]",
+                                f"hydra.run.dir={run_dir}"])
+    rows = reference([8, 16, 24, 32], 400, "sample", 256, 42)
+    total = rows[-1][0] + rows[-1][1]
+    table = read_lr_csv(run_dir / "lr.csv")
+    cosine = [seed000_get_lr(samples, 64, total, 0.01, 1e-4) for _, samples, _ in rows]
+    rule = [(size / 256) ** 0.5 for size, _, _ in rows]
+    assert [r["lr/decay"] for r in table] == pytest.approx([c * f for c, f in zip(cosine, rule)], rel=1e-12, abs=0)
+    constant = [0.5 * 0.01 * min(samples / 64, 1) * f for (_, samples, _), f in zip(rows, rule)]
+    assert [r["lr/no_decay/*.bias"] for r in table] == pytest.approx(constant, rel=1e-12, abs=0)
+    assert [r["wd/decay"] for r in table] == pytest.approx([0.1 * c / 0.01 for c in cosine], rel=1e-12, abs=0)  # λ × c / η
+
+
 def test_stop_and_resume_mid_ramp_equals_the_run_never_stopped(tmp_path, monkeypatch):
     """Stopped during update 27: epoch 1, at 24 examples per update."""
     run = ["data.batch_size=8", *RAMP[len(TINY):]]
