@@ -4,7 +4,7 @@ which, no import circle, torch-free package faces, and the size limits that keep
 The layers, lowest first. A module may import its own unit and the units of lower layers, never
 a higher one, and never the other unit of its own layer:
 
-0. the shared vocabulary at the root (errors, params, monitor, components, plan, distributed, files)
+0. the shared vocabulary at the root (errors, params, monitor, components, plan, batch_ramp, distributed, files)
 1. data/, models/ (what users bring)
 2. optim/ (parameter groups and the optimizer)
 3. schedules/ (the LR of every update)
@@ -28,7 +28,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "trainer"
 LAYERS = [
-    {"errors", "params", "monitor", "components", "plan", "distributed", "files"},
+    {"errors", "params", "monitor", "components", "plan", "batch_ramp", "distributed", "files"},
     {"data", "models"},
     {"optim"},
     {"schedules"},

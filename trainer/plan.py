@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from trainer.batch_ramp import BatchRamp, build_ramp, ramp_on
 from trainer.errors import require
 
 #: ``max_updates`` of a run that only ``trainer.max_time`` ends: more updates than any run makes.
@@ -33,11 +34,32 @@ class RunPlan:
     global_batch_size: int = 1  # examples per update over all ranks
     units_per_update: int = 1  # schedule.interval=sample|token: examples or tokens per update (step: 1)
     interval: str = "step"  # schedule.interval: what total_steps and warmup_steps count
+    # trainer.batch_ramp: the examples of each update, and the epochs they make (None: every update
+    # is global_batch_size, every epoch updates_per_epoch updates)
+    ramp: BatchRamp | None = None
 
     def first_update_at(self, t: int) -> int:
         """The first optimizer update at schedule index ``t`` or later (``t`` in interval units)."""
+        if self.ramp is not None:
+            return self.ramp.first_update_at(t)
         return first_update_at(t, self.interval, updates_per_epoch=self.updates_per_epoch,
                                units_per_update=self.units_per_update)
+
+    def epoch_of(self, update: int) -> int:
+        """The epoch optimizer update ``update`` trains in."""
+        return update // self.updates_per_epoch if self.ramp is None else self.ramp.epoch_of(update)
+
+    def epoch_start(self, epoch: int) -> int:
+        """The first optimizer update of ``epoch``."""
+        return epoch * self.updates_per_epoch if self.ramp is None else self.ramp.epoch_start(epoch)
+
+    def data_position(self, update: int) -> tuple[int, int]:
+        """(epoch, micro-batches each rank has trained in it) before optimizer update ``update``."""
+        epoch = self.epoch_of(update)
+        if self.ramp is None:
+            return epoch, (update - epoch * self.updates_per_epoch) * self.accumulate_grad_batches
+        trained = self.ramp.samples_before(update) - self.ramp.samples_before(self.ramp.epoch_start(epoch))
+        return epoch, trained * self.accumulate_grad_batches // self.global_batch_size
 
 
 def first_update_at(t: int, interval: str, *, updates_per_epoch: int, units_per_update: int) -> int:
@@ -109,10 +131,19 @@ def plan_run(
         "lower the batch or the accumulation",
     )
     units = units_per_update(schedule.interval, global_batch, tokens_per_example)
-    max_updates = run_length if run_length is not None else budget_updates(
-        trainer, updates_per_epoch, global_batch, tokens_per_example)
-    num_epochs = math.ceil(max_updates / updates_per_epoch)
-    derived_total = {"epoch": num_epochs, "time": trainer.get("max_time")}.get(schedule.interval, max_updates * units)
+    ramp = None
+    if ramp_on(trainer.get("batch_ramp")):  # the examples per update vary: so do the updates per epoch
+        ramp, max_updates = build_ramp(
+            trainer.batch_ramp, trainer, full=global_batch, micro=cfg.data.batch_size * world_size,
+            epoch_examples=num_train_examples, tokens_per_example=tokens_per_example, interval=schedule.interval,
+            lr_power=LR_SCALING_POWERS[cfg.optimizer.lr_scaling])
+        num_epochs, derived_total = ramp.epoch_of(max_updates - 1) + 1, ramp.position(max_updates)
+    else:
+        max_updates = run_length if run_length is not None else budget_updates(
+            trainer, updates_per_epoch, global_batch, tokens_per_example)
+        num_epochs = math.ceil(max_updates / updates_per_epoch)
+        derived_total = {"epoch": num_epochs, "time": trainer.get("max_time")}.get(schedule.interval,
+                                                                                  max_updates * units)
     total_steps = schedule.total_steps if schedule.total_steps is not None else derived_total
     warmup_steps = warmup_length(schedule.warmup_steps, schedule.warmup_ratio, total_steps, unit=schedule.interval)
     lr_scale = schedule.temperature * batch_lr_factor(cfg, global_batch)
@@ -124,7 +155,7 @@ def plan_run(
     return RunPlan(
         updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale,
         accumulate_grad_batches=accumulate, global_batch_size=global_batch, units_per_update=units,
-        interval=schedule.interval,
+        interval=schedule.interval, ramp=ramp,
     )
 
 
@@ -182,10 +213,14 @@ def warmup_length(warmup_steps: int | str, warmup_ratio: float | None, total_ste
     return warmup_steps
 
 
+#: ``optimizer.lr_scaling``'s power p: the LR goes as (batch size)^p.
+LR_SCALING_POWERS = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
+
+
 def batch_lr_factor(cfg: DictConfig, global_batch_size: int) -> float:
     """``optimizer.lr_scaling``: (B / reference_batch_size)^p with B the examples per update over
     all ranks (the global batch); p = 1 (linear, Goyal et al.), ½ (sqrt, seed 002: batch 1024
-    against 256 runs at 2η), or 0 (none)."""
+    against 256 runs at 2η), or 0 (none). Under ``trainer.batch_ramp`` B is the full batch, and
+    the schedule scales each update by its own size's factor over this one."""
     optimizer = cfg.optimizer
-    power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[optimizer.lr_scaling]
-    return (global_batch_size / optimizer.reference_batch_size) ** power
+    return (global_batch_size / optimizer.reference_batch_size) ** LR_SCALING_POWERS[optimizer.lr_scaling]

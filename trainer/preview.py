@@ -99,13 +99,15 @@ def write_preview(cfg: DictConfig, out_dir: Path, *, updates_per_second: float |
             joins=joins)
     lrs = [r[f"lr/{group_names(optimizer)[0]}"] for r in rows]
     print(
-        f"{cfg.schedule.name}: {updates} updates ({plan.updates_per_epoch}/epoch), "
+        f"{cfg.schedule.name}: {updates} updates ({plan.updates_per_epoch}/epoch"
+        f"{' at the full batch' if plan.ramp is not None else ''}), "
         f"interval={cfg.schedule.interval}, T={plan.total_steps}, W={plan.warmup_steps}\n"
         + (f"  {estimate}\n" if estimate else "")
         + f"  lr first={lrs[0]:.6g} peak={max(lrs):.6g} (update {lrs.index(max(lrs))}) last={lrs[-1]:.6g}\n"
         + (f"  phases: {schedule.phases[0][0]}, then " + ", ".join(f"{n} from update {u}" for u, n in joins) + "\n"
            if joins else "")
         + group_lines(rows)
+        + (f"  {plan.ramp.describe()}\n" if plan.ramp is not None else "")
         + (f"  {note}\n" if note else "")
         + f"  wrote {out_dir / 'lr.csv'} and {out_dir / 'lr.png'}"
     )
@@ -137,7 +139,7 @@ def estimated_updates(
         require(updates_per_second is not None, "preview.updates_per_second",
                 "a schedule in seconds is drawn against a throughput: give the optimizer updates per second you "
                 "expect (e.g. preview.updates_per_second=20, from a run's progress bar)")
-        schedule = schedule.reading(lambda update: update / updates_per_second)
+        schedule = schedule.counting(seconds=lambda update: update / updates_per_second)
     if updates_per_second is None:
         return schedule, max_updates, f"trainer.max_time={max_time} s may end the run sooner" if max_time else ""
     if max_time is not None:

@@ -174,11 +174,13 @@ def build_optimization(
         units_per_update=plan.units_per_update,
     )
     schedule = bind_named_schedules(schedule, cfg, plan)  # the groups' own, and the weight decay's
+    if plan.ramp is not None:  # t and the LR follow each update's size
+        schedule = schedule.counting(ramp=plan.ramp)
     clock = None
     if uses_clock(cfg):
         clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device,
                               counts_schedule=schedule.interval == "time")
-        schedule = schedule.reading(clock.at)  # interval=time: t is the clock's reading at each update
+        schedule = schedule.counting(seconds=clock.at)  # interval=time: t is the clock's reading at each update
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
         check_stages_fit(stages, optimizer, plan)
@@ -223,8 +225,7 @@ def build_training(
                                          scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
                      cfg.trainer.clip_grad_norm, world, controls=controls, clock=built.clock)
-    contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed,
-                        plan.updates_per_epoch, plan.accumulate_grad_batches)
+    contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed, plan.data_position)
     checkpoints = Checkpointer(
         run_dir, contents, every_n_steps=cfg.trainer.checkpoint_every_n_steps,
         every_n_epochs=cfg.trainer.checkpoint_every_n_epochs, keep_last_n=cfg.trainer.keep_last_n,
@@ -232,7 +233,7 @@ def build_training(
     batches = TrainBatches(
         dataset, cfg.data.batch_size, cfg.seed, device, plan.updates_per_epoch, plan.accumulate_grad_batches,
         num_workers=worker_count(cfg.data.num_workers, dataset) if cfg.data.loader == "dataloader" else None,
-        rank=world.rank, world_size=world.world_size,
+        rank=world.rank, world_size=world.world_size, ramp=plan.ramp,
     )
     validation = Validation(model, dataset, cfg.data.batch_size, precision, device, loss_fn=loss_fn,
                             flip=getattr(dataset, "flip_test", False), world=world)
@@ -284,6 +285,7 @@ def build_loop(
         times=schedule.position if timed else None,
         extra_writers=extra_writers,
         throughput=throughput(cfg, training, plan, world),
+        ramp=plan.ramp,
     )
     return Loop(
         training.step, training.batches, training.validation, logger, training.checkpoints, training.controls, plan,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer import batch_ramp
 from trainer.controls import check_controls, control_keys
 from trainer.data import CLASS_DATA, SEQUENCE_DATA, check_data
 from trainer.distributed import BACKENDS, STRATEGIES
@@ -92,7 +93,8 @@ def trainer_params() -> tuple[dict[str, Param], dict[str, dict[str, Param]]]:
     """Every ``trainer.*`` key: the plain ones, and the nested nodes (``fsdp``, and those of controls)."""
     keys = {**TRAINER, **control_keys()}
     plain = {key: param for key, param in keys.items() if isinstance(param, Param)}
-    nodes = {"fsdp": FSDP, **{key: node for key, node in keys.items() if not isinstance(node, Param)}}
+    nodes = {"fsdp": FSDP, "batch_ramp": batch_ramp.PARAMS,
+             **{key: node for key, node in keys.items() if not isinstance(node, Param)}}
     return plain, nodes
 
 
@@ -122,6 +124,7 @@ def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     check_precision(cfg.trainer.precision, strategy)
     init_from.check_init_from(cfg.trainer)
     branch.check_branch(cfg.trainer)
+    batch_ramp.check_batch_ramp(cfg.trainer.get("batch_ramp"), cfg.schedule.interval)
 
 
 def _check_nodes(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader
 
+from trainer.batch_ramp import BatchRamp
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapDataset, MapEpoch
 from trainer.params import Param
@@ -53,18 +54,45 @@ def rank_batches(
     return [(j // accumulate * world_size + rank) * accumulate + j % accumulate for j in local]
 
 
+def ramp_batches(
+    ramp: BatchRamp, epoch: int, update: int, *, batch_size: int, rank: int = 0, world_size: int = 1
+) -> tuple[list[int], list[int]]:
+    """Under a batch ramp: which of ``epoch``'s micro-batches one rank trains on from ``update`` to
+    the epoch's end, and how many of them each update takes.
+
+    Update u's global batch is k·W micro-batches (k = its size / (``batch_size`` × W)) from the
+    one its epoch's examples trained before it reach; rank r takes its k from the (r·k)-th. As in
+    :func:`rank_batches`, the examples of an update do not depend on how it is split.
+    """
+    first = ramp.samples_before(ramp.epoch_start(epoch))
+    indices, counts = [], []
+    for u in range(update, ramp.epoch_start(epoch + 1)):
+        count = ramp.size(u) // (batch_size * world_size)
+        start = (ramp.samples_before(u) - first) // batch_size + rank * count
+        indices.extend(range(start, start + count))
+        counts.append(count)
+    return indices, counts
+
+
 def train_batches(
     epoch: Sequence[Batch] | MapEpoch, *, start_batch: int, device: torch.device, num_workers: int | None,
     rank: int = 0, world_size: int = 1, accumulate: int = 1,
 ) -> Iterator[Batch]:
     """This rank's batches of ``epoch`` (see :func:`rank_batches`) from its ``start_batch``-th,
-    on ``device``.
+    on ``device`` (see :func:`gather`)."""
+    indices = rank_batches(len(epoch), start_batch=start_batch, rank=rank, world_size=world_size, accumulate=accumulate)
+    yield from gather(epoch, indices, device=device, num_workers=num_workers)
+
+
+def gather(
+    epoch: Sequence[Batch] | MapEpoch, indices: Sequence[int], *, device: torch.device, num_workers: int | None,
+) -> Iterator[Batch]:
+    """Batches ``indices`` of ``epoch``, in that order, on ``device``.
 
     ``num_workers=None`` indexes ``epoch`` in this process (its tensors already on ``device``);
     a number runs a DataLoader with that many workers (0 = in this process, still pinned). A
     map-style epoch (:class:`~trainer.data.map_style.MapEpoch`) brings its own loader and workers.
     """
-    indices = rank_batches(len(epoch), start_batch=start_batch, rank=rank, world_size=world_size, accumulate=accumulate)
     if isinstance(epoch, MapEpoch):  # map-style data: its own run-long DataLoader and workers
         yield from epoch.batches(indices, device)
         return
@@ -82,7 +110,8 @@ def train_batches(
 @dataclass(frozen=True)
 class TrainBatches:
     """This rank's micro-batches of every epoch, from any update: ``epoch(e, update)`` yields one
-    list of ``accumulate`` micro-batches per update, from ``update`` (which lies in epoch ``e``).
+    list of micro-batches per update, from ``update`` (which lies in epoch ``e``): ``accumulate``
+    of them, or under a batch ``ramp`` as many as that update's size takes.
     ``num_workers`` None: batches gathered on the device; else DataLoader workers."""
 
     dataset: Dataset
@@ -94,11 +123,19 @@ class TrainBatches:
     num_workers: int | None = None
     rank: int = 0
     world_size: int = 1
+    ramp: BatchRamp | None = None
 
     def epoch(self, epoch: int, update: int) -> Iterator[list[Batch]]:
+        data = self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch)
+        if self.ramp is not None:
+            indices, counts = ramp_batches(self.ramp, epoch, update, batch_size=self.batch_size, rank=self.rank,
+                                           world_size=self.world_size)
+            batches = gather(data, indices, device=self.device, num_workers=self.num_workers)
+            for count in counts:
+                yield list(itertools.islice(batches, count))
+            return
         batches = train_batches(
-            self.dataset.train_epoch(self.batch_size, seed=self.seed, epoch=epoch),
-            start_batch=(update - epoch * self.updates_per_epoch) * self.accumulate, device=self.device,
+            data, start_batch=(update - epoch * self.updates_per_epoch) * self.accumulate, device=self.device,
             num_workers=self.num_workers, rank=self.rank, world_size=self.world_size, accumulate=self.accumulate,
         )
         while len(update_batches := list(itertools.islice(batches, self.accumulate))) == self.accumulate:
@@ -106,8 +143,8 @@ class TrainBatches:
 
     def first(self, epoch: int, count: int) -> Iterator[Batch]:
         """The first ``count`` micro-batches this rank trains on in ``epoch`` (fewer if it has fewer)."""
-        updates = self.epoch(epoch, epoch * self.updates_per_epoch)
-        return itertools.islice(itertools.chain.from_iterable(updates), count)
+        start = epoch * self.updates_per_epoch if self.ramp is None else self.ramp.epoch_start(epoch)
+        return itertools.islice(itertools.chain.from_iterable(self.epoch(epoch, start)), count)
 
 
 def val_batches(

@@ -79,7 +79,7 @@ def lineage(path: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 #: The schedule fingerprint's entries a branch keeps from its parent (besides every ``optimizer.*``
 #: setting): the data position of update N and the parameter groups depend on them.
-KEPT = ("updates_per_epoch", "global_batch_size", "group_lr_scales", "unfreeze")
+KEPT = ("updates_per_epoch", "global_batch_size", "batch_ramp", "group_lr_scales", "unfreeze")
 
 
 def check_kept(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -29,6 +29,7 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,8 +84,7 @@ class Contents:
     config: dict
     fingerprint: dict
     seed: int
-    updates_per_epoch: int
-    accumulate_grad_batches: int
+    data_position: Callable[[int], tuple[int, int]]  # RunPlan.data_position: (epoch, micro-batches in it) at an update
 
 
 class Checkpointer:
@@ -128,8 +128,7 @@ class Checkpointer:
             "optimizer": c.world.full_optimizer_state(optimizer_state(c.optimizer)),
             "step": c.step.state_dict(),
             "schedule": {"fingerprint": c.fingerprint},
-            "data": {"epoch": update // c.updates_per_epoch,
-                     "batch": (update % c.updates_per_epoch) * c.accumulate_grad_batches, "seed": c.seed},
+            "data": dict(zip(("epoch", "batch"), c.data_position(update)), seed=c.seed),
             "controls": c.controls.state_dict(),
             "checkpoints": {"best": self.best},
             "logs": {"val": val_metrics},

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from trainer.batch_ramp import BatchRamp
 from trainer.distributed import World
 from trainer.plan import UNBOUNDED
 from trainer.rundir.throughput import Throughput
@@ -42,7 +43,8 @@ class RunLogger:
     group runs at ``train/lr``), ``train/wd`` and ``train/wd/<group>`` likewise (``wd_group_names``)
     when the weight decay is scheduled (the loop records it), ``train/momentum``, ``train/loss``,
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
-    ``train/spike_skips``, ...) and ``val/*`` scalars through the run's writers (rank 0's only);
+    ``train/spike_skips``, ...), ``train/batch_size`` (examples over all ranks) under a batch
+    ``ramp``, and ``val/*`` scalars through the run's writers (rank 0's only);
     with ``times`` (a schedule in seconds: the t of an update), ``train/t`` too. ``extra_writers``
     (rank 0's) get every scalar as the named writers do (a time run's ``lr.csv``).
     With a ``throughput`` (token data): ``train/tokens`` at every logged update, and
@@ -67,9 +69,10 @@ class RunLogger:
         times: Callable[[int], float] | None = None,
         extra_writers: Sequence[Writer] = (),
         throughput: Throughput | None = None,
+        ramp: BatchRamp | None = None,
     ) -> None:
         self.world, self.times = world or World(), times
-        self.throughput = throughput
+        self.throughput, self.ramp = throughput, ramp
         self.every = log_every_n_steps
         self.read_every = read_every_n_steps
         self.last_update = max_updates - 1
@@ -83,7 +86,7 @@ class RunLogger:
         self.group_names, self.wd_group_names = group_names, wd_group_names
         self.updates_per_epoch = updates_per_epoch
         bounded = max_updates < UNBOUNDED  # else trainer.max_time alone ends the run: no count to show
-        self.num_epochs = -(-max_updates // updates_per_epoch) if bounded else None
+        self.num_epochs = self._epoch_of(max_updates - 1) + 1 if bounded else None
         # Only rank 0 writes. A resumed run's writers drop what was logged after its checkpoint.
         self.writers: list[Writer] = [*open_writers(
             writers, run_dir, purge_step=start_update, config=config or {}
@@ -101,13 +104,16 @@ class RunLogger:
         for writer in self.writers:
             writer.scalars(step, values)
 
+    def _epoch_of(self, update: int) -> int:
+        return update // self.updates_per_epoch if self.ramp is None else self.ramp.epoch_of(update)
+
     def _show_epoch(self) -> None:
         """``epoch E/N`` (1-based; ``epoch E`` when only the time budget ends the run) before the bar,
         for the update it runs next."""
         if self.num_epochs is None:
-            self.bar.set_description(f"epoch {self.bar.n // self.updates_per_epoch + 1}", refresh=False)
+            self.bar.set_description(f"epoch {self._epoch_of(self.bar.n) + 1}", refresh=False)
             return
-        epoch = min(self.bar.n // self.updates_per_epoch, self.num_epochs - 1)
+        epoch = min(self._epoch_of(self.bar.n), self.num_epochs - 1)
         self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}", refresh=False)
 
     def due(self, update: int) -> bool:
@@ -157,6 +163,8 @@ class RunLogger:
                 scalars["train/momentum"] = pending.momentum
             if pending.t is not None:
                 scalars["train/t"] = pending.t
+            if self.ramp is not None:
+                scalars["train/batch_size"] = self.ramp.size(pending.update)
             if self.throughput is not None:
                 scalars["train/tokens"] = self.throughput.tokens(pending.update)
             if pending is self._pending[-1]:
@@ -205,7 +213,7 @@ class RunLogger:
 
     def advance(self) -> None:
         self.bar.update(1)
-        if not self.bar.disable and self.bar.n % self.updates_per_epoch == 0:
+        if not self.bar.disable and self._epoch_of(self.bar.n) != self._epoch_of(self.bar.n - 1):  # a new epoch
             self._show_epoch()
 
     def close(self, status: str = "completed") -> None:

@@ -34,6 +34,8 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
         # continues the same run.
         global_batch_size=plan.global_batch_size,
     )
+    if plan.ramp is not None:  # trainer.batch_ramp: the size of every update (in examples: any world size continues)
+        resolved["batch_ramp"] = plan.ramp.fingerprint()
     # The optimizer's own settings (η and the scales are above): a resume with another weight
     # decay, betas or momentum would quietly change the run as much as a schedule change.
     resolved.update({

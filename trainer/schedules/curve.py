@@ -4,9 +4,10 @@ What ``python -m trainer.preview`` writes, what every run writes into its direct
 curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report draws per job.
 ``lr.csv`` has one row per optimizer update (0-based): ``update``, ``t`` (the schedule index, in
 ``schedule.interval`` units), ``lr/<group>`` for every parameter group, ``wd/<group>`` (its weight
-decay) for every group when ``optimizer.weight_decay_schedule`` moves it, and ``momentum`` when the
-schedule sets it. A schedule in seconds (``interval=time``) is known only as the run goes: its run
-writes a row per logged update as it logs it (:class:`LrLog`), the t read from the training clock.
+decay) for every group when ``optimizer.weight_decay_schedule`` moves it, ``momentum`` when the
+schedule sets it, and ``batch_size`` (examples over all ranks) under ``trainer.batch_ramp``. A
+schedule in seconds (``interval=time``) is known only as the run goes: its run writes a row per
+logged update as it logs it (:class:`LrLog`), the t read from the training clock.
 matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
 """
 
@@ -56,6 +57,8 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
             row.update({f"wd/{name}": group["weight_decay"] for name, group in zip(names, groups.param_groups)})
         if scheduled_momentum:
             row["momentum"] = applied_momentum(groups)
+        if schedule.ramp is not None:
+            row["batch_size"] = schedule.ramp.size(update)
         rows.append(row)
     return rows
 
@@ -64,7 +67,7 @@ def sampled_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, points: i
     """A schedule in seconds at ``points`` values of t spread evenly over [0, T] (``update``: the
     point's index), for what depends on the curve's shape alone (whether the groups' LRs differ)."""
     spacing = schedule.total_steps / (points - 1)
-    return lr_rows(optimizer, schedule.reading(lambda point: point * spacing), points)
+    return lr_rows(optimizer, schedule.counting(seconds=lambda point: point * spacing), points)
 
 
 def phase_joins(rows: Sequence[Row], schedule: Schedule) -> list[tuple[int, str]]:

@@ -19,18 +19,22 @@ from trainer.schedules.plateau import ReduceOnPlateau
 if TYPE_CHECKING:  # applying a schedule needs only the optimizer's groups, not torch itself
     import torch
 
+    from trainer.batch_ramp import BatchRamp
+
 
 def apply_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, update: int) -> None:
     """Set every group's LR for optimizer update ``update``: its own schedule's
     (``optimizer.param_groups[].schedule``), else ``schedule``'s, times its ``lr_scale``; its weight
     decay where ``optimizer.weight_decay_schedule`` moves it; scheduled momentum / beta1; and which
-    groups are frozen then (``trainer.unfreeze``: LR 0, no gradients)."""
+    groups are frozen then (``trainer.unfreeze``: LR 0, no gradients). Under ``trainer.batch_ramp``
+    every LR is also scaled by ``optimizer.lr_scaling``'s rule at this update's batch size."""
     momentum = schedule.momentum(update)
+    batch = schedule.batch_factor(update)
     lrs: dict[int, float] = {}  # per schedule: groups that share one compute it once
     for group in optimizer.param_groups:
         own = schedule.of_group(group)
         if id(own) not in lrs:
-            lrs[id(own)] = own.lr(update)
+            lrs[id(own)] = own.lr(update) * batch
         group["lr"] = lrs[id(own)] * group["lr_scale"]
         if momentum is not None:
             set_momentum(group, momentum)
@@ -58,9 +62,10 @@ class Schedule:
     ``interval='epoch'`` maps update index u to epoch ``u // updates_per_epoch``, so the LR is
     constant within an epoch and changes exactly at epoch boundaries. ``sample`` and ``token`` map
     it to the examples or tokens trained on before it, ``u × units_per_update`` (the global batch,
-    or its tokens): a pure function of u, as every batch of a run has the same size. ``time`` maps
-    it to the seconds of training before it, which only the run's clock knows: ``seconds(u)``
-    (:class:`trainer.training.clock.TrainingClock`; the preview's estimate), a float.
+    or its tokens): a pure function of u, as every batch of a run has the same size. Under a batch
+    ramp (:mod:`trainer.batch_ramp`) they vary, and t is the examples (tokens) trained before u.
+    ``time`` maps it to the seconds of training before it, which only the run's clock knows:
+    ``seconds(u)`` (:class:`trainer.training.clock.TrainingClock`; the preview's estimate), a float.
 
     A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
     validations from ``plateau_start`` (in t units) on.
@@ -88,19 +93,22 @@ class Schedule:
     #: optimizer.weight_decay_schedule=NAME: every group's λ follows this schedule's shape.
     decay_shape: Schedule | None = None
     seconds: Callable[[int], float] | None = None  # interval=time: the t (seconds of training) of an update
+    # trainer.batch_ramp: updates of several sizes, so t is the examples (tokens) trained before an
+    # update, and apply_schedule scales its LR by optimizer.lr_scaling's rule at its size (None: no ramp)
+    ramp: BatchRamp | None = None
 
-    def reading(self, seconds: Callable[[int], float]) -> Schedule:
-        """This schedule, and those named beside it (the groups' own, the weight decay's), with t
-        read from ``seconds`` (``interval=time``: the training clock, or the preview's estimate)."""
-        def read(schedule: Schedule) -> Schedule:
-            return dataclasses.replace(schedule, seconds=seconds)
-
-        groups = {index: read(own) for index, own in self.group_schedules.items()}
-        shape = read(self.decay_shape) if self.decay_shape is not None else None
-        return dataclasses.replace(self, seconds=seconds, group_schedules=groups, decay_shape=shape)
+    def counting(self, **count: Any) -> Schedule:
+        """This schedule, and those bound beside it (the groups' own, the weight decay's), with t
+        counted by ``count``: ``seconds=`` (``interval=time``: the training clock, or the preview's
+        estimate) or ``ramp=`` (a batch ramp's examples or tokens)."""
+        groups = {rule: dataclasses.replace(own, **count) for rule, own in self.group_schedules.items()}
+        shape = None if self.decay_shape is None else dataclasses.replace(self.decay_shape, **count)
+        return dataclasses.replace(self, group_schedules=groups, decay_shape=shape, **count)
 
     def position(self, update: int) -> int | float:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
+        if self.ramp is not None:
+            return self.ramp.position(update)
         if self.interval == "epoch":
             return update // self.updates_per_epoch
         if self.interval == "time":
@@ -124,6 +132,8 @@ class Schedule:
 
     def phase_starts(self) -> list[tuple[int, str]]:
         """(first update, name) of every phase of a chain after the first: where the plot marks a join."""
+        if self.ramp is not None:
+            return [(self.ramp.first_update_at(start), name) for name, start in self.phases[1:]]
         return [(first_update_at(start, self.interval, updates_per_epoch=self.updates_per_epoch,
                                  units_per_update=self.units_per_update), name) for name, start in self.phases[1:]]
 
@@ -145,6 +155,11 @@ class Schedule:
         """What a group's weight decay λ is multiplied by at ``update`` (``own``: the schedule its
         LR follows): the shape of ``own`` (``weight_decay_schedule=lr``) or of :attr:`decay_shape`."""
         return (own if self.decay_follows_lr else self.decay_shape).shape(update)
+
+    def batch_factor(self, update: int) -> float:
+        """``optimizer.lr_scaling``'s factor at this update's batch size over the full batch's (in
+        :attr:`lr_scale`): 1 without a batch ramp, and from the ramp's end on."""
+        return 1.0 if self.ramp is None else self.ramp.lr_factor(update)
 
     def momentum(self, update: int) -> float | None:
         """Momentum / beta1 at update ``update``, or None when the schedule leaves it alone."""

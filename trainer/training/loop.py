@@ -44,7 +44,7 @@ class Loop:
     def run(self, start_update: int = 0) -> dict[str, float]:
         """Train from ``start_update`` to ``plan.max_updates``; validate and checkpoint at epoch ends.
 
-        Resuming at update u continues epoch u // updates_per_epoch from the batch it stopped at:
+        Resuming at update u continues its epoch (``plan.epoch_of``) from the batch it stopped at:
         the epoch's order is re-created from (seed, epoch), so no example is repeated or skipped.
         A resumed run that had ended (its last update, or a control's stop) trains nothing.
         """
@@ -55,7 +55,7 @@ class Loop:
         update, metrics = start_update, {}
         self.ending = self.controls.ended() or spent(self.step.clock)
         with StopOnSignal() as signals:
-            first, last = update // self.plan.updates_per_epoch, self.plan.num_epochs
+            first, last = self.plan.epoch_of(update), self.plan.num_epochs
             for epoch in range(first, last if self.ending is None and update < self.plan.max_updates else first):
                 update = self._epoch(epoch, update, signals, metrics)
                 if self.ending is not None:
@@ -73,7 +73,7 @@ class Loop:
     def _epoch(self, epoch: int, update: int, signals: StopOnSignal, metrics: dict[str, float]) -> int:
         """Updates ``update..`` of ``epoch``, up to its end or ``max_updates``, then its validation
         and checkpoint when due; returns the updates done."""
-        end = min((epoch + 1) * self.plan.updates_per_epoch, self.plan.max_updates)
+        end = min(self.plan.epoch_start(epoch + 1), self.plan.max_updates)
         batches = self.batches.epoch(epoch, update)
         while update < end and self.ending is None:
             self._update(update, epoch, next(batches))
