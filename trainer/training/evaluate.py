@@ -179,9 +179,9 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Batch], precision: 
     was_training = model.training
     model.train()
     try:
-        for inputs, _ in batches:
+        for batch in batches:
             with precision.autocast():
-                model(inputs)
+                call_model(model, batch)
     finally:
         model.train(was_training)
         for layer, momentum in zip(layers, momenta):
