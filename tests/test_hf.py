@@ -18,9 +18,11 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 import trainer
-from tests.conftest import QUIET, REPO
+from tests.conftest import QUIET, REPO, compose_config
 from tests.userpkg.text import Sentences
+from trainer.data import build_dataset
 from trainer.data.collate import Packed, Pad
+from trainer.data.map_style import map_dataset
 from trainer.data.named import call_model, logits_of
 from trainer.errors import ConfigError
 from trainer.models import build_model
@@ -243,3 +245,41 @@ def test_lora_trains_the_adapters_and_leaves_every_other_weight_bit_for_bit(tmp_
             assert not torch.equal(initial[name], trained[name]), name
         else:  # frozen: no gradient, so no step, no weight decay
             assert torch.equal(initial[name], trained[name]), name
+
+
+def test_lora_wraps_any_model_and_names_a_module_it_cannot_find():
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "model" / "mlp.yaml"),
+                          {"lora": {"r": 2, "target_modules": ["1", "4"]}})  # mlp's two Linear layers
+    model = build_model(cfg, input_shape=(8,), num_classes=3)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == [f"base_model.model.{layer}.lora_{ab}.default.weight" for layer in (1, 4) for ab in "AB"]
+    assert model(torch.randn(2, 8)).shape == (2, 3)
+    missing = OmegaConf.merge(cfg, {"lora": {"target_modules": ["nope"]}})
+    with pytest.raises(ConfigError, match="peft cannot adapt Sequential: Target modules {'nope'} not found") as error:
+        build_model(missing, input_shape=(8,), num_classes=3)
+    assert error.value.key == "model.lora.target_modules"
+
+
+def test_data_collate_and_packing_are_targets_of_the_config():
+    cfg = compose_config("data=torch_dataset", "data.num_workers=0",
+                         "data.train={_target_:tests.userpkg.text.Sentences,size:8}", "data.val=null",
+                         "data.collate={_target_:trainer.data.collate.Pad,pad_id:31}", base=[])
+    data = build_dataset(cfg.data, seed=0)
+    batch = data.first_batch(2)
+    lengths = [len(Sentences(8).items[k]) for k in range(2)]
+    assert batch["input_ids"].shape == (2, max(lengths))
+    short = lengths.index(min(lengths))
+    assert batch["input_ids"][short, min(lengths):].eq(31).all() and batch["labels"][short, min(lengths):].eq(-100).all()
+    packed = compose_config("data=torch_dataset", "data.num_workers=0", "data.val=null", base=[
+        "data.train={_target_:trainer.data.collate.Packed,block_size:5,dataset:{_target_:tests.userpkg.text.Sentences,size:8}}"])
+    data = build_dataset(packed.data, seed=0)
+    assert data.num_train == sum(len(s) for s in Sentences(8).items) // 5 and data.input_shape == (5,)
+    assert data.first_batch(2)["input_ids"].flatten().tolist() == sum(Sentences(8).items, [])[:10]
+
+
+def test_named_labels_outside_the_classes_are_refused_before_training():
+    with pytest.raises(ConfigError, match=r"^data.train: item 0's label 5 is outside 0..3") as error:
+        map_dataset([{"input_ids": [1, 2], "labels": 5}], None, num_classes=4, num_workers=0, pin_memory=False)
+    assert error.value.key == "data.train"
+    with pytest.raises(ConfigError, match="is a mapping of named tensors but the training split's is not"):
+        map_dataset([(torch.zeros(2), 1)], [{"input_ids": [1]}], num_classes=4, num_workers=0, pin_memory=False)
