@@ -47,3 +47,23 @@ def smoothness_loss(outputs, targets: torch.Tensor) -> torch.Tensor:
     loss = logits_loss(outputs, targets)
     (slope,) = torch.autograd.grad(loss, outputs.logits, create_graph=True)
     return loss + slope.square().sum()
+
+
+class Instructions(Dataset):
+    """``size`` instruction examples for supervised fine-tuning: a prompt of 3..8 ids below
+    ``vocab_size - 1``, the separator ``vocab_size - 1``, and the response (the prompt reversed).
+    ``labels`` are -100 over the prompt and the separator: only the response is scored."""
+
+    def __init__(self, size: int, *, vocab_size: int = 32, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(3, 9, (size,), generator=generator)
+        self.prompts = [torch.randint(0, vocab_size - 1, (int(n),), generator=generator).tolist() for n in lengths]
+        self.separator = vocab_size - 1
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, k: int) -> dict:
+        prompt = self.prompts[k]
+        response = prompt[::-1]
+        return {"input_ids": [*prompt, self.separator, *response], "labels": [-100] * (len(prompt) + 1) + response}
