@@ -283,3 +283,25 @@ def test_named_labels_outside_the_classes_are_refused_before_training():
     assert error.value.key == "data.train"
     with pytest.raises(ConfigError, match="is a mapping of named tensors but the training split's is not"):
         map_dataset([(torch.zeros(2), 1)], [{"input_ids": [1]}], num_classes=4, num_workers=0, pin_memory=False)
+
+
+def flat(state: dict) -> torch.Tensor:
+    return torch.cat([state[k].flatten() for k in sorted(state) if state[k].is_floating_point()])
+
+
+def test_the_models_own_loss_trains_as_ours_weighted_by_tokens(tmp_path):
+    """loss=model (GPT-2's outputs.loss, a mean over each micro-batch's counted tokens, times their
+    count) and our cross-entropy on the logits give every update the same gradient, accumulated
+    too: the same parameters up to fp32 rounding (the bound of tests/test_token_weighting.py)."""
+    runs = {}
+    for loss in ("cross_entropy", "model"):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(**TINY_GPT2))
+        initial = flat(model.state_dict()).clone()
+        trainer.fit(model, Sentences(32), Sentences(8, seed=1), run_dir=tmp_path / loss,
+                    overrides=fit_overrides(f"loss={loss}", "trainer.max_epochs=1", "trainer.accumulate_grad_batches=2",
+                                            "data.batch_size=4"))
+        runs[loss] = flat(load_checkpoint(tmp_path / loss / "last.pt")["model"])
+    ours, own = runs["cross_entropy"], runs["model"]
+    assert (ours - initial).norm() / ours.norm() > 1e-3  # it trained
+    assert (ours - own).norm() / ours.norm() <= 1e-6

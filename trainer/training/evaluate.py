@@ -104,7 +104,7 @@ def evaluate(
             # A batch of no examples (a rank's last) adds nothing: its mean would be NaN.
             examples = scored_examples(batch)
             loss = loss_fn(outputs, targets).float() * examples
-            sums.loss += torch.where(examples > 0, loss, 0.0) if torch.is_tensor(examples) else loss if examples else 0.0
+            sums.loss += torch.where(examples > 0, loss, 0.0) if torch.is_tensor(examples) else (loss if examples else 0.0)
             sums.count += examples
         logits = logits_of(outputs)
         if logits is not None:
