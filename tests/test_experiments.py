@@ -67,6 +67,13 @@ RECIPES = {
         "schedule.phases": [{"name": "linear_warmup", "steps": 2000, "offset": 1}, {"name": "cosine", "min_lr": 6e-5}],
         "trainer.max_steps": 600000, "trainer.clip_grad_norm": 1.0, "trainer.precision": "bf16", "trainer.compile": True,
     },
+    "lora_sft": {  # seed 002's LoRA row: cosine + warmup, 2e-4, 10% warmup (schedule=preset_lora)
+        "model.name": "hf", "model.task": "causal_lm",
+        "model.lora": {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear"},
+        "data.name": "torch_dataset", "data.batch_size": 8, "optimizer.name": "adamw", "optimizer.lr": 2e-4,
+        "optimizer.weight_decay": 0.0, "schedule.name": "warmup_cosine", "schedule.warmup_ratio": 0.1,
+        "schedule.min_lr": 0.0, "trainer.max_epochs": 3, "trainer.clip_grad_norm": 1.0,
+    },
 }
 
 # LR the built schedule gives at some updates: from each recipe's own formula.
@@ -82,6 +89,8 @@ SCHEDULE_POINTS = {
     "gpt_shakespeare_char": {0: 1e-3 / 101, 50: 1e-3 * 51 / 101, 100: 1e-3, 2550: 5.5e-4, 5000: 1e-4},
     # nanoGPT's get_lr: 6e-4 (t+1)/2001, then cosine to 6e-5 at 600k, halfway (301,000) the mean
     "gpt2_owt": {0: 6e-4 / 2001, 1999: 6e-4 * 2000 / 2001, 2000: 6e-4, 301_000: 3.3e-4, 600_000: 6e-5},
+    # 160 instructions // 8 = 20 updates per epoch x 3 = 60, warmup round(0.1 x 60) = 6, cosine to 0 at 60
+    "lora_sft": {0: 0.0, 3: 1e-4, 6: 2e-4, 33: 1e-4, 60: 0.0},
 }
 
 
@@ -92,6 +101,21 @@ def text_file(tmp_path, characters=40_000):
     picks = torch.randint(0, len(words), (characters // 3,), generator=g).tolist()
     path.write_text(" ".join(words[i] for i in picks)[:characters], encoding="utf-8")
     return path
+
+
+def tiny_causal_lm(tmp_path):
+    """A local folder save_pretrained wrote: a tiny GPT-2 (nothing is downloaded)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=32, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+def instructions(size: int) -> list[str]:
+    return [f"data.train={{_target_:tests.userpkg.text.Instructions,size:{size}}}",
+            "data.val={_target_:tests.userpkg.text.Instructions,size:8,seed:1}", "data.num_workers=0"]
 
 
 def test_every_experiment_is_covered():
@@ -112,6 +136,8 @@ def test_experiment_composes_to_its_recipe_and_instantiates(name, tmp_path):
     if name == "resnet50_imagenet":  # the ImageNet batch of 256 needs 512 images for 2 updates per epoch
         images = write_image_folder(tmp_path / "images", per_class=256, size=(4, 4))
         extra = [f"data.train_dir={images}", f"data.val_dir={images}"]
+    if name == "lora_sft":
+        extra = [f"model.path={tiny_causal_lm(tmp_path)}", *instructions(160)]
     cfg = compose_config(f"experiment={name}", *extra, base=[])
     for key, expected in RECIPES[name].items():
         value = OmegaConf.select(cfg, key)
@@ -142,6 +168,8 @@ def shrunk(name, tmp_path):
                 "data.windows_per_epoch=12", "data.val_windows=4", "model.block_size=32", "model.n_layer=1",
                 "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6", "schedule.phases.0.steps=2",
                 "trainer.compile=false"]
+    if name == "lora_sft":  # 16 instructions / 4 = 4 updates, warmup round(0.4) = 0
+        return [f"model.path={tiny_causal_lm(tmp_path)}", *instructions(16), "data.batch_size=4", "trainer.max_epochs=1"]
     return [f"data.path={text_file(tmp_path, 4000)}", "data.batch_size=4", "model.block_size=32",
             "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6",
             "schedule.phases.0.steps=2"]
@@ -161,6 +189,8 @@ EXPECTED_LRS = {
                                                     for t in range(2, 6)],
     # the same shape at 6e-4 to 6e-5
     "gpt2_owt": [6e-4 / 3, 12e-4 / 3] + [6e-5 + 2.7e-4 * (1 + math.cos(math.pi * (t - 2) / 4)) for t in range(2, 6)],
+    # no warmup update in 4, then cosine from 2e-4 to 0
+    "lora_sft": [2e-4 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)],
 }
 
 

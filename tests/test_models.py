@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 from tests.conftest import compose_config
 from trainer.components import shipped_targets
 from trainer.errors import ConfigError
-from trainer.models import SEQUENCE_MODELS, build_model, check_model
+from trainer.models import NAMED_MODELS, SEQUENCE_MODELS, build_model, check_model
 from trainer.optim.groups import parameter_groups
 
-IMAGE_MODELS = sorted(set(shipped_targets("model")) - set(SEQUENCE_MODELS))
+IMAGE_MODELS = sorted(set(shipped_targets("model")) - set(SEQUENCE_MODELS) - set(NAMED_MODELS))
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
@@ -48,7 +48,7 @@ def test_resnet18_keeps_small_images_at_full_size_in_the_first_stage():
 
 
 def test_a_model_without_a_target_lists_the_shipped_ones():
-    with pytest.raises(ConfigError, match="model=cnn | gpt | mlp | resnet18 | resnet20") as error:
+    with pytest.raises(ConfigError, match="model=cnn | gpt | hf | mlp | resnet18 | resnet20") as error:
         check_model(OmegaConf.create({"name": "vgg"}))
     assert error.value.key == "model._target_"
 

@@ -60,13 +60,16 @@ def _signature(target: Callable) -> inspect.Signature | None:
         return None
 
 
-def names_parameter(target: Callable, name: str) -> bool:
-    """Whether ``target``'s signature names ``name`` (a ``**kwargs`` catch-all does not count)."""
+def names_parameter(target: Callable, name: str, *, required: bool = False) -> bool:
+    """Whether ``target``'s signature names ``name`` (a ``**kwargs`` catch-all does not count);
+    ``required``: and needs a value there (no default, or a default other than None)."""
     signature = _signature(target)
     if signature is None:
         return False
     parameter = signature.parameters.get(name)
-    return parameter is not None and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    if parameter is None or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+        return False
+    return not required or parameter.default is not None
 
 
 def shipped_targets(group: str) -> dict[str, str]:

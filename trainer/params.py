@@ -34,7 +34,8 @@ class Param:
     """A key's default, its type and bounds, and a one-line doc with its units.
 
     ``kind``: ``bool``, ``int``, ``float`` (ints are accepted), ``str``, ``list`` (of ``item``; a
-    ``dict`` item is any mapping, checked by its owner) or ``dict`` (names to ``item``). ``low``/``high`` bound a number, or every item of a list or
+    ``dict`` item is any mapping, checked by its owner) or ``dict`` (names to ``item``; with
+    ``fields``, one record of those keys, and with ``open_record`` any others too). ``low``/``high`` bound a number, or every item of a list or
     dict; ``choices`` lists the only values allowed (a ``str``'s, say); ``extra`` holds values
     accepted besides the typed ones (``None`` for "null = off", ``"auto"``); ``or_mapping``: a
     mapping is accepted too, its keys checked by the owner (a schedule named with its parameters,
@@ -54,7 +55,8 @@ class Param:
     length: int | None = None  # a list's exact length
     increasing: bool = False  # a list's items strictly increase
     min_items: int = 0
-    fields: Mapping[str, Param] | None = None  # a list of records (``item=dict``): each one's keys
+    fields: Mapping[str, Param] | None = None  # a list of records (``item=dict``), or a record (``dict``): its keys
+    open_record: bool = False  # a record (``dict`` with ``fields``) that takes undeclared keys too, as they are
     or_mapping: bool = False
 
     def check(self, value: Any, key: str) -> None:
@@ -66,6 +68,9 @@ class Param:
             if ok:
                 for index, record in enumerate(value):
                     self._check_record(record, f"{key}.{index}")
+        elif self.kind is dict and self.fields is not None:
+            ok = True
+            self._check_record(value, key)
         elif self.kind is list:
             ok = _is_list(value) and self._list_ok(list(value))
         elif self.kind is dict:
@@ -84,15 +89,19 @@ class Param:
         if not isinstance(record, Mapping):
             raise ConfigError(key, f"got {_show(record)}; expected a mapping with keys {_field_words(self.fields)}")
         missing = [name for name, field in self.fields.items() if field.default is REQUIRED and name not in record]
+        one = self.kind is dict
         if missing:
-            raise ConfigError(f"{key}.{missing[0]}", f"missing; each item takes {_field_words(self.fields)}")
-        check_params(self.fields, record, key, owner=key.rsplit(".", 1)[0] + " items")
+            raise ConfigError(f"{key}.{missing[0]}", f"missing; {'it' if one else 'each item'} takes "
+                              f"{_field_words(self.fields)}{' and any other key' if self.open_record else ''}")
+        declared_part = {k: v for k, v in record.items() if k in self.fields or not self.open_record}
+        check_params(self.fields, declared_part, key, owner=key if one else key.rsplit(".", 1)[0] + " items")
 
     def expected(self) -> str:
         """What the value must be, in words: the second half of every error message."""
         if self.fields is not None:
-            return f"a list of mappings with keys {_field_words(self.fields)}" + "".join(
-                f" or {_show(v)}" for v in self.extra)
+            what = "a mapping" if self.kind is dict else "a list of mappings"
+            return f"{what} with keys {_field_words(self.fields)}" + (" and any other" if self.open_record else "") + \
+                "".join(f" or {_show(v)}" for v in self.extra)
         if self.kind is list:
             what = f"a list of {self.length or ''} {_plural(self._item_words())}".replace("  ", " ")
             if self.increasing:

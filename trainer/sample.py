@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trainer.data.codecs import Characters, Codec, codec_of
+from trainer.data.named import logits_of
 from trainer.data.tokens import TOKENS_JSON, read_meta
 from trainer.errors import ConfigError, OneLineParser, one_line, refuse, require
 from trainer.models import SEQUENCE_MODELS, build_model
@@ -80,7 +81,7 @@ def generate(
     it are drawn (a vocabulary padded past the tokenizer's has rows that name no text)."""
     tokens = prompt.clone()
     for _ in range(num_tokens):
-        logits = model(tokens[-model.block_size :].unsqueeze(0))[0, -1, :vocab_size].float() / temperature
+        logits = logits_of(model(tokens[-model.block_size :].unsqueeze(0)))[0, -1, :vocab_size].float() / temperature
         if top_k is not None:
             kth = logits.topk(min(top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, -torch.inf)

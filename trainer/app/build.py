@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from trainer.app.combinations import check_spike_window, check_stages_fit, check_watched_metrics
@@ -16,13 +16,14 @@ from trainer.app.validate import validate
 from trainer.components import MOVED, build
 from trainer.controls import Controls, Parts
 from trainer.data import SEQUENCE_DATA, Dataset, data_spec
-from trainer.data.batches import Batch
 from trainer.data.loading import TrainBatches
 from trainer.data.map_style import worker_count
+from trainer.data.named import LABELS, Batch, call_model, describe, is_named, targets_of, to_device
 from trainer.distributed import World
 from trainer.errors import ConfigError, one_line
 from trainer.models import SEQUENCE_MODELS, build_model
 from trainer.models.flops import flops_per_token, transformer_shape
+from trainer.models.lora import with_lora
 from trainer.optim import schedule_free
 from trainer.optim.factory import build_optimizer
 from trainer.optim.groups import group_names
@@ -36,10 +37,10 @@ from trainer.schedules.named import bind_named_schedules
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
 from trainer.training.clock import TrainingClock, uses_clock
-from trainer.training.evaluate import Validation, class_scores
+from trainer.training.evaluate import Validation, evaluate
 from trainer.training.loop import Loop
-from trainer.training.loss import Loss
-from trainer.training.precision import Precision, configure_cuda
+from trainer.training.loss import Loss, TokenLoss, bind_loss, model_gets_labels
+from trainer.training.precision import Precision, configure_cuda, resolve_precision
 from trainer.training.step import TrainStep
 
 #: ``loss=cross_entropy``'s target: its errors are the model's (its outputs), not the loss's.
@@ -70,51 +71,64 @@ def build_loss(cfg: DictConfig) -> Loss:
 @dataclass(frozen=True)
 class FitCheck:
     """What :func:`check_model_fits` runs the model on before training: the run's loss, a few
-    training examples, and whether the data has a validation split."""
+    training examples, whether the data has a validation split, and whether validation scores
+    mirrored images too (``flip_test``)."""
 
     loss_fn: Loss
     batch: Batch
     validates: bool
+    flip: bool = False
 
 
 def check_model_fits(model: nn.Module, check: FitCheck, device: torch.device, loss_key: str) -> set[str]:
-    """One forward pass and loss on ``check.batch`` in eval mode (no parameter, buffer or generator
-    changes; no backward): a model that does not take the data's inputs, whose outputs the loss
-    cannot score, or whose loss no gradient would flow back from, is a config error before anything
-    is written. Returns the metrics validation will give (none without a validation split)."""
-    loss_fn = check.loss_fn
-    inputs, targets = (tensor.to(device) for tensor in check.batch)
+    """One training forward pass and loss on ``check.batch`` in eval mode (no backward), then the
+    validation pass on it, exactly as validation will run: a model that does not take the data's
+    inputs, whose outputs the loss cannot score (in training or in validation), or whose loss no
+    gradient would flow back from, is a config error before anything is written. Nothing changes:
+    no parameter, buffer or generator. Returns the metrics validation will give (none without a
+    validation split)."""
+    batch, loss_fn = to_device(check.batch, device), bind_loss(check.loss_fn, model)
     was_training = model.training
     model.eval()
     try:
-        # With autograd on: whether the loss reaches a parameter is whether it has a graph.
-        with torch.enable_grad():
-            try:
-                outputs = model(inputs)
-            except Exception as error:
-                raise ConfigError(
-                    "model", f"does not take the data's inputs of shape {tuple(inputs.shape)}: {one_line(error)}"
-                ) from None
-            shape = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
-            try:
-                loss = loss_fn(outputs, targets)
-            except Exception as error:
-                raise ConfigError(
-                    loss_key, f"cannot score the model's outputs ({shape}) against targets of shape "
-                    f"{tuple(targets.shape)}: {one_line(error)}",
-                ) from None
-            if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
-                raise ConfigError(loss_key, f"returned {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}, "
-                                  "not a scalar floating-point tensor")
-            if not loss.requires_grad:
-                raise ConfigError(loss_key, "the loss on the model's outputs depends on no parameter that trains, so "
-                                  "no gradient would reach the model: check that its forward does not detach its "
-                                  "outputs, that the loss uses them, and that some parameter has requires_grad=True")
+        with torch.enable_grad():  # whether the loss reaches a parameter is whether it has a graph
+            loss = _training_loss(model, batch, loss_fn, loss_key)
+        if not (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
+            raise ConfigError(loss_key, f"returned {type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}, "
+                              "not a scalar floating-point tensor")
+        if not loss.requires_grad:
+            raise ConfigError(loss_key, "the loss on the model's outputs depends on no parameter that trains, so "
+                              "no gradient would reach the model: check that its forward does not detach its "
+                              "outputs, that the loss uses them, and that some parameter has requires_grad=True")
     finally:
         model.train(was_training)
     if not check.validates:
         return set()
-    return {"val/loss", "val/acc"} if class_scores(outputs, targets) else {"val/loss"}
+    try:  # the validation path too: its forward in eval mode, no autograd, the outputs it reads
+        return set(evaluate(model, [batch], resolve_precision("fp32", device), flip=check.flip, loss_fn=loss_fn))
+    except Exception as error:
+        raise ConfigError(loss_key, f"validation cannot score the model's outputs: {type(error).__name__}: "
+                          f"{one_line(error)}") from None
+
+
+def _training_loss(model: nn.Module, batch: Batch, loss_fn: Loss, loss_key: str) -> torch.Tensor:
+    """The loss the training step takes on ``batch`` (per counted target for a token loss on named
+    tensors); a ConfigError at ``model`` or ``loss_key`` naming what does not fit."""
+    if is_named(batch) and LABELS not in batch:
+        raise ConfigError("data", f"batches of named tensors ({describe(batch)}) need their targets as 'labels'")
+    try:
+        outputs = call_model(model, batch, labels=model_gets_labels(loss_fn))
+    except Exception as error:
+        raise ConfigError("model", f"does not take the data's inputs {describe(batch)}: {one_line(error)}") from None
+    shape = tuple(outputs.shape) if torch.is_tensor(outputs) else type(outputs).__name__
+    targets = targets_of(batch)
+    try:
+        if is_named(batch) and isinstance(loss_fn, TokenLoss):
+            return loss_fn.summed(outputs, targets) / loss_fn.counted(targets).clamp(min=1)
+        return loss_fn(outputs, targets)
+    except Exception as error:
+        raise ConfigError(loss_key, f"cannot score the model's outputs ({shape}) against targets of shape "
+                          f"{tuple(targets.shape)}: {one_line(error)}") from None
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,8 @@ def build_optimization(
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
+    elif cfg.model.get("lora") is not None:  # trainer.fit's model: adapters as build_model adds them
+        model = with_lora(model, OmegaConf.to_container(cfg.model.lora))
     model = model.to(device)
     if fit_check is not None:
         target = MOVED.get(cfg.loss._target_, cfg.loss._target_)
@@ -220,7 +236,7 @@ def build_training(
     world = world or World()
     model, optimizer, plan = built.model, built.optimizer, built.plan
     device = next(model.parameters()).device
-    loss_fn = build_loss(cfg) if loss_fn is None else loss_fn
+    loss_fn = bind_loss(build_loss(cfg) if loss_fn is None else loss_fn, model)
     controls = Controls.build(cfg, Parts(model, optimizer, built.schedule, device, world,
                                          scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,

@@ -195,7 +195,8 @@ def _prepare(
     built = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
         device=device, model=model, world=world,
-        fit_check=FitCheck(loss_fn, first_batch(dataset), validates=has_validation(dataset)),
+        fit_check=FitCheck(loss_fn, first_batch(dataset), validates=has_validation(dataset),
+                           flip=getattr(dataset, "flip_test", False)),
     )
     fingerprint = schedule_fingerprint(cfg, built.plan)
     # The exact LR of every update (the plateau schedule's before any cut, so before a resume

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+from trainer.data.named import Batch
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from trainer.batch_ramp import BatchRamp
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapDataset, MapEpoch
+from trainer.data.named import slice_examples, to_device
 from trainer.params import Param
 
 if TYPE_CHECKING:
@@ -103,8 +104,8 @@ def gather(
     loader = DataLoader(
         epoch, batch_size=None, sampler=indices, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
-    for inputs, targets in loader:
-        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+    for batch in loader:
+        yield to_device(batch, device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,8 @@ def val_batches(
         batches = dataset.val_batches(batch_size, rank=rank, world_size=world_size)
     else:
         first, stop = rank * batch_size, (rank + 1) * batch_size
-        batches = ((x[first:stop], y[first:stop]) for x, y in dataset.val_batches(batch_size * world_size))
+        batches = (slice_examples(batch, first, stop) for batch in dataset.val_batches(batch_size * world_size))
     # A split in host memory (data.loader=dataloader, map-style data) is copied over; one on the
     # device already is not.
-    for inputs, targets in batches:
-        yield inputs.to(device), targets.to(device)
+    for batch in batches:
+        yield to_device(batch, device)

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
 
 from trainer.data.batches import Batch, batches_per_epoch, epoch_order, shard_ranges, stream_seed
+from trainer.data.collate import collate_items
+from trainer.data.named import LABELS, is_named, slice_examples, to_device, unscored
 from trainer.data.source import ExampleDataset
 from trainer.errors import ConfigError, DataError, one_line
 from trainer.params import Param
@@ -61,7 +63,9 @@ IMAGE_FOLDER_PARAMS = {
     "augment": Param(True, "random-resized crop + flip for training; false: as validation", bool),
 }
 #: ``_target_`` nodes (and lists of them), checked by their targets' signatures, not declared here.
-TARGET_NODES = ("train", "val", "train_transform", "val_transform")
+TARGET_NODES = ("train", "val", "train_transform", "val_transform", "collate")
+#: Makes one batch of a list of examples (``data.collate``).
+Collate = Callable[[list[Any]], Batch]
 
 
 class EpochSampler(Sampler[BatchKey]):
@@ -188,6 +192,7 @@ class SplitReader:
     input_shape: tuple[int, ...]
     num_classes: int | None
     skip: bool = False  # data.on_error=skip
+    collate: Collate = collate_items  # data.collate
 
     def batch(self, indices: Sequence[int], *, seed: int, epoch: int) -> Batch | Flawed:
         """Examples ``indices`` read (see :func:`read_examples`) and collated; a :class:`Flawed`
@@ -207,11 +212,16 @@ class SplitReader:
             raise DataError(self.split, sorted(f.indices[0] for f in failures),
                             f"every example of a micro-batch failed, e.g. {failures[0]}")
         try:
-            batch = default_collate(items)
-            inputs, targets = batch
-            if tuple(inputs.shape[1:]) == self.input_shape and label_problem(targets, self.num_classes) is None:
-                return batch
-            cause = f"inputs of shape {tuple(inputs.shape[1:])}, not {self.input_shape}, or labels out of range"
+            batch = self.collate(items)
+            if is_named(batch):  # named sequences vary in length: their labels are what to check
+                if label_problem(batch[LABELS], self.num_classes) is None:
+                    return batch
+                cause = "labels out of range"
+            else:
+                inputs, targets = batch
+                if tuple(inputs.shape[1:]) == self.input_shape and label_problem(targets, self.num_classes) is None:
+                    return batch
+                cause = f"inputs of shape {tuple(inputs.shape[1:])}, not {self.input_shape}, or labels out of range"
         except Exception as error:  # examples that do not stack: found below
             cause = f"collating failed: {type(error).__name__}: {one_line(error)}"
         misfits = [DataError(self.split, [k], why, item_path(self.examples, k), FIX)
@@ -225,6 +235,9 @@ class SplitReader:
 
     def _misfit(self, item: Any) -> str | None:
         """Why one example cannot join a batch, or None."""
+        if isinstance(item, Mapping):
+            labels = item.get(LABELS)
+            return label_problem(torch.as_tensor(labels), self.num_classes) if labels is not None else None
         if not isinstance(item, (tuple, list)) or len(item) != 2 or not torch.is_tensor(item[0]):
             return f"a {type(item).__name__}, not an (input tensor, target) pair"
         if tuple(item[0].shape) != self.input_shape:
@@ -249,8 +262,10 @@ class SeededBatches(TorchDataset):
 class ValSlices(TorchDataset):
     """The validation split indexed by lists of example indices: one collated batch per list, each
     example k read with generators seeded from k alone (the same numbers at any world size, worker
-    count or epoch). An empty list gives a batch of no examples (item 0's shape and type), so every
-    rank runs as many forwards as the others."""
+    count or epoch). An empty list gives a batch that scores nothing, so every rank runs as many
+    forwards as the others: pairs of no examples (item 0's shape and type), or item 0's named
+    tensors with every label ignored (:func:`~trainer.data.named.unscored`: a model such as Hugging
+    Face's cannot take zero rows)."""
 
     reader: SplitReader
 
@@ -258,14 +273,27 @@ class ValSlices(TorchDataset):
         batch = self.reader.batch(indices or [0], seed=0, epoch=0)
         if indices or isinstance(batch, Flawed):
             return batch
-        inputs, targets = batch
-        return inputs[:0], targets[:0]
+        return unscored(batch) if is_named(batch) else slice_examples(batch, 0, 0)
 
 
 def check_pair(item: Any, key: str) -> tuple[torch.Tensor, Any]:
-    """``item`` as (input tensor, target); a ConfigError at ``key`` when it is not such a pair."""
+    """``item`` as (input tensor, target); a ConfigError at ``key`` when it is not such a pair. A
+    mapping's input is its ``input_ids`` (else its first entry) and its target its ``labels``
+    (None when the collator makes them), each entry a tensor or what ``torch.as_tensor`` takes."""
+    if isinstance(item, Mapping):
+        if not item:
+            raise ConfigError(key, "item 0 is an empty mapping: give named tensors such as input_ids and labels")
+        values = {}
+        for name, value in item.items():
+            try:
+                values[name] = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(key, f"item 0's {name!r} is a {type(value).__name__}, not a tensor or a list of "
+                                  "numbers") from None
+        return values.get("input_ids", next(iter(values.values()))), values.get(LABELS)
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise ConfigError(key, f"item 0 is a {type(item).__name__}, not an (input, target) pair")
+        raise ConfigError(key, f"item 0 is a {type(item).__name__}, not an (input, target) pair or a mapping of "
+                          "named tensors")
     inputs, target = item
     if not torch.is_tensor(inputs):
         raise ConfigError(
@@ -308,6 +336,7 @@ class MapDataset:
     pin_memory: bool = False
     skip: bool = False
     max_skipped: int = 10
+    collate: Collate = collate_items  # data.collate: a list of examples -> one batch
     skipped: set[tuple[str, int]] = field(default_factory=set)
     _loaders: dict[tuple, tuple[DataLoader, EpochSampler | None]] = field(default_factory=dict, repr=False)
 
@@ -321,7 +350,7 @@ class MapDataset:
 
     def _reader(self, split: str) -> SplitReader:
         examples = self.train if split == "train" else self.val
-        return SplitReader(examples, split, self.input_shape, self.num_classes, self.skip)
+        return SplitReader(examples, split, self.input_shape, self.num_classes, self.skip, self.collate)
 
     def usable(self, batch: Batch | Flawed) -> Batch:
         """A batch as a worker read it: a :class:`Flawed` one raises its error, or with
@@ -373,7 +402,7 @@ class MapDataset:
     def first_batch(self, size: int = 2) -> Batch:
         """The first ``size`` training examples as a batch, read in this process (the pre-training
         check): one that fails is a ConfigError at ``data.train``."""
-        batch = SplitReader(self.train, "train", self.input_shape, self.num_classes).batch(
+        batch = SplitReader(self.train, "train", self.input_shape, self.num_classes, collate=self.collate).batch(
             range(min(size, len(self.train))), seed=0, epoch=0)
         if isinstance(batch, Flawed):
             error = batch.errors[0]
@@ -399,15 +428,17 @@ class MapEpoch:
         """Micro-batches ``indices`` of the epoch, in that order, on ``device`` (copied without
         blocking from pinned memory)."""
         self.sampler.set_epoch(self.epoch, indices)
-        for inputs, targets in map(self.usable, self.loader):
-            yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        for batch in map(self.usable, self.loader):
+            yield to_device(batch, device, non_blocking=True)
 
 
 def build_map_dataset(cfg: Any, *, pin_memory: bool) -> MapDataset:
-    """``data.train`` / ``data.val`` from their ``_target_`` (``data.val: null``: no validation).
+    """``data.train`` / ``data.val`` from their ``_target_`` (``data.val: null``: no validation),
+    batched by ``data.collate`` (null: :func:`~trainer.data.collate.collate_items`).
 
     ``num_classes``: the training split's ``classes`` attribute, else ``data.num_classes``.
-    Item 0 of each split must be an (input tensor, target) pair: checked here, before training.
+    Item 0 of each split must be an (input tensor, target) pair or a mapping of named sequences:
+    checked here, before training.
     """
     from trainer.components import build
 
@@ -415,20 +446,25 @@ def build_map_dataset(cfg: Any, *, pin_memory: bool) -> MapDataset:
         raise ConfigError("data.train", "missing: name the training split, e.g. data.train._target_=mypkg.MyDataset")
     train = build(cfg.train, "data.train")
     val = None if cfg.get("val") is None else build(cfg.val, "data.val")
+    collate = collate_items if cfg.get("collate") is None else build(cfg.collate, "data.collate")
+    if not callable(collate):
+        raise ConfigError("data.collate", f"built a {type(collate).__name__}, which cannot be called on a list of examples")
     return map_dataset(train, val, num_classes=cfg.get("num_classes"), num_workers=worker_count(cfg.num_workers, train),
                        pin_memory=pin_memory, skip=cfg.get("on_error", "raise") == "skip",
-                       max_skipped=cfg.get("max_skipped", PARAMS["max_skipped"].default))
+                       max_skipped=cfg.get("max_skipped", PARAMS["max_skipped"].default), collate=collate)
 
 
 def map_dataset(
     train: TorchDataset, val: TorchDataset | None, *, num_classes: int | None, num_workers: int, pin_memory: bool,
-    skip: bool = False, max_skipped: int = PARAMS["max_skipped"].default,
+    skip: bool = False, max_skipped: int = PARAMS["max_skipped"].default, collate: Collate = collate_items,
 ) -> MapDataset:
     """A :class:`MapDataset` of datasets already built (``trainer.fit`` passes the caller's).
 
     Item 0 of each split is read here, before training: each must be an (input tensor, target)
-    pair, the validation input of the training input's shape, and an integer label within
-    0..num_classes-1 (when the classes are known); else a ConfigError at ``data.train`` or ``data.val``.
+    pair, the validation input of the training input's shape, or a mapping of named sequences in
+    both splits (``input_shape`` is then item 0's ``input_ids``' shape: lengths may vary), and an
+    integer label within 0..num_classes-1 (when the classes are known); else a ConfigError at
+    ``data.train`` or ``data.val``.
     """
     classes = getattr(train, "classes", None)
     if classes is not None:
@@ -437,24 +473,28 @@ def map_dataset(
     # num_classes asks for it (trainer.models.build_model).
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise ConfigError("data.num_classes", f"got {num_classes!r}; expected a whole number >= 1")
-    input_shape = None
+    input_shape, named = None, None
     for split, key in ((train, "data.train"), (val, "data.val")):
         if split is None:
             continue
-        inputs, target = first_item(split, key)
+        item = first_item(split, key)
+        inputs, target = check_pair(item, key)
         problem = label_problem(target, num_classes)
         if problem is not None:
             raise ConfigError(key, f"item 0's {problem}: fix the labels, or data.num_classes")
-        if input_shape is not None and tuple(inputs.shape) != input_shape:
+        if named is not None and named != isinstance(item, Mapping):
+            raise ConfigError(key, "item 0 is " + ("a mapping of named tensors" if not named else "an (input, target) "
+                              "pair") + " but the training split's is not: both splits need examples of one kind")
+        if not isinstance(item, Mapping) and input_shape is not None and tuple(inputs.shape) != input_shape:
             raise ConfigError(key, f"item 0's input has shape {tuple(inputs.shape)}, but the training split's has "
                               f"{input_shape}: both splits need the same transforms (size, crop)")
-        input_shape = input_shape or tuple(inputs.shape)
-    return MapDataset(train, val, num_classes, input_shape, num_workers, pin_memory, skip, max_skipped)
+        input_shape, named = input_shape or tuple(inputs.shape), isinstance(item, Mapping)
+    return MapDataset(train, val, num_classes, input_shape, num_workers, pin_memory, skip, max_skipped, collate)
 
 
-def first_item(split: TorchDataset, key: str) -> tuple[torch.Tensor, Any]:
-    """Item 0 of ``split`` (the config at ``key``) as (input tensor, target), checked to be a
-    map-style dataset's: ConfigErrors before training, not DataErrors during it."""
+def first_item(split: TorchDataset, key: str) -> Any:
+    """Item 0 of ``split`` (the config at ``key``), checked to be a map-style dataset's:
+    ConfigErrors before training, not DataErrors during it."""
     if not hasattr(split, "__getitem__") or not hasattr(split, "__len__"):
         raise ConfigError(key, f"a {type(split).__name__} is not a map-style dataset (it needs __len__ and __getitem__)")
     if len(split) == 0:
@@ -463,4 +503,4 @@ def first_item(split: TorchDataset, key: str) -> tuple[torch.Tensor, Any]:
         item = read_examples(split, [0], seed=0, epoch=0)[0]
     except DataError as error:  # a user's __getitem__ (or transform) that fails on its first item
         raise ConfigError(key, f"reading item 0{f' ({error.path})' if error.path else ''} failed: {error.cause}") from None
-    return check_pair(item, key)
+    return item

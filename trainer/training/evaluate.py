@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from trainer.data import Dataset
-from trainer.data.batches import Batch
 from trainer.data.loading import val_batches
+from trainer.data.named import IGNORE_INDEX, Batch, align, call_model, is_named, logits_of, targets_of
 from trainer.distributed import World
+from trainer.models.hf import shifts_labels
 from trainer.optim.schedule_free import is_schedule_free
-from trainer.training.loss import CrossEntropy, Loss
+from trainer.training.loss import CrossEntropy, Loss, TokenLoss, model_gets_labels
 from trainer.training.precision import Precision
 
 #: Validation batches hold this many training batches: with no activations kept for a backward
@@ -32,57 +32,89 @@ def class_scores(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
     return outputs.is_floating_point() and integer_targets and shapes_fit
 
 
+@dataclass
+class Sums:
+    """What validation adds up over batches (device tensors: no sync until the end)."""
+
+    loss: torch.Tensor  # fp32
+    count: torch.Tensor  # what val/loss is the mean over: targets (the built-in losses) or examples
+    correct: torch.Tensor
+    scored: torch.Tensor  # targets whose top-1 answer counts for val/acc (not -100)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> Sums:
+        return cls(torch.zeros((), device=device), *(torch.zeros((), device=device, dtype=torch.long) for _ in range(3)))
+
+    def metrics(self, world: World) -> dict[str, float]:
+        """``val/loss`` and ``val/acc`` of the sums over every rank (one collective, one sync)."""
+        sums = torch.stack([self.loss.double(), self.count.double(), self.correct.double(), self.scored.double()])
+        loss, count, correct, scored = world.sum(sums).tolist()
+        if count == 0:
+            return {}
+        return {"val/loss": loss / count, **({"val/acc": correct / scored} if scored else {})}
+
+
+def scored_examples(batch: Batch) -> torch.Tensor | int:
+    """What one batch's mean loss weighs in ``val/loss`` under a loss of the user's: its examples,
+    those of named tensors with a label that is not -100 (a rank's stand-in for no examples,
+    :func:`~trainer.data.named.unscored`, weighs nothing)."""
+    targets = targets_of(batch)
+    if not is_named(batch):
+        return len(targets)
+    return (targets != IGNORE_INDEX).reshape(len(targets), -1).any(dim=1).sum()
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
 def evaluate(
     model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False,
     loss_fn: Loss | None = None, world: World | None = None,
 ) -> dict[str, float]:
     """``val/loss`` and, when the outputs are class scores and the targets class indices,
-    ``val/acc`` (top-1) over every batch; one device sync at the end. An empty split gives {}.
-    Under ``world``, each rank passes its own shard of the split and the sums (loss, correct
-    answers, counts) are added over the ranks, so every rank gets the same numbers.
+    ``val/acc`` (top-1, targets of -100 left out) over every batch; one device sync at the end. An
+    empty split gives {}. Under ``world``, each rank passes its own shard of the split and the sums
+    (loss, counts, correct answers) are added over the ranks, so every rank gets the same numbers.
 
-    ``val/loss`` with the built-in cross-entropy (``loss_fn`` None or a :class:`CrossEntropy`) is
-    the unsmoothed cross-entropy in nats per target (per example, or per character for text);
-    with another loss, that loss's mean over the examples (each batch's value weighted by its
-    example count). ``flip=True`` (test-time augmentation for images) scores each image by the
-    mean of its outputs and its horizontal mirror's.
+    Batches are pairs or named tensors, outputs a tensor or hold ``logits``
+    (:mod:`trainer.data.named`). ``val/loss`` with the built-in cross-entropy (``loss_fn`` None or a
+    :class:`CrossEntropy`) is the unsmoothed cross-entropy in nats per target that is not -100 (per
+    example, or per token for text: a causal language model's labels shifted as it shifts them);
+    with ``loss=model``, the model's own loss per counted target; with another loss, that loss's
+    mean over the examples (each batch's value weighted by its example count). ``flip=True``
+    (test-time augmentation for images) scores each image by the mean of its outputs and its
+    horizontal mirror's.
     """
-    builtin = loss_fn is None or isinstance(loss_fn, CrossEntropy)
+    shift = shifts_labels(model)
+    scorer = CrossEntropy(shift_labels=shift) if loss_fn is None or isinstance(loss_fn, CrossEntropy) else loss_fn
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = scored = 0
-    for inputs, targets in batches:
+    sums = Sums.zeros(next(model.parameters()).device)
+    for batch in batches:
+        targets = targets_of(batch)
         with precision.autocast():
-            outputs = model(inputs)
+            outputs = call_model(model, batch, labels=model_gets_labels(scorer))
             if flip:
                 # clone: under CUDA graphs (compile mode reduce-overhead) the second call reuses
                 # the first one's output memory.
-                outputs = (outputs.clone() + model(inputs.flip(-1))) / 2
-        outputs = outputs.float()
-        if builtin:
-            flat = targets.flatten()
-            loss_sum += F.cross_entropy(outputs.flatten(0, -2), flat, reduction="sum")
-            count += flat.numel()
+                outputs = (outputs.clone() + model(batch[0].flip(-1))) / 2
+        outputs = outputs.float() if torch.is_tensor(outputs) else outputs  # logits in fp32 (autocast may give bf16)
+        if isinstance(scorer, TokenLoss):
+            sums.loss += scorer.summed(outputs, targets).float()
+            sums.count += scorer.counted(targets)
         else:
-            loss_sum += loss_fn(outputs, targets).float() * len(targets)
-            count += len(targets)
-        if class_scores(outputs, targets):
-            correct += (outputs.argmax(dim=-1) == targets).sum()
-            scored += targets.numel()
+            # A batch of no examples (a rank's last) adds nothing: its mean would be NaN.
+            examples = scored_examples(batch)
+            loss = loss_fn(outputs, targets).float() * examples
+            sums.loss += torch.where(examples > 0, loss, 0.0) if torch.is_tensor(examples) else (loss if examples else 0.0)
+            sums.count += examples
+        logits = logits_of(outputs)
+        if logits is not None:
+            logits, aligned = align(logits, targets, shift=shift)
+            if class_scores(logits, aligned):
+                scored = aligned != IGNORE_INDEX
+                sums.correct += ((logits.argmax(dim=-1) == aligned) & scored).sum()
+                sums.scored += scored.sum()
     model.train(was_training)
-    sums = torch.tensor([count, scored], dtype=torch.float64, device=device)
-    sums = (world or World()).sum(torch.cat([torch.stack([loss_sum.double(), correct.double()]), sums]))
-    loss_total, correct_total, count, scored = sums.tolist()
-    if count == 0:
-        return {}
-    metrics = {"val/loss": loss_total / count}
-    if scored:
-        metrics["val/acc"] = correct_total / scored
-    return metrics
+    return sums.metrics(world or World())
 
 
 @contextlib.contextmanager
@@ -147,9 +179,9 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Batch], precision: 
     was_training = model.training
     model.train()
     try:
-        for inputs, _ in batches:
+        for batch in batches:
             with precision.autocast():
-                model(inputs)
+                call_model(model, batch)
     finally:
         model.train(was_training)
         for layer, momentum in zip(layers, momenta):

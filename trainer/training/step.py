@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from trainer.controls import Controls, Update
-from trainer.data.batches import Batch
+from trainer.data.named import Batch, call_model, is_named, targets_of
 from trainer.distributed import World
 from trainer.optim.groups import trainable_parameters
 from trainer.schedules.schedule import Schedule, apply_schedule
 from trainer.training.clock import TrainingClock
-from trainer.training.loss import Loss
+from trainer.training.loss import Loss, TokenLoss, model_gets_labels
 from trainer.training.precision import Precision
 
 
@@ -63,18 +63,7 @@ class TrainStep:
         by the GradScaler, as is one a control vetoes (a gradient-norm spike); it still uses up its
         schedule slot, so the schedule advances exactly once per update, skipped or not.
         """
-        # Dividing each micro-batch loss by their count makes the summed gradient the mean over
-        # the whole update, so the LR means the same thing at any accumulation.
-        count = len(micro_batches)
-        total_loss = None
-        for index, (inputs, targets) in enumerate(micro_batches):
-            with self.world.gradient_sync(self.model, enabled=index == count - 1):
-                with self.precision.autocast():
-                    loss = self.loss_fn(self.model(inputs), targets)
-                if count > 1:
-                    loss = loss / count
-                self.scaler.scale(loss).backward()
-            total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+        total_loss = self._backward(micro_batches)
         # Unscale before clipping: under fp16 the gradients are multiplied by the loss scale, and
         # clipping (or logging) scaled gradients would compare the wrong norm with max_norm.
         self.scaler.unscale_(self.optimizer)
@@ -111,6 +100,44 @@ class TrainStep:
         if self.clock is not None:
             self.clock.start()
         apply_schedule(self.optimizer, self.schedule, update)
+
+    def _backward(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
+        """Forward and backward every micro-batch; returns the update's loss (a device tensor).
+
+        Pairs, and named batches under a loss of the user's, weigh each micro-batch alike: each
+        loss is divided by their count, so the summed gradient is the mean over the update and the
+        LR means the same at any accumulation. A token loss (:class:`~trainer.training.loss.TokenLoss`)
+        on named batches weighs every counted target alike instead: each micro-batch's summed loss
+        is divided by the targets of the whole global batch, counted over every micro-batch and rank
+        before the first backward (one all-reduce per update), not the mean of micro-batch means.
+        """
+        count = len(micro_batches)
+        gets_labels = model_gets_labels(self.loss_fn)
+        scale = self._token_scale(micro_batches) if is_named(micro_batches[0]) else None
+        total_loss = None
+        for index, batch in enumerate(micro_batches):
+            with self.world.gradient_sync(self.model, enabled=index == count - 1):
+                with self.precision.autocast():
+                    outputs = call_model(self.model, batch, labels=gets_labels)
+                    if scale is not None:
+                        loss = self.loss_fn.summed(outputs, targets_of(batch)) * scale
+                    else:
+                        loss = self.loss_fn(outputs, targets_of(batch))
+                if scale is None and count > 1:
+                    loss = loss / count
+                self.scaler.scale(loss).backward()
+            total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
+        return total_loss
+
+    def _token_scale(self, micro_batches: Sequence[Batch]) -> torch.Tensor | None:
+        """W / (counted targets of the global batch) for a token loss, else None. DDP averages the
+        ranks' gradients, so each rank's summed loss is scaled by W over the global count; the
+        ranks' logged losses then average to the global mean per target. An update with no counted
+        target (all -100) has a zero loss and gradient."""
+        if not isinstance(self.loss_fn, TokenLoss):
+            return None
+        counted = torch.stack([self.loss_fn.counted(targets_of(batch)) for batch in micro_batches]).sum()
+        return self.world.world_size / self.world.sum(counted).clamp(min=1)
 
     def state_dict(self) -> dict:
         """The loss scale, and the precision it belongs to; the training clock, when there is one."""
