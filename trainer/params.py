@@ -108,7 +108,8 @@ class Param:
             if self.default and self.default is not REQUIRED:
                 what += f", e.g. {_show(self.default)}"
         elif self.kind is dict:
-            what = f"names mapped to {_plural(self._item_words())}, e.g. {{layer1: 0.1}}"
+            example = "{train: data/train.jsonl}" if self.item is str else "{layer1: 0.1}"
+            what = f"names mapped to {_plural(self._item_words())}, e.g. {example}"
         elif self.choices:
             what = "one of " + ", ".join(c if isinstance(c, str) else _show(c) for c in self.choices)
         else:

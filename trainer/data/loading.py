@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapDataset, MapEpoch
 from trainer.data.named import slice_examples, to_device
+from trainer.data.stream import StreamEpoch
 from trainer.params import Param
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def rank_batches(
 
 
 def train_batches(
-    epoch: Sequence[Batch] | MapEpoch, *, start_batch: int, device: torch.device, num_workers: int | None,
+    epoch: Sequence[Batch] | MapEpoch | StreamEpoch, *, start_batch: int, device: torch.device, num_workers: int | None,
     rank: int = 0, world_size: int = 1, accumulate: int = 1,
 ) -> Iterator[Batch]:
     """This rank's batches of ``epoch`` (see :func:`rank_batches`) from its ``start_batch``-th,
@@ -63,9 +64,13 @@ def train_batches(
 
     ``num_workers=None`` indexes ``epoch`` in this process (its tensors already on ``device``);
     a number runs a DataLoader with that many workers (0 = in this process, still pinned). A
-    map-style epoch (:class:`~trainer.data.map_style.MapEpoch`) brings its own loader and workers.
+    map-style epoch (:class:`~trainer.data.map_style.MapEpoch`) brings its own loader and workers;
+    a stream's (:class:`~trainer.data.stream.StreamEpoch`) reads on in this process.
     """
     indices = rank_batches(len(epoch), start_batch=start_batch, rank=rank, world_size=world_size, accumulate=accumulate)
+    if isinstance(epoch, StreamEpoch):  # a stream has no index: it reads on from its position
+        yield from epoch.batches(start_batch, len(indices), device, rank=rank, world_size=world_size)
+        return
     if isinstance(epoch, MapEpoch):  # map-style data: its own run-long DataLoader and workers
         yield from epoch.batches(indices, device)
         return
