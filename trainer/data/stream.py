@@ -88,7 +88,7 @@ class StreamState:
     picks: int = 0  # draws from the buffer in this pass
     rows: int = 0  # rows read from the source in this pass
     carry: list[int] = field(default_factory=list)  # packing: tokens read, not yet in a block
-    consumed: int = 0  # micro-batches handed to training
+    consumed: int = 0  # examples (or blocks) handed to training
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(asdict(self))
@@ -147,7 +147,7 @@ class StreamReader:
             tokens = torch.tensor(self.state.carry[:needed], dtype=torch.long).view(form.batch_size, form.block_size)
             del self.state.carry[:needed]
             batch = form.collate([{"input_ids": row, LABELS: row} for row in tokens])
-        self.state.consumed += 1
+        self.state.consumed += form.batch_size
         return batch
 
     def _encode(self, numbered: list[tuple[int, Mapping[str, Any]]]) -> list[dict[str, Any]]:
@@ -253,11 +253,13 @@ class StreamEpoch:
         BatchNorm pass of a schedule-free optimizer re-reads an epoch's first ones), it gives the
         next ones, read from a copy, so its position does not move and a resumed run reads the same."""
         reader = self.stream.reader_for(seed=self.seed, batch_size=self.batch_size, rank=rank, world_size=world_size)
-        at = self.epoch * (start + count) + start  # micro-batches this rank read before the first one asked
+        # Examples this rank read before the first one asked: counted in examples, not micro-batches,
+        # so a resume that splits the same global batch into other micro-batches reads on exactly.
+        at = (self.epoch * (start + count) + start) * self.batch_size
         if at < reader.state.consumed:
             reader = reader.copy()
         elif at > reader.state.consumed:
-            raise RuntimeError(f"the stream has handed out {reader.state.consumed} micro-batches, asked for the "
-                               f"{at}th: its checkpointed position was not restored")
+            raise RuntimeError(f"the stream has handed out {reader.state.consumed} examples, asked for example "
+                               f"{at}: its checkpointed position was not restored")
         for _ in range(count):
             yield to_device(reader.next_batch(), device, non_blocking=True)
