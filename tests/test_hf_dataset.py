@@ -297,7 +297,8 @@ def test_a_stream_resumed_at_another_world_size_is_refused_in_one_line(corpus, t
     ranks = load_checkpoint(run_dir / "last.pt")["controls"]["data_stream"]["ranks"]
     # 3 files over 2 ranks: each reads every other row, in order; 3 updates of 4 rows each
     assert [state["rows"] for state in ranks] == [12, 12] and [state["consumed"] for state in ranks] == [12, 12]
-    proc = run_cli("trainer", [*args, "trainer.resume=auto"], check=False)
+    # The same global batch of 8 in one process: only the stream's world size stands in the way.
+    proc = run_cli("trainer", [*args, "data.batch_size=8", "trainer.resume=auto"], check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: trainer.resume: ")
     assert "stream was read by 2 ranks" in proc.stderr and "resume with 2, not 1" in proc.stderr

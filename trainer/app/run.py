@@ -211,8 +211,9 @@ def _prepare(
     )
     # A checkpoint of another model is a config error here, before anything is written.
     start_update = training.checkpoints.restore(checkpoint, checkpoint_path, start_key) if checkpoint is not None else 0
+    # On every rank: a control's state may be gathered from all of them (a stream's positions).
+    expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
     if world.is_main:  # the only rank that writes
-        expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
         write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs)
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
