@@ -189,11 +189,11 @@ class TokenizedSplit(TorchDataset):
         return len(self.rows) if self.indices is None else len(self.indices)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        row = self.rows[int(k) if self.indices is None else self.indices[k]]
+        number = int(k) if self.indices is None else self.indices[k]
         try:
-            return self.encoder([row])[0]
-        except RowError as error:  # the reader names the split and the item
-            raise ValueError(error.why) from None
+            return self.encoder([self.rows[number]])[0]
+        except RowError as error:  # the reader names the split and the item; we, the row it is
+            raise ValueError(error.why if self.indices is None else f"{error.why} (row {number})") from None
 
 
 # --------------------------------------------------------------------------------------------- the rows
@@ -355,13 +355,16 @@ class StreamData(HFData):
         return head_batch(self.stream.make_format(size), size)
 
 
-def head_batch(form: StreamFormat, size: int) -> Batch:
+def head_batch(form: StreamFormat, size: int, files_key: str = "data.files") -> Batch:
+    """The first micro-batch of ``size`` of a stream, unshuffled; a row that cannot be used is a
+    ConfigError at the key of its column (or ``files_key``, for a file that does not parse)."""
     reader = StreamReader(StreamFormat(form.source, form.encode, form.collate, size, 0, form.block_size),
                           seed=0, rank=0, world_size=1, state=StreamState())
     try:
         return reader.next_batch()
     except DataError as error:
-        raise ConfigError("data.files", f"the training stream's {error}") from None
+        key = error.__cause__.key if isinstance(error.__cause__, RowError) else files_key
+        raise ConfigError(key, f"the training stream's {error}") from None
 
 
 @dataclass(frozen=True)
@@ -463,6 +466,11 @@ class Settings:
     block_size: int | None
     cache_dir: str | None
 
+    @property
+    def files_key(self) -> str:
+        """The key that says where the rows are."""
+        return "data.from_disk" if self.from_disk is not None else "data.files"
+
     def encoder(self, tokenizer: Any, train: Any, val: Any, values: Any) -> Encoder:
         """The :class:`Encoder` of these rows, their columns and classes checked (``values``: see
         :func:`label_classes`)."""
@@ -478,19 +486,21 @@ class Settings:
 
     def examples(self, split: TokenizedSplit, name: str) -> TorchDataset:
         """``split`` itself, its item 0 checked (a ConfigError naming the column at fault), or packed."""
-        require(len(split) > 0, "data.from_disk" if self.from_disk else "data.files", f"the {name} split holds no rows")
+        require(len(split) > 0, self.files_key, f"the {name} split holds no rows")
         if self.block_size is None:
-            check_row(split.encoder, [split.rows[split.indices[0] if split.indices else 0]], name)
+            first = split.indices[0] if split.indices else 0
+            check_row(split.encoder, [split.rows[first]], name, [first])
             return split
         return packed(split, self.block_size, name)
 
 
-def check_row(encoder: Encoder, rows: list[Mapping[str, Any]], split: str, first: int = 0) -> list[dict[str, Any]]:
-    """``encoder(rows)``; a row it cannot use is a ConfigError naming its column, split and row."""
+def check_row(encoder: Encoder, rows: list[Mapping[str, Any]], split: str, numbers: Sequence[int]) -> list[dict]:
+    """``encoder(rows)``; a row it cannot use is a ConfigError naming its column, split and row
+    (``numbers``: each row's in its split)."""
     try:
         return encoder(rows)
     except RowError as error:
-        raise ConfigError(error.key, f"{split} row {first + error.position}: {error.why}") from None
+        raise ConfigError(error.key, f"{split} row {numbers[error.position]}: {error.why}") from None
 
 
 def packed(split: TokenizedSplit, block_size: int, name: str) -> Packed:
@@ -501,7 +511,7 @@ def packed(split: TokenizedSplit, block_size: int, name: str) -> Packed:
         chunk = [int(k) for k in taken[start : start + 1000]]
         columns = split.rows[chunk]
         rows = [{key: values[i] for key, values in columns.items()} for i in range(len(chunk))]
-        documents += [example["input_ids"] for example in check_row(split.encoder, rows, name, start)]
+        documents += [example["input_ids"] for example in check_row(split.encoder, rows, name, chunk)]
     blocks = Packed(documents, block_size)
     require(len(blocks) > 0, "data.block_size", f"the {name} split's {sum(map(len, documents))} tokens make no "
                                                 f"block of {block_size}")
@@ -520,10 +530,7 @@ def streamed(settings: Settings, tok: Any, *, stream_examples: int | None, shuff
         require(s.val_split in paths, "data.val_split", f"no split {s.val_split!r} in the data (it has "
                 f"{', '.join(paths)}): name one, or set data.val_split=null")
         val_rows = stream_val_rows(s, form, paths)
-    whole = FileStream(form, tuple(paths[s.train_split]), ())
-    head = whole.open(0, rank=0, world_size=1, shuffle_seed=None, state=None)
-    first = next(iter(head), None)
-    require(first is not None, "data.files", f"the {s.train_split} split holds no rows")
+    head, first = first_row(FileStream(form, tuple(paths[s.train_split]), ()), s)
     columns = [c for c in (s.text_column, s.label_column) if c is not None]
     for key, column in (("text_column", s.text_column), ("label_column", s.label_column)):
         require(column is None or column in first, f"data.{key}", f"no column {column!r} in the {s.train_split} "
@@ -537,9 +544,9 @@ def streamed(settings: Settings, tok: Any, *, stream_examples: int | None, shuff
     def make_format(batch_size: int) -> StreamFormat:
         return StreamFormat(source, encoder, pad, batch_size, shuffle_buffer, s.block_size)
 
-    examples = stream_examples if stream_examples is not None else count_pass(source, encoder, s.block_size)
+    examples = stream_examples if stream_examples is not None else count_pass(source, encoder, s)
     val = None if val_rows is None else s.examples(TokenizedSplit(val_rows, encoder), "val")
-    head_inputs = head_batch(make_format(1), 1)["input_ids"]
+    head_inputs = head_batch(make_format(1), 1, s.files_key)["input_ids"]
     return StreamData(None, val, encoder.num_classes or len(tok), tuple(head_inputs.shape[1:]),
                       worker_count(num_workers, val), pin_memory, False, max_skipped, pad, tokenizer=tok,
                       stream=Stream(make_format), examples_per_epoch=examples)
@@ -563,12 +570,26 @@ def stream_val_rows(s: Settings, form: str, paths: Mapping[str, list[str]]) -> A
     return load_rows({s.val_split: s.files[s.val_split]}, form, None, s.cache_dir)[s.val_split]
 
 
-def count_pass(source: FileStream, encoder: Encoder, block_size: int | None) -> int:
+def first_row(whole: FileStream, s: Settings) -> tuple[Any, Mapping[str, Any]]:
+    """The training stream (every column) and its first row, which must be there and parse."""
+    head = whole.open(0, rank=0, world_size=1, shuffle_seed=None, state=None)
+    try:
+        first = next(iter(head), None)
+    except Exception as error:  # a file that does not parse as its format
+        raise ConfigError(s.files_key, f"datasets cannot read the {s.train_split} split: {one_line(error, 200)}") \
+            from None
+    require(first is not None, s.files_key, f"the {s.train_split} split holds no rows")
+    return head, first
+
+
+def count_pass(source: FileStream, encoder: Encoder, s: Settings) -> int:
     """``data.stream_examples=null``: the examples (or blocks) of one pass, counted by reading it."""
     try:
-        count = source.count(encoder, block_size)
+        count = source.count(encoder, s.block_size)
     except RowError as error:
         raise ConfigError(error.key, f"counting the stream's examples: {error.why}") from None
-    require(count > 0, "data.block_size" if block_size else "data.files", "one pass of the training stream holds "
-                                                                          "no whole example")
+    except Exception as error:  # a row further on that does not parse
+        raise ConfigError(s.files_key, f"counting the stream's examples: {one_line(error, 200)}") from None
+    require(count > 0, "data.block_size" if s.block_size else s.files_key, "one pass of the training stream holds "
+                                                                           "no whole example")
     return count

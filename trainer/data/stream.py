@@ -156,7 +156,7 @@ class StreamReader:
         except RowError as error:
             number = numbered[error.position][0]
             raise DataError("train", [number], f"{error.why} (row {number} of pass {self.state.pass_index} of rank "
-                            f"{self.rank}'s stream)") from None
+                            f"{self.rank}'s stream)") from error  # the cause keeps the key of the column at fault
 
     def _next_row(self) -> tuple[int, Mapping[str, Any]]:
         """The next row (numbered in its pass) through the shuffle buffer; a new pass when this one ends."""
