@@ -69,13 +69,13 @@ def code(text: str) -> str:
 
 def rows(prefix: str, params: Mapping[str, Any]) -> list[str]:
     """One table row per declared key (``PREFIX.KEY``), plus a row per field of a list of records
-    (``PREFIX.KEY[].FIELD``)."""
+    (``PREFIX.KEY[].FIELD``) or of a record (``PREFIX.KEY.FIELD``)."""
     out = []
     for name, param in params.items():
         key = f"{prefix}.{name}" if prefix else name
         out.append(row(key, param))
         for field, sub in (param.fields or {}).items():
-            out.append(row(f"{key}[].{field}", sub))
+            out.append(row(f"{key}{'.' if param.kind is dict else '[].'}{field}", sub))
     return out
 
 

@@ -54,6 +54,13 @@ RECIPES = {
         "schedule.phases": [{"name": "linear_warmup", "steps": 100, "offset": 1}, {"name": "cosine", "min_lr": 1e-4}],
         "trainer.max_steps": 5000, "trainer.clip_grad_norm": 1.0,
     },
+    "lora_sft": {  # seed 002's LoRA row: cosine + warmup, 2e-4, 10% warmup (schedule=preset_lora)
+        "model.name": "hf", "model.task": "causal_lm",
+        "model.lora": {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear"},
+        "data.name": "torch_dataset", "data.batch_size": 8, "optimizer.name": "adamw", "optimizer.lr": 2e-4,
+        "optimizer.weight_decay": 0.0, "schedule.name": "warmup_cosine", "schedule.warmup_ratio": 0.1,
+        "schedule.min_lr": 0.0, "trainer.max_epochs": 3, "trainer.clip_grad_norm": 1.0,
+    },
 }
 
 # LR the built schedule gives at some updates: from each recipe's own formula.
@@ -67,6 +74,8 @@ SCHEDULE_POINTS = {
     "resnet50_imagenet": {0: 0.1, 59: 0.1, 60: 0.01, 119: 0.01, 120: 0.001, 179: 0.001},
     # nanoGPT's warmup 1e-3 (t+1)/101, then cosine to 1e-4 at 5000: halfway (update 2550) is the mean of the two
     "gpt_shakespeare_char": {0: 1e-3 / 101, 50: 1e-3 * 51 / 101, 100: 1e-3, 2550: 5.5e-4, 5000: 1e-4},
+    # 160 instructions // 8 = 20 updates per epoch x 3 = 60, warmup round(0.1 x 60) = 6, cosine to 0 at 60
+    "lora_sft": {0: 0.0, 3: 1e-4, 6: 2e-4, 33: 1e-4, 60: 0.0},
 }
 
 
@@ -79,6 +88,21 @@ def text_file(tmp_path, characters=40_000):
     return path
 
 
+def tiny_causal_lm(tmp_path):
+    """A local folder save_pretrained wrote: a tiny GPT-2 (nothing is downloaded)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32, vocab_size=32, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(folder)
+    return folder
+
+
+def instructions(size: int) -> list[str]:
+    return [f"data.train={{_target_:tests.userpkg.text.Instructions,size:{size}}}",
+            "data.val={_target_:tests.userpkg.text.Instructions,size:8,seed:1}", "data.num_workers=0"]
+
+
 def test_every_experiment_is_covered():
     assert EXPERIMENTS == sorted(RECIPES) == sorted(SCHEDULE_POINTS)
 
@@ -89,6 +113,8 @@ def test_experiment_composes_to_its_recipe_and_instantiates(name, tmp_path):
     if name == "resnet50_imagenet":  # the ImageNet batch of 256 needs 512 images for 2 updates per epoch
         images = write_image_folder(tmp_path / "images", per_class=256, size=(4, 4))
         extra = [f"data.train_dir={images}", f"data.val_dir={images}"]
+    if name == "lora_sft":
+        extra = [f"model.path={tiny_causal_lm(tmp_path)}", *instructions(160)]
     cfg = compose_config(f"experiment={name}", *extra, base=[])
     for key, expected in RECIPES[name].items():
         value = OmegaConf.select(cfg, key)
@@ -114,6 +140,8 @@ def shrunk(name, tmp_path):
         train, val = write_image_folder(tmp_path / "train"), write_image_folder(tmp_path / "val", per_class=2, seed=1)
         return [f"data.train_dir={train}", f"data.val_dir={val}", "data.image_size=32", "data.batch_size=4",
                 "data.num_workers=1", "model.num_classes=2", "trainer.max_epochs=2", "schedule.milestones=[1]"]
+    if name == "lora_sft":  # 16 instructions / 4 = 4 updates, warmup round(0.4) = 0
+        return [f"model.path={tiny_causal_lm(tmp_path)}", *instructions(16), "data.batch_size=4", "trainer.max_epochs=1"]
     return [f"data.path={text_file(tmp_path, 4000)}", "data.batch_size=4", "model.block_size=32",
             "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "trainer.max_steps=6",
             "schedule.phases.0.steps=2"]
@@ -131,6 +159,8 @@ EXPECTED_LRS = {
     # nanoGPT's 2 warmup updates at 1e-3 (t+1)/3, then cosine to 1e-4 at update 6
     "gpt_shakespeare_char": [1e-3 / 3, 2e-3 / 3] + [1e-4 + 0.45e-3 * (1 + math.cos(math.pi * (t - 2) / 4))
                                                     for t in range(2, 6)],
+    # no warmup update in 4, then cosine from 2e-4 to 0
+    "lora_sft": [2e-4 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)],
 }
 
 

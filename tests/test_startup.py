@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gc
 import re
+import subprocess
+import sys
 
 import pytest
 
 import trainer.__main__ as trainer_cli
-from tests.conftest import TINY, run_cli
+from tests.conftest import REPO, TINY, run_cli
 from trainer.app.cli import run_as_process
 from trainer.errors import ConfigError
 from trainer.rundir.events import read_scalars
@@ -26,6 +28,9 @@ HEAVY = (
     "matplotlib",  # only what draws: the preview, the range test's plot, a sweep's report
     "tensorboard.compat.tensorflow_stub",  # TensorBoard's reader: fsspec, boto3 where installed
     "optuna", "joblib", "submitit",  # sweep plugins' libraries: only in sweeps that use them
+    # The [hf] extra, seconds to import (transformers alone pulls in hundreds of modules): only
+    # model=hf, model.lora, Hugging Face data and a BPE tokenizer's sampling use them.
+    "transformers", "peft", "datasets", "tokenizers", "tiktoken",
 )
 
 
@@ -58,6 +63,15 @@ def test_help_and_cfg_job_import_neither_torch_nor_anything_heavy():
         modules, _ = imported(module, args)
         assert "torch" not in modules, (module, args)
         assert heavy(modules) == [], (module, args)
+
+
+def test_importing_the_package_and_what_a_run_builds_imports_no_hugging_face_library():
+    """The named-batch path (trainer.data.named, the losses, model=hf's module) is imported by every
+    run; transformers and peft only when a run builds such a model."""
+    code = ("import sys, trainer, trainer.app.run, trainer.models.hf, trainer.training.step\n"
+            "print(sorted(m for m in ('transformers', 'peft', 'datasets', 'tokenizers', 'tiktoken') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_a_config_error_imports_nothing_heavy(tmp_path):

@@ -24,7 +24,9 @@ def fit(
     overrides: Sequence[str] = (),
     run_dir: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` on ``train_data`` (map-style, ``(input, target)`` pairs), validating on
+    """Train ``model`` on ``train_data`` (map-style: ``(input, target)`` pairs, or mappings of named
+    tensors such as a tokenizer's ``{"input_ids": ...}``, padded by ``data.collate``; see
+    docs/transformers.md), validating on
     ``val_data`` (None: no validation), with the CLI's validation, schedule, logging, checkpoints
     and resume; returns the final metrics (``val/loss``, ``val/acc`` when the outputs are class
     scores, ``train/loss``, ``updates``, ...).

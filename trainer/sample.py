@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from trainer.data.named import logits_of
 from trainer.data.text import decode, encode
 from trainer.errors import ConfigError, OneLineParser, one_line, refuse, require
 from trainer.models import SEQUENCE_MODELS, build_model
@@ -53,7 +54,7 @@ def generate(
     its last ``block_size`` tokens. ``top_k=1`` is greedy decoding."""
     tokens = prompt.clone()
     for _ in range(num_tokens):
-        logits = model(tokens[-model.block_size :].unsqueeze(0))[0, -1].float() / temperature
+        logits = logits_of(model(tokens[-model.block_size :].unsqueeze(0)))[0, -1].float() / temperature
         if top_k is not None:
             kth = logits.topk(min(top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, -torch.inf)

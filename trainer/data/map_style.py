@@ -37,7 +37,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from trainer.data.batches import Batch, batches_per_epoch, epoch_order, shard_ranges, stream_seed
 from trainer.data.collate import collate_items
-from trainer.data.named import LABELS, is_named, slice_examples, to_device
+from trainer.data.named import LABELS, is_named, slice_examples, to_device, unscored
 from trainer.data.source import ExampleDataset
 from trainer.errors import ConfigError, DataError, one_line
 from trainer.params import Param
@@ -262,8 +262,10 @@ class SeededBatches(TorchDataset):
 class ValSlices(TorchDataset):
     """The validation split indexed by lists of example indices: one collated batch per list, each
     example k read with generators seeded from k alone (the same numbers at any world size, worker
-    count or epoch). An empty list gives a batch of no examples (item 0's shape and type), so every
-    rank runs as many forwards as the others."""
+    count or epoch). An empty list gives a batch that scores nothing, so every rank runs as many
+    forwards as the others: pairs of no examples (item 0's shape and type), or item 0's named
+    tensors with every label ignored (:func:`~trainer.data.named.unscored`: a model such as Hugging
+    Face's cannot take zero rows)."""
 
     reader: SplitReader
 
@@ -271,7 +273,7 @@ class ValSlices(TorchDataset):
         batch = self.reader.batch(indices or [0], seed=0, epoch=0)
         if indices or isinstance(batch, Flawed):
             return batch
-        return slice_examples(batch, 0, 0)
+        return unscored(batch) if is_named(batch) else slice_examples(batch, 0, 0)
 
 
 def check_pair(item: Any, key: str) -> tuple[torch.Tensor, Any]:

@@ -79,6 +79,12 @@ def slice_examples(batch: Batch, start: int, stop: int) -> Batch:
     return batch[0][start:stop], batch[1][start:stop]
 
 
+def unscored(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` with every label ignored: it stands in for a batch of no examples, which a model
+    such as Hugging Face's cannot take, so that a rank runs its forward and scores nothing."""
+    return {**batch, LABELS: torch.full_like(batch[LABELS], IGNORE_INDEX)}
+
+
 def describe(batch: Batch) -> str:
     """The batch's inputs in words for a message: ``of shape (2, 8)``, or
     ``{input_ids: (2, 8), attention_mask: (2, 8)}``."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from trainer.data import Dataset
 from trainer.data.loading import val_batches
-from trainer.data.named import IGNORE_INDEX, Batch, align, call_model, logits_of, targets_of
+from trainer.data.named import IGNORE_INDEX, Batch, align, call_model, is_named, logits_of, targets_of
 from trainer.distributed import World
 from trainer.models.hf import shifts_labels
 from trainer.optim.schedule_free import is_schedule_free
@@ -54,6 +54,16 @@ class Sums:
         return {"val/loss": loss / count, **({"val/acc": correct / scored} if scored else {})}
 
 
+def scored_examples(batch: Batch) -> torch.Tensor | int:
+    """What one batch's mean loss weighs in ``val/loss`` under a loss of the user's: its examples,
+    those of named tensors with a label that is not -100 (a rank's stand-in for no examples,
+    :func:`~trainer.data.named.unscored`, weighs nothing)."""
+    targets = targets_of(batch)
+    if not is_named(batch):
+        return len(targets)
+    return (targets != IGNORE_INDEX).reshape(len(targets), -1).any(dim=1).sum()
+
+
 @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
 def evaluate(
     model: nn.Module, batches: Iterable[Batch], precision: Precision, *, flip: bool = False,
@@ -91,8 +101,11 @@ def evaluate(
             sums.loss += scorer.summed(outputs, targets).float()
             sums.count += scorer.counted(targets)
         else:
-            sums.loss += loss_fn(outputs, targets).float() * len(targets)
-            sums.count += len(targets)
+            # A batch of no examples (a rank's last) adds nothing: its mean would be NaN.
+            examples = scored_examples(batch)
+            loss = loss_fn(outputs, targets).float() * examples
+            sums.loss += torch.where(examples > 0, loss, 0.0) if torch.is_tensor(examples) else (loss if examples else 0.0)
+            sums.count += examples
         logits = logits_of(outputs)
         if logits is not None:
             logits, aligned = align(logits, targets, shift=shift)
@@ -166,9 +179,9 @@ def recompute_batch_norm(model: nn.Module, batches: Iterable[Batch], precision: 
     was_training = model.training
     model.train()
     try:
-        for inputs, _ in batches:
+        for batch in batches:
             with precision.autocast():
-                model(inputs)
+                call_model(model, batch)
     finally:
         model.train(was_training)
         for layer, momentum in zip(layers, momenta):
