@@ -339,6 +339,17 @@ def test_the_cli_refuses_an_unknown_column_with_exit_2_and_writes_nothing(corpus
                                                     "(it has text, label)")
 
 
+@pytest.mark.parametrize(("content", "key", "words"), [
+    ('{"text": null}\n{"text": "a cat"}\n', "data.text_column", "train item 0: 'text' holds a NoneType, not a string"),
+    ('{"text": "a cat"\n', "data.files", "datasets cannot read the train split"),
+])
+def test_a_streams_first_row_that_cannot_be_used_is_refused_before_training(corpus, tmp_path, content, key, words):
+    (tmp_path / "rows.jsonl").write_text(content)
+    with pytest.raises(ConfigError) as error:
+        hf_dataset(**settings(corpus, files={"train": str(tmp_path / "rows.jsonl")}, val_split=None, streaming=True))
+    assert error.value.key == key and words in str(error.value) and "\n" not in str(error.value)
+
+
 def test_a_row_that_cannot_be_used_mid_stream_is_named_in_one_line(corpus, tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a cat", "a dog", None]))
     data = hf_dataset(**settings(corpus, files={"train": str(tmp_path / "rows.jsonl")}, val_split=None,
