@@ -91,7 +91,7 @@ class StreamState:
     consumed: int = 0  # examples (or blocks) handed to training
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(asdict(self))
+        return asdict(self)  # a deep copy
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> StreamState:
