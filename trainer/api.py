@@ -24,9 +24,8 @@ def fit(
     overrides: Sequence[str] = (),
     run_dir: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` on ``train_data`` (map-style: ``(input, target)`` pairs, or mappings of named
-    tensors such as a tokenizer's ``{"input_ids": ...}``, padded by ``data.collate``; see
-    docs/transformers.md), validating on
+    """Train ``model`` on ``train_data`` (map-style: ``(input, target)`` pairs, or dicts of named
+    tensors padded by ``data.collate``: docs/transformers.md), validating on
     ``val_data`` (None: no validation), with the CLI's validation, schedule, logging, checkpoints
     and resume; returns the final metrics (``val/loss``, ``val/acc`` when the outputs are class
     scores, ``train/loss``, ``updates``, ...).

@@ -35,11 +35,6 @@ def targets_of(batch: Batch) -> torch.Tensor:
     return batch[LABELS] if isinstance(batch, Mapping) else batch[1]
 
 
-def batch_size(batch: Batch) -> int:
-    """Examples in ``batch``: the length of its targets."""
-    return len(targets_of(batch))
-
-
 def call_model(model: nn.Module, batch: Batch, *, labels: bool = True) -> Any:
     """``model``'s outputs on ``batch``: ``model(input)`` for a pair, ``model(**batch)`` for named
     tensors (without ``labels`` when ``labels`` is false: a loss that scores the logits itself
