@@ -100,7 +100,8 @@ def test_token_budgets_count_the_windows_tokens(folder, tmp_path):
 def test_every_shipped_data_and_model_is_classed_for_the_check_that_they_can_meet():
     """A new shipped source or model must say whether it holds (reads) token sequences."""
     data = {path.stem for path in (REPO / "conf" / "data").glob("*.yaml")}
-    assert data == {*SEQUENCE_DATA, *CLASS_DATA, "torch_dataset"}  # torch_dataset: a user's, either kind
+    # torch_dataset: a user's, either kind; hf_dataset: named batches, judged by the first-batch check
+    assert data == {*SEQUENCE_DATA, *CLASS_DATA, "torch_dataset", "hf_dataset"}
     # hf: named batches of any kind (a causal LM or a classifier), judged by the first-batch check
     assert set(shipped_targets("model")) == {*SEQUENCE_MODELS, *FIXED_INPUT_MODELS, *NAMED_MODELS}
 

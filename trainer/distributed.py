@@ -324,6 +324,14 @@ class World:
         dist.broadcast_object_list(box, src=0, group=self._control)
         return box[0]
 
+    def gather(self, value: object) -> list[object]:
+        """Every rank's ``value``, in rank order, on every rank (plain data: pickled over the CPU group)."""
+        if not self.distributed:
+            return [value]
+        values: list[object] = [None] * self.world_size
+        dist.all_gather_object(values, value, group=self._control)
+        return values
+
 
 def blocks_to_shard(model: nn.Module, class_names: tuple[str, ...]) -> list[nn.Module]:
     """The modules FSDP2 shards one by one (each gathers its parameters only for its own

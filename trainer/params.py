@@ -111,7 +111,8 @@ class Param:
             if self.default and self.default is not REQUIRED:
                 what += f", e.g. {_show(self.default)}"
         elif self.kind is dict:
-            what = f"names mapped to {_plural(self._item_words())}, e.g. {{layer1: 0.1}}"
+            # A number's example; strings (paths, tokens) are shown by each key's own doc.
+            what = f"names mapped to {_plural(self._item_words())}" + ("" if self.item is str else ", e.g. {layer1: 0.1}")
         elif self.choices:
             what = "one of " + ", ".join(c if isinstance(c, str) else _show(c) for c in self.choices)
         else:

@@ -199,14 +199,8 @@ def _prepare(
                            flip=getattr(dataset, "flip_test", False)),
     )
     fingerprint = schedule_fingerprint(cfg, built.plan)
-    # The exact LR of every update (the plateau schedule's before any cut, so before a resume
-    # restores its cuts), rank 0's to write: lr.csv before training, lr.png from it once the run
-    # completes (matplotlib would delay the start; a long run's rows need not stay in memory).
-    # A schedule in seconds writes its rows as it goes (LrLog); here only its shape.
-    timed, lrs = built.schedule.interval == "time", []
-    if world.is_main:
-        lrs = sampled_rows(built.optimizer, built.schedule) if timed else lr_rows(built.optimizer, built.schedule,
-                                                                                   built.plan.max_updates)
+    timed = built.schedule.interval == "time"
+    lrs = planned_lr_rows(built) if world.is_main else []  # rank 0's to write
     config = resolved_config(cfg, built.plan)
     if checkpoint is not None:
         _check_continues(cfg, built, checkpoint, checkpoint_path, fingerprint, config, branching=branching)
@@ -226,8 +220,9 @@ def _prepare(
     )
     # A checkpoint of another model is a config error here, before anything is written.
     start_update = training.checkpoints.restore(checkpoint, checkpoint_path, start_key) if checkpoint is not None else 0
+    # On every rank: a control's state may be gathered from all of them (a stream's positions).
+    expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
     if world.is_main:  # the only rank that writes
-        expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
         write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs if not timed else None)
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
@@ -236,6 +231,16 @@ def _prepare(
     return Prepared(built, training, config, start_update, resumed_val, group_lrs_differ,
                     lineage=OmegaConf.to_container(config.lineage) if config.get("lineage") else None,
                     group_wds_differ=bool(lrs) and len(lr_columns(lrs, prefix="wd/")) > 1)
+
+
+def planned_lr_rows(built: Optimization) -> list[dict[str, float]]:
+    """The exact LR of every update (the plateau schedule's before any cut, so before a resume
+    restores its cuts): lr.csv before training, lr.png from it once the run completes (matplotlib
+    would delay the start; a long run's rows need not stay in memory). A schedule in seconds:
+    only its shape, as its run writes its rows as it logs them (:class:`~trainer.schedules.curve.LrLog`)."""
+    if built.schedule.interval == "time":
+        return sampled_rows(built.optimizer, built.schedule)
+    return lr_rows(built.optimizer, built.schedule, built.plan.max_updates)
 
 
 def _check_continues(

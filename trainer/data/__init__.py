@@ -81,10 +81,12 @@ def data_spec(cfg: DictConfig) -> DataSpec:
 def build_dataset(cfg: DictConfig, seed: int, *, pin_memory: bool = False) -> Dataset:
     """Build ``cfg``'s (checked: :func:`check_data`) data; ``seed`` goes to a builder that takes it
     (synthetic data is generated from it). ``pin_memory``: a map-style source's DataLoaders pin
-    batches (for a CUDA device)."""
+    batches (for a CUDA device); it and ``data.num_workers`` go to a builder that names them."""
     if is_map_style(cfg):
         return build_map_dataset(cfg, pin_memory=pin_memory)
-    dataset = build(_builder_config(cfg), "data", runtime={"seed": seed}, ours=_LOOP_KEYS)
+    # A builder whose data is read by DataLoader workers (data=hf_dataset) names num_workers and pin_memory.
+    runtime = {"seed": seed, "num_workers": cfg.get("num_workers", "auto"), "pin_memory": pin_memory}
+    dataset = build(_builder_config(cfg), "data", runtime=runtime, ours=_LOOP_KEYS)
     if not isinstance(dataset, Dataset):
         raise ConfigError(
             "data._target_", f"{target_of(cfg, 'data')} returned a {type(dataset).__name__}, not a dataset with "

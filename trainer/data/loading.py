@@ -27,6 +27,7 @@ from trainer.batch_ramp import BatchRamp
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapDataset, MapEpoch
 from trainer.data.named import slice_examples, to_device
+from trainer.data.stream import StreamEpoch
 from trainer.params import Param
 
 if TYPE_CHECKING:
@@ -76,12 +77,16 @@ def ramp_batches(
 
 
 def train_batches(
-    epoch: Sequence[Batch] | MapEpoch, *, start_batch: int, device: torch.device, num_workers: int | None,
+    epoch: Sequence[Batch] | MapEpoch | StreamEpoch, *, start_batch: int, device: torch.device, num_workers: int | None,
     rank: int = 0, world_size: int = 1, accumulate: int = 1,
 ) -> Iterator[Batch]:
     """This rank's batches of ``epoch`` (see :func:`rank_batches`) from its ``start_batch``-th,
-    on ``device`` (see :func:`gather`)."""
+    on ``device`` (see :func:`gather`); a stream's (:class:`~trainer.data.stream.StreamEpoch`)
+    reads on from its position, in this process."""
     indices = rank_batches(len(epoch), start_batch=start_batch, rank=rank, world_size=world_size, accumulate=accumulate)
+    if isinstance(epoch, StreamEpoch):  # a stream has no index: it reads on from its position
+        yield from epoch.batches(start_batch, len(indices), device, rank=rank, world_size=world_size)
+        return
     yield from gather(epoch, indices, device=device, num_workers=num_workers)
 
 
