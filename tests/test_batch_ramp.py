@@ -160,8 +160,9 @@ def test_batch_size_t_and_lr_of_every_update_follow_their_formulas(single):
     assert [v for _, v in logged["train/batch_size"]] == [size for size, _, _ in rows]
     assert [v for _, v in logged["train/epoch"]] == [epoch for _, _, epoch in rows]
     assert [step for step, _ in logged["val/loss"]] == [24, 34, 42]  # the epochs' ends
-    assert load_checkpoint(single / "last.pt")["schedule"]["fingerprint"]["batch_ramp"] == [[0, 8], [17, 16],
-                                                                                          [26, 24], [31, 32]]
+    stages = load_checkpoint(single / "last.pt")["schedule"]["fingerprint"]["batch_ramp"]
+    assert stages == [[0, 8, pytest.approx(0.5)], [17, 16, pytest.approx(0.5**0.5)], [26, 24, pytest.approx(0.75**0.5)],
+                      [31, 32, 1.0]]  # the sqrt rule's factor at each size, relative to the full 32
 
 
 def test_a_group_with_its_own_schedule_and_the_weight_decay_count_the_ramp_s_examples(tmp_path):
@@ -227,6 +228,20 @@ def test_a_token_ramp_on_text_counts_tokens(tmp_path):
     assert [(r["batch_size"], r["t"]) for r in table] == [(size, samples * 8) for size, samples, _ in rows]
     assert table[-1]["t"] < 2000 <= table[-1]["t"] + table[-1]["batch_size"] * 8  # the updates first reaching 2000
     assert [r["lr/decay"] for r in table] == pytest.approx([0.001 * size / 256 for size, _, _ in rows], rel=1e-12)
+
+
+def test_a_token_ramp_logs_the_tokens_its_updates_of_each_size_trained_on(tmp_path):
+    """train/tokens after update u is the tokens of updates 0..u at their own sizes (not u + 1 full batches)."""
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [
+        *QUIET, "model=gpt", "data=shakespeare_char", f"data.path={text_file(tmp_path)}", "data.batch_size=2",
+        "trainer.global_batch_size=8", "model.block_size=8", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+        "schedule=constant", "schedule.interval=token", "trainer.batch_ramp.start=0.25", "trainer.batch_ramp.length=480",
+        "trainer.batch_ramp.unit=token", "trainer.max_tokens=1000", f"hydra.run.dir={run_dir}"])
+    logged = read_scalars(run_dir)["train/tokens"]
+    rows = reference([2, 4, 6, 8], 480, "token", 10**9, len(logged) + 1, tokens_per_example=8)
+    assert [tokens for _, tokens in logged] == [samples * 8 for _, samples, _ in rows[1:]]
+    assert logged[-1][1] >= 1000 > logged[-2][1]  # the updates that first reach the budget
 
 
 RAMPED = ["schedule.interval=sample", "trainer.batch_ramp.start=0.25", "trainer.batch_ramp.length=100"]

@@ -96,19 +96,37 @@ def test_our_cross_entropy_on_a_causal_lm_is_the_models_own_loss():
     assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
     assert batch["labels"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, -100, -100, -100]]
     outputs = model(**batch)
-    loss_fn = bind_loss(CrossEntropy(), model)
+    loss_fn = bind_loss(CrossEntropy(), model, named=True)
     assert loss_fn.shift_labels and shifts_labels(model)
     torch.testing.assert_close(loss_fn(outputs, batch["labels"]), outputs.loss, rtol=1e-6, atol=0)
     assert int(loss_fn.counted(batch["labels"])) == 5 + 2  # each row's first label is never a target
     torch.testing.assert_close(loss_fn.summed(outputs, batch["labels"]), outputs.loss * 7, rtol=1e-6, atol=0)
-    model_loss = bind_loss(ModelLoss(), model)
+    model_loss = bind_loss(ModelLoss(), model, named=True)
     assert model_loss.summed(outputs, batch["labels"]) == outputs.loss * 7
 
 
 def test_a_classifier_is_not_shifted_and_a_plain_module_is_not_a_causal_lm():
     model = BertForSequenceClassification(BertConfig(**TINY_BERT, num_labels=3))
     assert not shifts_labels(model) and not shifts_labels(nn.Linear(2, 2))
-    assert not bind_loss(CrossEntropy(), model).shift_labels
+    assert not bind_loss(CrossEntropy(), model, named=True).shift_labels
+
+
+def test_a_causal_lm_on_pairs_of_next_tokens_is_scored_unshifted():
+    """Token data's pairs (x, y) hold the next tokens already (y[t] = x[t + 1]); only a named batch's
+    labels are its inputs. Both score the same predictions: GPT-2's own loss given labels = x."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**TINY_GPT2)).eval()
+    tokens = torch.randint(0, TINY_GPT2["vocab_size"], (3, 9))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    with torch.no_grad():
+        own = model(input_ids=tokens, labels=tokens).loss  # shifts inside: the same 3 × 8 predictions
+        pair_loss = bind_loss(CrossEntropy(), model, named=False)
+        assert not pair_loss.shift_labels
+        torch.testing.assert_close(pair_loss(model(x), y), own, rtol=1e-5, atol=0)
+        named = {"input_ids": tokens, "labels": tokens}
+        pairs, named_metrics = evaluate(model, [(x, y)], FP32), evaluate(model, [named], FP32)
+    assert pairs["val/loss"] == pytest.approx(float(own), rel=1e-5)
+    assert named_metrics["val/loss"] == pytest.approx(float(own), rel=1e-5)
 
 
 @dataclasses.dataclass
@@ -305,3 +323,12 @@ def test_the_models_own_loss_trains_as_ours_weighted_by_tokens(tmp_path):
     ours, own = runs["cross_entropy"], runs["model"]
     assert (ours - initial).norm() / ours.norm() > 1e-3  # it trained
     assert (ours - own).norm() / ours.norm() <= 1e-6
+
+
+def test_label_smoothing_asked_of_the_models_own_loss_is_refused_not_dropped():
+    from trainer.app.build import build_loss
+
+    with pytest.raises(ConfigError) as error:
+        build_loss(compose_config("loss=model", "trainer.label_smoothing=0.1"))
+    assert error.value.key == "trainer.label_smoothing" and "takes no label_smoothing" in str(error.value)
+    assert isinstance(build_loss(compose_config("loss=model")), ModelLoss)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import QUIET, compose_config, run_cli
+from tests.test_schedules import seed000_get_lr
 from trainer.app.run import train
 from trainer.data import build_dataset
 from trainer.data.hf_dataset import PARAMS, HFData, hf_dataset, load_tokenizer
@@ -23,6 +24,8 @@ from trainer.errors import ConfigError, DataError, Preempted
 from trainer.params import defaults
 from trainer.rundir.checkpoint import load_checkpoint
 from trainer.rundir.events import read_scalars
+from trainer.sample import generate, load_model
+from trainer.schedules.curve import read_lr_csv
 from trainer.training.step import TrainStep
 
 datasets = pytest.importorskip("datasets")
@@ -267,6 +270,27 @@ def test_a_causal_lm_trains_on_padded_rows_and_its_run_keeps_the_tokenizer(corpu
     assert ids == tokenizers.Tokenizer.from_file(str(corpus / "tokenizer.json")).encode("the big cat").ids
     assert (saved.pad_token, saved.eos_token, saved.decode(ids)) == ("[PAD]", "<eos>", "the big cat")
     assert load_checkpoint(run_dir / "last.pt")["model"]["transformer.wte.weight"].shape[0] == len(saved)
+    # sample decodes with that tokenizer: greedy tokens from the trained model, as its own decode gives them
+    proc = run_cli("trainer.sample", [str(run_dir), "--prompt", "the big", "--tokens", "5", "--top-k", "1"])
+    model, _ = load_model(run_dir)
+    prompt = torch.tensor(ids[:2])
+    greedy = generate(model, prompt, 5, top_k=1, vocab_size=len(saved))
+    assert proc.stdout.rstrip("\n") == saved.decode(greedy.tolist()) and len(greedy) == 7
+
+
+def test_text_packed_into_blocks_counts_tokens_for_a_token_schedule_and_budget(corpus, tmp_path):
+    """Blocks of 16 tokens, 4 per update: 64 tokens per update; 600 tokens take the 10 updates that first reach them."""
+    run_dir = tmp_path / "run"
+    run_cli("trainer", [*QUIET, *GPT2, "data=hf_dataset", f"data.tokenizer={corpus}/tokenizer",
+                        f"data.files={{train:'{corpus}/shard-*.txt',validation:{corpus}/val.txt}}", "data.block_size=16",
+                        "data.batch_size=4", f"data.cache_dir={tmp_path}/cache", "schedule=warmup_cosine",
+                        "schedule.interval=token", "schedule.warmup_steps=100", "schedule.min_lr=0", "optimizer.lr=0.01",
+                        "trainer.max_tokens=600", f"hydra.run.dir={run_dir}"])
+    rows = read_lr_csv(run_dir / "lr.csv")
+    assert [r["t"] for r in rows] == [64 * u for u in range(10)]
+    assert [r["lr/decay"] for r in rows] == pytest.approx([seed000_get_lr(64 * u, 100, 640, 0.01, 0.0) for u in range(10)],
+                                                          rel=1e-12, abs=1e-15)
+    assert [v for _, v in read_scalars(run_dir)["train/tokens"]] == [64 * (u + 1) for u in range(10)]
 
 
 def test_a_bert_classifier_trains_on_a_label_column(corpus, tmp_path):
@@ -327,6 +351,16 @@ def test_bad_settings_are_one_line_naming_the_key(corpus, given, key, words):
     with pytest.raises(ConfigError) as error:
         hf_dataset(**settings(corpus, **given))
     assert error.value.key == key and words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_batch_ramp_over_a_stream_is_refused_in_one_line_before_anything_is_written(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer", [*QUIET, *GPT2, "data=hf_dataset", f"data.files={{train:{corpus}/train.jsonl}}",
+                               "data.val_split=null", f"data.tokenizer={corpus}/tokenizer", "data.streaming=true",
+                               "schedule.interval=sample", "trainer.batch_ramp.start=0.5", "trainer.batch_ramp.length=16",
+                               f"data.cache_dir={tmp_path}/cache", f"hydra.run.dir={run_dir}"], check=False)
+    assert proc.returncode == 2 and not run_dir.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: trainer.batch_ramp: a streamed split")
 
 
 def test_the_cli_refuses_an_unknown_column_with_exit_2_and_writes_nothing(corpus, tmp_path):

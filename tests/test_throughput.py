@@ -69,7 +69,7 @@ def test_the_peak_table_matches_whole_model_names(name, peak):
 
 def test_rates_are_measured_between_reads_and_leave_out_what_is_not_training():
     now = [0.0]
-    meter = Throughput(1000, flops_per_token=6e6, peak=2e12, clock=lambda: now[0])
+    meter = Throughput(lambda updates: 1000 * updates, flops_per_token=6e6, peak=2e12, clock=lambda: now[0])
     assert meter.tokens(0) == 1000 and meter.tokens(9) == 10_000
     meter.logged(0)  # the window opens after update 0 (its time holds the warm-up)
     now[0] = 2.0
@@ -86,4 +86,4 @@ def test_rates_are_measured_between_reads_and_leave_out_what_is_not_training():
     meter.logged(8)
     now[0] = 101.0
     assert meter.measure(10) == {"perf/tokens_per_s": 1000.0, "perf/mfu": pytest.approx(3e-3)}  # update 9 in 1 s
-    assert Throughput(10, clock=lambda: now[0]).measure(3) == {}  # no window open yet
+    assert Throughput(lambda updates: 10 * updates, clock=lambda: now[0]).measure(3) == {}  # no window open yet

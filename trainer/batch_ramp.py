@@ -123,9 +123,10 @@ class BatchRamp:
             return len(self.epoch_starts) - 1 + (update - last) // (self.epoch_examples // self.full_size)
         return bisect.bisect_right(self.epoch_starts, update) - 1
 
-    def fingerprint(self) -> list[list[int]]:
-        """(first update, size) of every stage: what a resume must find unchanged."""
-        return [[stage.first_update, stage.size] for stage in self.stages]
+    def fingerprint(self) -> list[list[int | float]]:
+        """(first update, size, LR factor) of every stage: what a resume must find unchanged (the
+        factor too: optimizer.lr_scaling's rule moves it even where the full batch's scale is 1)."""
+        return [[stage.first_update, stage.size, stage.lr_factor] for stage in self.stages]
 
     def describe(self) -> str:
         """``batch ramp: 16 examples per update from update 0, 32 from 22, ..., the full 64 from 40``."""
@@ -139,11 +140,14 @@ def ramp_on(node: Mapping[str, Any] | None) -> bool:
     return node is not None and node.get("start") is not None
 
 
-def check_batch_ramp(node: Mapping[str, Any], interval: str) -> None:
-    """What the config alone can tell: a ramp has a length, and the schedule counts examples or
-    tokens (counted in updates or epochs, the small early batches would shift it)."""
+def check_batch_ramp(node: Mapping[str, Any], interval: str, *, streaming: bool = False) -> None:
+    """What the config alone can tell: a ramp has a length, the schedule counts examples or tokens
+    (counted in updates or epochs, the small early batches would shift it), and the data can be
+    indexed (a stream cannot: the ramp places each update's micro-batches by their index)."""
     if not ramp_on(node):
         return
+    require(not streaming, "trainer.batch_ramp", "a streamed split (data.streaming=true) has no index to place each "
+                                                 "update's micro-batches by: set data.streaming=false, or drop the ramp")
     require(node.get("length") is not None, "trainer.batch_ramp.length",
             f"set how long the batch grows, in trainer.batch_ramp.unit={node.get('unit')}s (e.g. 10000)")
     require(interval in ("sample", "token"), "schedule.interval",

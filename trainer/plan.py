@@ -77,8 +77,9 @@ def units_per_update(interval: str, global_batch: int, tokens_per_example: int |
         return global_batch
     if interval == "token":
         require(tokens_per_example is not None, "schedule.interval",
-                "token counts tokens, which this data does not have (its examples are not token sequences): "
-                "use sample, or token data such as data=tokens or data=shakespeare_char")
+                "token counts tokens, which this data does not have (its examples are not token sequences of "
+                "one length; padded rows vary): use sample, or token data such as data=tokens, "
+                "data=shakespeare_char or data=hf_dataset packed into data.block_size")
         return global_batch * tokens_per_example
     return 1
 
@@ -170,7 +171,8 @@ def budget_updates(trainer: DictConfig, updates_per_epoch: int, global_batch: in
         return -(-trainer.max_samples // global_batch)
     if trainer.get("max_tokens") is not None:
         require(tokens_per_example is not None, "trainer.max_tokens",
-                "this data's examples are not token sequences: give the budget as trainer.max_samples")
+                "this data's examples are not token sequences of one length (padded rows vary): give the "
+                "budget as trainer.max_samples, or pack the text (data=hf_dataset data.block_size)")
         return -(-trainer.max_tokens // (global_batch * tokens_per_example))
     if trainer.get("max_time") is not None:
         return UNBOUNDED

@@ -1,4 +1,5 @@
-"""``python -m trainer.sample RUN_DIR``: text from a trained language model (``model=gpt``).
+"""``python -m trainer.sample RUN_DIR``: text from a trained language model (``model=gpt``, or
+``model=hf`` with ``model.task=causal_lm``).
 
 Rebuilds the model from the run's ``config.yaml``, loads its weights from ``last.pt`` (or
 ``--checkpoint``), and continues ``--prompt`` one token at a time, each drawn from the model's
@@ -6,7 +7,8 @@ next-token distribution at ``--temperature`` among the ``--top-k`` likeliest (na
 sampling). Text becomes tokens and tokens text through the run's tokenizer (:mod:`trainer.data.codecs`):
 its characters (``vocab.json``, ``data=shakespeare_char``), or for ``data=tokens`` (``tokens.json``)
 its ``data.tokenizer`` (a saved Hugging Face ``tokenizer.json``, or ``tiktoken:gpt2`` when
-tiktoken's files are on this machine) or nanoGPT's ``meta.pkl`` characters (``itos``).
+tiktoken's files are on this machine) or nanoGPT's ``meta.pkl`` characters (``itos``), or for
+``data=hf_dataset`` the tokenizer its run keeps in ``tokenizer/``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trainer.data.codecs import Characters, Codec, codec_of
+from trainer.data.hf_dataset import TOKENIZER_DIR
 from trainer.data.named import logits_of
 from trainer.data.tokens import TOKENS_JSON, read_meta
 from trainer.errors import ConfigError, OneLineParser, one_line, refuse, require
@@ -30,13 +33,16 @@ def run_codec(run_dir: Path) -> tuple[Codec, int]:
     """The run's tokenizer and the model's vocabulary size (which may pad the tokenizer's): from
     ``vocab.json`` (characters) or ``tokens.json`` (token data). A ConfigError at ``RUN_DIR`` when
     the run kept neither, or nothing that decodes its tokens."""
-    chars, tokens = run_dir / "vocab.json", run_dir / TOKENS_JSON
+    chars, tokens, folder = run_dir / "vocab.json", run_dir / TOKENS_JSON, run_dir / TOKENIZER_DIR
+    if folder.is_dir():  # data=hf_dataset: the model's vocabulary is the tokenizer's, added tokens included
+        codec = codec_of(str(folder / "tokenizer.json"), "RUN_DIR")
+        return codec, codec.vocab_size
     if chars.is_file():
         vocab = json.loads(chars.read_text(encoding="utf-8"))["chars"]
         return Characters(vocab), len(vocab)
     if not tokens.is_file():
-        raise ConfigError("RUN_DIR", f"{run_dir} has no vocab.json or {TOKENS_JSON}: not a run of a language model "
-                                     "on data=shakespeare_char or data=tokens")
+        raise ConfigError("RUN_DIR", f"{run_dir} has no vocab.json, {TOKENS_JSON} or {TOKENIZER_DIR}/: not a run of a "
+                                     "language model on data=shakespeare_char, data=tokens or data=hf_dataset")
     saved = json.loads(tokens.read_text(encoding="utf-8"))
     decoder, vocab_size = saved["tokenizer"], saved["vocab_size"]
     if decoder is None:
@@ -53,15 +59,17 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module
     ``run_dir/last.pt``); and its tokenizer. Anything unusable is a ConfigError naming the
     argument that pointed at it: ``RUN_DIR`` or ``--checkpoint``."""
     if not run_dir.is_dir():
-        raise ConfigError("RUN_DIR", f"{run_dir} is not a directory: give the run directory of a model=gpt run")
+        raise ConfigError("RUN_DIR", f"{run_dir} is not a directory: give the run directory of a language model's run")
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError("RUN_DIR", f"{run_dir} has no config.yaml: not a run directory")
     cfg = OmegaConf.load(config)
-    if cfg.model.get("name") not in SEQUENCE_MODELS:
+    causal_hf = cfg.model.get("name") == "hf" and cfg.model.get("task") == "causal_lm"
+    if cfg.model.get("name") not in SEQUENCE_MODELS and not causal_hf:
         raise ConfigError("RUN_DIR", f"{run_dir} trained model={cfg.model.get('name')}, which does not generate text")
     codec, vocab_size = run_codec(run_dir)
-    model = build_model(cfg.model, input_shape=(cfg.model.block_size,), num_classes=vocab_size)
+    shape = (cfg.model.block_size,) if "block_size" in cfg.model else ()  # model=hf: its config says
+    model = build_model(cfg.model, input_shape=shape, num_classes=vocab_size)
     key, path = ("RUN_DIR", run_dir / "last.pt") if checkpoint is None else ("--checkpoint", checkpoint)
     try:
         model.load_state_dict(load_checkpoint(path, key)["model"])
@@ -69,6 +77,14 @@ def load_model(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Module
         raise ConfigError(key, f"{path} holds another model than {config} describes ({one_line(error, 160)}): "
                                "give a checkpoint of this run") from None
     return model.eval(), codec
+
+
+def context_length(model: nn.Module) -> int:
+    """The most tokens ``model`` attends to: a GPT's ``block_size``, a Hugging Face model's positions."""
+    if hasattr(model, "block_size"):
+        return model.block_size
+    config = model.config
+    return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
 @torch.no_grad()
@@ -79,9 +95,9 @@ def generate(
     """``prompt`` (1-D token ids) followed by ``num_tokens`` sampled ones; the model sees at most
     its last ``block_size`` tokens. ``top_k=1`` is greedy decoding. ``vocab_size``: only ids below
     it are drawn (a vocabulary padded past the tokenizer's has rows that name no text)."""
-    tokens = prompt.clone()
+    tokens, context = prompt.clone(), context_length(model)
     for _ in range(num_tokens):
-        logits = logits_of(model(tokens[-model.block_size :].unsqueeze(0)))[0, -1, :vocab_size].float() / temperature
+        logits = logits_of(model(tokens[-context:].unsqueeze(0)))[0, -1, :vocab_size].float() / temperature
         if top_k is not None:
             kth = logits.topk(min(top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -92,8 +108,8 @@ def generate(
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m trainer.sample", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a run of model=gpt (holds config.yaml, last.pt, and vocab.json "
-                                                   "or tokens.json)")
+    parser.add_argument("run_dir", type=Path, help="a run of model=gpt or a causal model=hf (holds config.yaml, "
+                                                   "last.pt, and vocab.json, tokens.json or tokenizer/)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights to use (default: RUN_DIR/last.pt)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--tokens", "--chars", dest="tokens", type=int, default=500,

@@ -13,9 +13,9 @@ from torch import nn
 
 from trainer.app.combinations import check_spike_window, check_stages_fit, check_watched_metrics
 from trainer.app.validate import validate
-from trainer.components import MOVED, build
+from trainer.components import MOVED, build, locate, names_parameter, target_of
 from trainer.controls import Controls, Parts
-from trainer.data import SEQUENCE_DATA, Dataset, data_spec
+from trainer.data import SEQUENCE_DATA, Dataset, data_spec, first_batch
 from trainer.data.loading import TrainBatches
 from trainer.data.map_style import worker_count
 from trainer.data.named import LABELS, Batch, call_model, describe, is_named, targets_of, to_device
@@ -48,9 +48,11 @@ CROSS_ENTROPY = "trainer.training.loss.CrossEntropy"
 
 
 def tokens_per_example(cfg: DictConfig, input_shape: tuple[int, ...]) -> int | None:
-    """The tokens one example trains on: its length, for token data (a shipped token source, or
-    any data a sequence model reads); None for other data."""
-    sequences = cfg.data.get("name") in SEQUENCE_DATA or cfg.model.get("name") in SEQUENCE_MODELS
+    """The tokens one example trains on: its length, for token data (a shipped token source, any
+    data a sequence model reads, or Hugging Face text packed into blocks); None for other data
+    (padded rows of several lengths included: their tokens are no function of the update)."""
+    packed = cfg.data.get("name") == "hf_dataset" and cfg.data.get("block_size") is not None
+    sequences = cfg.data.get("name") in SEQUENCE_DATA or cfg.model.get("name") in SEQUENCE_MODELS or packed
     return input_shape[0] if sequences and len(input_shape) == 1 else None
 
 
@@ -61,7 +63,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_loss(cfg: DictConfig) -> Loss:
-    """``loss._target_``, given ``trainer.label_smoothing`` when its signature names it."""
+    """``loss._target_``, given ``trainer.label_smoothing`` when its signature names it; smoothing
+    asked of a loss that does not take it (``loss=model``: the model's own) is refused, not dropped."""
+    target = target_of(cfg.loss, "loss")
+    if cfg.trainer.label_smoothing and not names_parameter(locate(target, "loss"), "label_smoothing"):
+        raise ConfigError("trainer.label_smoothing", f"{cfg.trainer.label_smoothing} asks {target} to smooth its "
+                                                     "targets, and it takes no label_smoothing: set "
+                                                     "trainer.label_smoothing=0, or use loss=cross_entropy")
     loss_fn = build(cfg.loss, "loss", runtime={"label_smoothing": cfg.trainer.label_smoothing})
     if not callable(loss_fn):
         raise ConfigError("loss._target_", f"{cfg.loss._target_} built a {type(loss_fn).__name__}, which cannot be called")
@@ -87,7 +95,7 @@ def check_model_fits(model: nn.Module, check: FitCheck, device: torch.device, lo
     gradient would flow back from, is a config error before anything is written. Nothing changes:
     no parameter, buffer or generator. Returns the metrics validation will give (none without a
     validation split)."""
-    batch, loss_fn = to_device(check.batch, device), bind_loss(check.loss_fn, model)
+    batch, loss_fn = to_device(check.batch, device), bind_loss(check.loss_fn, model, named=is_named(check.batch))
     was_training = model.training
     model.eval()
     try:
@@ -236,7 +244,8 @@ def build_training(
     world = world or World()
     model, optimizer, plan = built.model, built.optimizer, built.plan
     device = next(model.parameters()).device
-    loss_fn = bind_loss(build_loss(cfg) if loss_fn is None else loss_fn, model)
+    named = is_named(first_batch(dataset))  # a causal LM's named labels are its inputs: the loss shifts them
+    loss_fn = bind_loss(build_loss(cfg) if loss_fn is None else loss_fn, model, named=named)
     controls = Controls.build(cfg, Parts(model, optimizer, built.schedule, device, world,
                                          scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
@@ -265,7 +274,12 @@ def throughput(cfg: DictConfig, training: Training, plan: RunPlan, world: World)
         return None
     model = training.step.model
     shape, peak = transformer_shape(model), device_peak_flops(next(model.parameters()).device)
-    return Throughput(plan.global_batch_size * seq_len, flops_per_token=flops_per_token(shape, seq_len) if shape else None,
+    ramp, full = plan.ramp, plan.global_batch_size * seq_len
+
+    def tokens_before(updates: int) -> int:  # under a ramp, updates of several sizes
+        return ramp.samples_before(updates) * seq_len if ramp is not None else updates * full
+
+    return Throughput(tokens_before, flops_per_token=flops_per_token(shape, seq_len) if shape else None,
                       peak=peak * world.world_size if peak else None)
 
 

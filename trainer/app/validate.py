@@ -124,7 +124,8 @@ def validate(cfg: DictConfig, *, strategy: str | None = None) -> None:
     check_precision(cfg.trainer.precision, strategy)
     init_from.check_init_from(cfg.trainer)
     branch.check_branch(cfg.trainer)
-    batch_ramp.check_batch_ramp(cfg.trainer.get("batch_ramp"), cfg.schedule.interval)
+    batch_ramp.check_batch_ramp(cfg.trainer.get("batch_ramp"), cfg.schedule.interval,
+                                streaming=bool(cfg.data.get("streaming")))
 
 
 def _check_nodes(

@@ -122,10 +122,14 @@ def load_tokenizer(path: str | None, special_tokens: Mapping[str, str] | None) -
         raise ConfigError("data.tokenizer", f"{source} is not a tokenizer: {one_line(error, 200)}") from None
 
 
+#: The run directory's folder that keeps the tokenizer (read by ``python -m trainer.sample``).
+TOKENIZER_DIR = "tokenizer"
+
+
 def write_tokenizer(tokenizer: Any, run_dir: Path) -> Path:
     """The tokenizer as ``RUN_DIR/tokenizer/`` (``save_pretrained``'s files: ``tokenizer.json``,
     ``tokenizer_config.json``), each file written atomically, for ``python -m trainer.sample``."""
-    folder = run_dir / "tokenizer"
+    folder = run_dir / TOKENIZER_DIR
     folder.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as saved:
         tokenizer.save_pretrained(saved)

@@ -41,6 +41,8 @@ PARAMS = {
     "num_workers": Param("auto", "DataLoader worker processes when loader=dataloader (0 = in this process); auto: "
                          "0 for tensors already in memory, else the usable CPUs, at most 4", int, low=0, extra=("auto",)),
 }
+
+
 def rank_batches(
     num_batches: int, *, start_batch: int, rank: int = 0, world_size: int = 1, accumulate: int = 1
 ) -> list[int]:

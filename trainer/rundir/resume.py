@@ -54,7 +54,10 @@ def schedule_fingerprint(cfg: DictConfig, plan: RunPlan) -> dict:
 COMPUTES = ("seed", "data", "model", "loss", "trainer.clip_grad_norm", "trainer.label_smoothing", "trainer.precision",
             "trainer.ema_decay", "trainer.grad_spike", "trainer.nonfinite", "trainer.early_stopping")
 #: ... of which these are not: what the run names, and how it reads its data.
-NOT_COMPUTED = ("data.name", "model.name", "data.batch_size", "data.loader", "data.num_workers", "data.tokenizer")
+NOT_COMPUTED = ("data.name", "model.name", "data.batch_size", "data.loader", "data.num_workers")
+#: Keys that only decode, per data source: data=tokens reads ids from its files, and its tokenizer
+#: only turns samples back into text (data=hf_dataset's makes the ids: it counts).
+DECODE_ONLY = {"tokens": ("data.tokenizer",)}
 
 
 def flat(config: dict, prefix: str = "") -> dict[str, object]:
@@ -73,9 +76,11 @@ def check_run_unchanged(saved: dict, current: dict, path: Path, accepted: list[s
     """Refuse to resume when a key that changes what an update computes (:data:`COMPUTES`) differs
     from the checkpoint's resolved config, unless ``trainer.resume_accept`` names it (or a node of it)."""
 
+    decode_only = DECODE_ONLY.get((current.get("data") or {}).get("name"), ())
+
     def counted(key: str) -> bool:
         return (any(under(key, node) for node in COMPUTES) and not any(under(key, node) for node in NOT_COMPUTED)
-                and not any(under(key, node) for node in accepted))
+                and not any(under(key, node) for node in (*accepted, *decode_only)))
 
     old, new = flat(saved), flat(current)
     changed = [key for key in sorted(set(old) | set(new)) if counted(key) and old.get(key) != new.get(key)]

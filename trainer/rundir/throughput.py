@@ -46,17 +46,18 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
 
 
 class Throughput:
-    """Tokens per update (over all ranks), and optionally the model FLOPs per token and the peak
-    FLOP/s of all ranks' devices together (then MFU is logged too)."""
+    """The tokens of the first n updates (over all ranks: ``tokens_before(n)``, a pure function of
+    n, whose updates may differ in size under a batch ramp), and optionally the model FLOPs per
+    token and the peak FLOP/s of all ranks' devices together (then MFU is logged too)."""
 
-    def __init__(self, tokens_per_update: int, *, flops_per_token: float | None = None, peak: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.tokens_per_update, self.flops_per_token, self.peak, self.clock = tokens_per_update, flops_per_token, peak, clock
+    def __init__(self, tokens_before: Callable[[int], int], *, flops_per_token: float | None = None,
+                 peak: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.tokens_before, self.flops_per_token, self.peak, self.clock = tokens_before, flops_per_token, peak, clock
         self._since: tuple[int, float] | None = None  # (updates done, time) the open window starts at
 
     def tokens(self, update: int) -> int:
         """Tokens trained on by the end of 0-based update ``update``."""
-        return (update + 1) * self.tokens_per_update
+        return self.tokens_before(update + 1)
 
     def logged(self, update: int) -> None:
         """Update ``update`` was just logged: open a window after it, if none is open."""
@@ -74,7 +75,7 @@ class Throughput:
         self._since = (updates_done, now)
         if since is None or updates_done <= since[0] or now <= since[1]:
             return {}
-        rate = (updates_done - since[0]) * self.tokens_per_update / (now - since[1])
+        rate = (self.tokens_before(updates_done) - self.tokens_before(since[0])) / (now - since[1])
         rates = {"perf/tokens_per_s": rate}
         if self.flops_per_token is not None and self.peak is not None:
             rates["perf/mfu"] = mfu(self.flops_per_token, rate, self.peak)

@@ -166,7 +166,6 @@ class Schedule:
         return None if self.momentum_fn is None else self.momentum_fn(self.position(update))
 
 
-
 def set_momentum(group: dict[str, Any], momentum: float) -> None:
     """Give an optimizer parameter group the scheduled momentum: Adam's beta1, else SGD's momentum."""
     if "betas" in group:

@@ -83,13 +83,13 @@ def evaluate(
     (test-time augmentation for images) scores each image by the mean of its outputs and its
     horizontal mirror's.
     """
-    shift = shifts_labels(model)
-    scorer = CrossEntropy(shift_labels=shift) if loss_fn is None or isinstance(loss_fn, CrossEntropy) else loss_fn
+    model_shifts = shifts_labels(model)  # its labels are its inputs, for named batches (see bind_loss)
     was_training = model.training
     model.eval()
     sums = Sums.zeros(next(model.parameters()).device)
     for batch in batches:
-        targets = targets_of(batch)
+        targets, shift = targets_of(batch), model_shifts and is_named(batch)
+        scorer = CrossEntropy(shift_labels=shift) if loss_fn is None or isinstance(loss_fn, CrossEntropy) else loss_fn
         with precision.autocast():
             outputs = call_model(model, batch, labels=model_gets_labels(scorer))
             if flip:

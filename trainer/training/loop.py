@@ -152,9 +152,11 @@ class Loop:
 
     def _checkpoint(self, update: int, *, improved: bool = False) -> None:
         # The records of the updates a resume will not replay go to disk first, and the controls
-        # see them (a non-finite update since the last read keeps last.pt from holding it).
-        self._read(update, before_checkpoint=True)
-        self._save(update, improved=improved)
+        # see them (a non-finite update since the last read keeps last.pt from holding it); the
+        # training clock stands still for all of it, as for the write.
+        with paused(self.step.clock):
+            self._read(update, before_checkpoint=True)
+            self._save(update, improved=improved)
 
     def _save(self, update: int, *, improved: bool = False, keep_last_as: str | None = None) -> None:
         self.logger.flush()

@@ -95,12 +95,17 @@ class ModelLoss:
         return CrossEntropy(shift_labels=self.shift_labels).counted(targets)
 
     def summed(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        return self(outputs, targets) * self.counted(targets)
+        # A batch with no counted target (all -100: a rank's empty last validation batch, a prompt
+        # truncated before its answer) adds nothing; Hugging Face's mean over none is NaN.
+        counted = self.counted(targets)
+        return torch.where(counted > 0, self(outputs, targets) * counted, 0.0)
 
 
-def bind_loss(loss_fn: Loss, model: nn.Module) -> Loss:
-    """``loss_fn`` for ``model``: the built-in losses learn whether its labels are shifted inside it
-    (:func:`~trainer.models.hf.shifts_labels`); any other loss is the user's, as it is."""
+def bind_loss(loss_fn: Loss, model: nn.Module, *, named: bool) -> Loss:
+    """``loss_fn`` for ``model`` on batches of named tensors (``named``) or pairs: the built-in losses
+    learn whether the labels are shifted inside the model (:func:`~trainer.models.hf.shifts_labels`),
+    which holds for named batches only (Hugging Face's convention: the labels are the inputs); a
+    pair's targets are the next tokens already. Any other loss is the user's, as it is."""
     if isinstance(loss_fn, (CrossEntropy, ModelLoss)):
-        return replace(loss_fn, shift_labels=shifts_labels(model))
+        return replace(loss_fn, shift_labels=named and shifts_labels(model))
     return loss_fn
