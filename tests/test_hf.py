@@ -332,3 +332,18 @@ def test_label_smoothing_asked_of_the_models_own_loss_is_refused_not_dropped():
         build_loss(compose_config("loss=model", "trainer.label_smoothing=0.1"))
     assert error.value.key == "trainer.label_smoothing" and "takes no label_smoothing" in str(error.value)
     assert isinstance(build_loss(compose_config("loss=model")), ModelLoss)
+
+
+def test_the_models_own_loss_of_a_batch_with_no_counted_label_adds_nothing():
+    """Hugging Face's mean over no counted label is NaN (a rank's empty last validation batch, a
+    prompt cut before its answer); summed, it must add 0, and the batches around it count as ever."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**TINY_GPT2)).eval()
+    loss_fn = bind_loss(ModelLoss(), model, named=True)
+    tokens = torch.randint(0, TINY_GPT2["vocab_size"], (2, 6))
+    with torch.no_grad():
+        empty = model(input_ids=tokens, labels=torch.full_like(tokens, -100))
+        assert torch.isnan(empty.loss)  # what Hugging Face gives
+        assert loss_fn.summed(empty, torch.full_like(tokens, -100)) == 0
+        full = model(input_ids=tokens, labels=tokens)
+        torch.testing.assert_close(loss_fn.summed(full, tokens), full.loss * 10, rtol=1e-6, atol=0)
