@@ -5,9 +5,13 @@ matches :data:`TEMP_GLOB` and is removed when the next run starts in the directo
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 #: What a write's temporary file is named like: ``.NAME.<hex>.tmp``.
 TEMP_GLOB = ".*.*.tmp"
@@ -38,3 +42,21 @@ def figure_bytes(figure: object, **savefig: object) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", **savefig)  # type: ignore[attr-defined]
     return buffer.getvalue()
+
+
+def csv_rows(path: Path, width: int) -> list[list[str]]:
+    """The data rows of the CSV file ``path`` that hold all ``width`` columns (none when it does not
+    exist): a last row a kill cut short is dropped."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in list(csv.reader(f))[1:] if len(row) == width]
+
+
+def restart_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]], *, buffering: int = -1) -> TextIO:
+    """``path`` rewritten (:func:`write_atomic`) to ``header`` and ``rows`` (what a resumed run keeps
+    of a log: the steps before its checkpoint), then opened to append the rows that follow."""
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *rows])
+    write_atomic(path, text.getvalue())
+    return open(path, "a", newline="", buffering=buffering)

@@ -53,6 +53,11 @@ class RunPlan:
         """The first optimizer update of ``epoch``."""
         return epoch * self.updates_per_epoch if self.ramp is None else self.ramp.epoch_start(epoch)
 
+    def samples_before(self, update: int) -> int:
+        """Examples (over all ranks) trained before optimizer update ``update``: a batch ramp's
+        updates of each size, else ``update`` global batches."""
+        return update * self.global_batch_size if self.ramp is None else self.ramp.samples_before(update)
+
     def data_position(self, update: int) -> tuple[int, int]:
         """(epoch, micro-batches each rank has trained in it) before optimizer update ``update``."""
         epoch = self.epoch_of(update)

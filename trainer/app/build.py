@@ -274,12 +274,7 @@ def throughput(cfg: DictConfig, training: Training, plan: RunPlan, world: World)
         return None
     model = training.step.model
     shape, peak = transformer_shape(model), device_peak_flops(next(model.parameters()).device)
-    ramp, full = plan.ramp, plan.global_batch_size * seq_len
-
-    def tokens_before(updates: int) -> int:  # under a ramp, updates of several sizes
-        return ramp.samples_before(updates) * seq_len if ramp is not None else updates * full
-
-    return Throughput(tokens_before, flops_per_token=flops_per_token(shape, seq_len) if shape else None,
+    return Throughput(lambda updates: plan.samples_before(updates) * seq_len, flops_per_token=flops_per_token(shape, seq_len) if shape else None,
                       peak=peak * world.world_size if peak else None)
 
 

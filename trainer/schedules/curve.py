@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from trainer.files import figure_bytes, write_atomic
+from trainer.files import csv_rows, figure_bytes, restart_csv, write_atomic
 
 if TYPE_CHECKING:  # the sweep report reads lr.csv files without torch
     import torch
@@ -116,14 +116,8 @@ class LrLog:
         self.names, self.decays, self.momentum = list(group_names), decays, momentum
         header = ["update", "t", *(f"lr/{name}" for name in self.names),
                   *(f"wd/{name}" for name in (self.names if decays else ())), *(["momentum"] if momentum else [])]
-        kept = []
-        if purge_step > 0 and path.is_file():
-            with open(path, newline="") as f:
-                kept = [row for row in list(csv.reader(f))[1:] if len(row) == len(header) and int(row[0]) < purge_step]
-        text = io.StringIO(newline="")
-        csv.writer(text).writerows([header, *kept])
-        write_atomic(path, text.getvalue())
-        self._file = open(path, "a", newline="")
+        kept = [row for row in csv_rows(path, len(header)) if int(row[0]) < purge_step]
+        self._file = restart_csv(path, header, kept)
         self._csv = csv.writer(self._file)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:

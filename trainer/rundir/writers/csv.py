@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from trainer.files import csv_rows, restart_csv
+
 FILE = "metrics.csv"
 HEADER = ("step", "tag", "value", "wall_time")
 
@@ -24,14 +26,8 @@ HEADER = ("step", "tag", "value", "wall_time")
 class Writer:
     def __init__(self, run_dir: Path, *, purge_step: int, config: Mapping[str, Any]) -> None:
         path = run_dir / FILE
-        kept = [row for row in _rows(path) if int(row[0]) < purge_step]
-        tmp = path.with_name(f".{FILE}.tmp")
-        with open(tmp, "w", newline="") as f:  # the kept rows, replacing the file in one step
-            csv.writer(f).writerows([HEADER, *kept])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._file = open(path, "a", newline="", buffering=1 << 16)
+        kept = [row for row in csv_rows(path, len(HEADER)) if int(row[0]) < purge_step]
+        self._file = restart_csv(path, HEADER, kept, buffering=1 << 16)
         self._csv = csv.writer(self._file)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
@@ -59,15 +55,6 @@ class Writer:
         if not path.is_file():
             return None
         scalars: dict[str, list[tuple[int, float]]] = {}
-        for step, tag, value, _ in _rows(path):
+        for step, tag, value, _ in csv_rows(path, len(HEADER)):
             scalars.setdefault(tag, []).append((int(step), float(value)))
         return {tag: sorted(points, key=lambda point: point[0]) for tag, points in scalars.items()}
-
-
-def _rows(path: Path) -> list[list[str]]:
-    """The data rows of ``path`` (none when it does not exist); a last row a kill cut short is dropped."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    return [row for row in rows[1:] if len(row) == len(HEADER)]
