@@ -15,6 +15,10 @@ differ by rounding alone. A sum of n fp32 terms reordered moves by about sqrt(n)
 losses of an update and the few hundred products of a gradient entry. The parameters are
 compared as one vector (‖θa − θb‖ / ‖θa‖, and the largest difference over the largest |θ|), so a
 tensor near zero (a bias of norm 0.01) does not turn a difference of one ulp into a large ratio.
+
+The same runs count their schedule in tokens (``schedule.interval=token``) with a budget of two
+epochs' tokens: every sentence's tokens, counted over the micro-batches and the ranks, exactly
+(integers), so t is the same at every update of the three.
 """
 
 from __future__ import annotations
@@ -28,14 +32,17 @@ import torch
 
 from tests.conftest import QUIET, REPO
 from tests.test_distributed import LAUNCH_TIMEOUT, env, free_port
+from tests.userpkg.text import Sentences
 from trainer.rundir.checkpoint import load_checkpoint
 from trainer.rundir.events import read_scalars
 
 USER_CONF = REPO / "tests" / "userpkg" / "conf"
 BOUND = 1e-6
-#: 64 sentences / global batch 16 = 4 updates per epoch, 8 in all.
+#: The tokens of an epoch: all 64 sentences (data=sentences' training split), each trained once.
+EPOCH_TOKENS = sum(len(Sentences(64)[k]["input_ids"]) for k in range(64))
+#: 64 sentences / global batch 16 = 4 updates per epoch; two epochs' tokens are first reached by update 8.
 RUN = [*QUIET, "model=tiny_gpt2", "data=sentences", "optimizer=sgd", "optimizer.lr=0.5", "schedule=constant",
-       "trainer.max_epochs=2", "trainer.global_batch_size=16"]
+       "schedule.interval=token", f"trainer.max_tokens={2 * EPOCH_TOKENS}", "trainer.global_batch_size=16"]
 
 
 def user_env() -> dict[str, str]:
@@ -91,6 +98,14 @@ def test_accumulation_and_ranks_give_the_parameters_and_losses_of_one_large_batc
         assert loss_difference(reference, runs[name]) <= BOUND, name
         val = [v for _, v in read_scalars(runs[name])["val/loss"]]
         assert val == pytest.approx([v for _, v in read_scalars(reference)["val/loss"]], rel=BOUND)
+
+
+def test_the_tokens_of_padded_rows_are_counted_over_micro_batches_and_ranks_alike(runs):
+    counts = {name: [v for _, v in read_scalars(run_dir)["train/t"]] for name, run_dir in runs.items()}
+    t = counts["batch 16"]
+    assert counts["accumulate 4"] == counts["2 ranks accumulate 2"] == t
+    assert len(t) == 8 and t[0] == 0 and t[4] == EPOCH_TOKENS and len(set(b - a for a, b in zip(t, t[1:]))) > 1
+    assert [v for _, v in read_scalars(runs["2 ranks accumulate 2"])["train/tokens"]] == [*t[1:], 2 * EPOCH_TOKENS]
 
 
 def test_the_mean_of_micro_batch_means_fails_the_same_comparison(runs, tmp_path):

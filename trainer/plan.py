@@ -37,6 +37,9 @@ class RunPlan:
     # trainer.batch_ramp: the examples of each update, and the epochs they make (None: every update
     # is global_batch_size, every epoch updates_per_epoch updates)
     ramp: BatchRamp | None = None
+    # t is measured as the run goes (interval=time; token over padded rows): no update is known to
+    # reach a given t before the run gets there
+    measured: bool = False
 
     def first_update_at(self, t: int) -> int:
         """The first optimizer update at schedule index ``t`` or later (``t`` in interval units)."""
@@ -75,16 +78,16 @@ def first_update_at(t: int, interval: str, *, updates_per_epoch: int, units_per_
     return -(-t // units_per_update)
 
 
-def units_per_update(interval: str, global_batch: int, tokens_per_example: int | None) -> int:
+def units_per_update(interval: str, global_batch: int, tokens_per_example: int | None, *, counted_tokens: bool = False) -> int:
     """Schedule units per optimizer update: the global batch's examples (``sample``) or tokens
-    (``token``: token data only); 1 for ``step`` (``epoch`` does not count per update)."""
+    (``token``: token data only); 1 for ``step``, and where t is not a multiple of the update
+    (``epoch``; ``time``; ``token`` with ``counted_tokens``: padded rows, counted as the run goes)."""
     if interval == "sample":
         return global_batch
-    if interval == "token":
+    if interval == "token" and not counted_tokens:
         require(tokens_per_example is not None, "schedule.interval",
-                "token counts tokens, which this data does not have (its examples are not token sequences of "
-                "one length; padded rows vary): use sample, or token data such as data=tokens, "
-                "data=shakespeare_char or data=hf_dataset packed into data.block_size")
+                "token counts tokens, which this data does not have (its examples are not token sequences): use "
+                "sample, or token data such as data=tokens, data=shakespeare_char or data=hf_dataset")
         return global_batch * tokens_per_example
     return 1
 
@@ -114,11 +117,13 @@ def accumulation(cfg: DictConfig, world_size: int = 1) -> int:
 
 def plan_run(
     cfg: DictConfig, num_train_examples: int, world_size: int = 1, *, run_length: int | None = None,
-    tokens_per_example: int | None = None,
+    tokens_per_example: int | None = None, counted_tokens: bool = False,
 ) -> RunPlan:
     """Derive updates per epoch, the update budget and the schedule length; check they fit.
     ``run_length``: the updates a schedule that sets the run's length itself gives (the range test).
-    ``tokens_per_example``: the tokens one example trains on, for token data (else None).
+    ``tokens_per_example``: the tokens one example trains on, for token data (else None);
+    ``counted_tokens``: padded rows of several lengths, whose tokens the run counts as it trains
+    them (:class:`~trainer.training.counts.TokenCount`): a budget in tokens ends the run when reached.
 
     The train loader drops the last partial batch and an epoch ends on the last whole update,
     so updates per epoch = floor(floor(N / batch_size) / (accumulation × world_size)) = floor(N /
@@ -136,7 +141,10 @@ def plan_run(
         f"fewer than the {accumulate * world_size} of one update ({accumulate} accumulated × {world_size} ranks): "
         "lower the batch or the accumulation",
     )
-    units = units_per_update(schedule.interval, global_batch, tokens_per_example)
+    require(trainer.get("max_tokens") is None or tokens_per_example is not None or counted_tokens, "trainer.max_tokens",
+            "this data's examples are not token sequences: give the budget as trainer.max_samples or trainer.max_steps")
+    units = units_per_update(schedule.interval, global_batch, tokens_per_example, counted_tokens=counted_tokens)
+    measured = schedule.interval == "time" or (schedule.interval == "token" and counted_tokens)
     ramp = None
     if ramp_on(trainer.get("batch_ramp")):  # the examples per update vary: so do the updates per epoch
         ramp, max_updates = build_ramp(
@@ -146,10 +154,12 @@ def plan_run(
         num_epochs, derived_total = ramp.epoch_of(max_updates - 1) + 1, ramp.position(max_updates)
     else:
         max_updates = run_length if run_length is not None else budget_updates(
-            trainer, updates_per_epoch, global_batch, tokens_per_example)
+            trainer, updates_per_epoch, global_batch, None if counted_tokens else tokens_per_example)
         num_epochs = math.ceil(max_updates / updates_per_epoch)
         derived_total = {"epoch": num_epochs, "time": trainer.get("max_time")}.get(schedule.interval,
                                                                                   max_updates * units)
+        if measured and schedule.interval == "token":
+            derived_total = trainer.get("max_tokens")
     total_steps = schedule.total_steps if schedule.total_steps is not None else derived_total
     warmup_steps = warmup_length(schedule.warmup_steps, schedule.warmup_ratio, total_steps, unit=schedule.interval)
     lr_scale = schedule.temperature * batch_lr_factor(cfg, global_batch)
@@ -161,26 +171,24 @@ def plan_run(
     return RunPlan(
         updates_per_epoch, max_updates, num_epochs, total_steps, warmup_steps, lr_scale=lr_scale,
         accumulate_grad_batches=accumulate, global_batch_size=global_batch, units_per_update=units,
-        interval=schedule.interval, ramp=ramp,
+        interval=schedule.interval, ramp=ramp, measured=measured,
     )
 
 
 def budget_updates(trainer: DictConfig, updates_per_epoch: int, global_batch: int, tokens_per_example: int | None) -> int:
     """The run's updates from its budget: ``trainer.max_steps``, else the updates that first reach
-    ``trainer.max_samples`` examples or ``trainer.max_tokens`` tokens (each also a cap under
-    ``trainer.max_time``), else :data:`UNBOUNDED` when ``trainer.max_time`` ends the run, else
-    ``trainer.max_epochs``."""
+    ``trainer.max_samples`` examples or ``trainer.max_tokens`` tokens of ``tokens_per_example``
+    each (each also a cap under ``trainer.max_time``), else :data:`UNBOUNDED` when the run's count
+    ends it (``trainer.max_time``; ``trainer.max_tokens`` of padded rows, ``tokens_per_example``
+    None), else ``trainer.max_epochs``."""
     if trainer.max_steps is not None:
         return trainer.max_steps
     if trainer.get("max_samples") is not None:
         return -(-trainer.max_samples // global_batch)
-    if trainer.get("max_tokens") is not None:
-        require(tokens_per_example is not None, "trainer.max_tokens",
-                "this data's examples are not token sequences of one length (padded rows vary): give the "
-                "budget as trainer.max_samples, or pack the text (data=hf_dataset data.block_size)")
+    if trainer.get("max_tokens") is not None and tokens_per_example is not None:
         return -(-trainer.max_tokens // (global_batch * tokens_per_example))
-    if trainer.get("max_time") is not None:
-        return UNBOUNDED
+    if trainer.get("max_time") is not None or trainer.get("max_tokens") is not None:
+        return UNBOUNDED  # the run's count ends it (the clock; the tokens of padded rows)
     return trainer.max_epochs * updates_per_epoch
 
 

@@ -8,7 +8,8 @@ the momentum when it is scheduled) and ``lr.png`` to the run directory, then pri
 A schedule in seconds (``schedule.interval=time``) is drawn against a throughput the user gives,
 ``preview.updates_per_second``: update u at t = u / that (the run reads t from its clock), and the
 plot and summary say it is an estimate. A ``trainer.max_time`` budget ends the preview where that
-throughput spends it.
+throughput spends it. Tokens of padded rows of several lengths (``schedule.interval=token`` or
+``trainer.max_tokens`` on ``data=hf_dataset`` unpacked) likewise, against ``preview.tokens_per_update``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trainer.app.cli import run_as_process
 from trainer.components import CONFIG_DIR
 from trainer.errors import EXIT_CONFIG, ConfigError, refuse, require
 from trainer.params import Param, check_params
+from trainer.plan import UNBOUNDED, RunPlan
 from trainer.rundir.lock import remove_created_run_dir, remove_if_empty
 from trainer.schedules.curve import (
     PLATEAU_NOTE,
@@ -68,28 +70,34 @@ PREVIEW: dict[str, Param] = {
     "updates_per_second": Param(None, "the throughput a schedule in seconds (schedule.interval=time) or a "
                                 "trainer.max_time budget is drawn against: update u at t = u / this; an estimate "
                                 "(e.g. from a run's progress bar)", float, low=0, low_open=True, extra=(None,)),
+    "tokens_per_update": Param(None, "the tokens per update a schedule or budget in tokens of padded rows is drawn "
+                               "against: update u at t = u × this; an estimate (e.g. a run's train/tokens over its "
+                               "updates)", float, low=0, low_open=True, extra=(None,)),
 }
 
 
-def take_preview_keys(cfg: DictConfig) -> float | None:
+def take_preview_keys(cfg: DictConfig) -> dict[str, float | None]:
     """Check ``preview.*`` and take it out of ``cfg`` (the trainer's checks know no such node);
-    returns ``preview.updates_per_second``."""
+    returns its values by key (``updates_per_second``, ``tokens_per_update``)."""
     node = cfg.get("preview") or {}
     check_params(PREVIEW, node, "preview", owner="the preview")
     with open_dict(cfg):
         cfg.pop("preview", None)
-    return node.get("updates_per_second")
+    return {key: node.get(key) for key in PREVIEW}
 
 
-def write_preview(cfg: DictConfig, out_dir: Path, *, updates_per_second: float | None = None) -> list[dict[str, float]]:
+def write_preview(cfg: DictConfig, out_dir: Path, *, updates_per_second: float | None = None,
+                  tokens_per_update: float | None = None) -> list[dict[str, float]]:
     """Compute every update's LRs through the same code path training uses; write CSV and PNG.
-    ``updates_per_second``: the estimated throughput a schedule in seconds is drawn against."""
+    ``updates_per_second`` and ``tokens_per_update``: the estimates a schedule in seconds or in
+    tokens of padded rows is drawn against."""
     # Only here: --help and --cfg never call this, and need not wait for torch.
     from trainer.app.build import build_for_preview
     from trainer.optim.groups import group_names
 
     optimizer, schedule, plan = build_for_preview(cfg)
-    schedule, updates, estimate = estimated_updates(cfg, schedule, plan.max_updates, updates_per_second)
+    schedule, updates, estimate = estimated_updates(cfg, schedule, plan, updates_per_second=updates_per_second,
+                                                    tokens_per_update=tokens_per_update)
     rows = lr_rows(optimizer, schedule, updates)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_lr_csv(rows, out_dir / "lr.csv")
@@ -129,23 +137,35 @@ def group_lines(rows: list[dict[str, float]]) -> str:
 
 
 def estimated_updates(
-    cfg: DictConfig, schedule: Any, max_updates: int, updates_per_second: float | None,
+    cfg: DictConfig, schedule: Any, plan: RunPlan, *, updates_per_second: float | None, tokens_per_update: float | None,
 ) -> tuple[Any, int, str]:
-    """The schedule to preview, its updates and, when an estimated throughput decides them, what to
-    say about it. A schedule in seconds reads t = u / ``updates_per_second`` (required for it); a
-    ``trainer.max_time`` budget ends at the first update whose t reaches it."""
-    max_time = cfg.trainer.get("max_time")
+    """The schedule to preview, its updates and, when an estimate decides them, what to say about
+    it. A schedule in seconds reads t = u / ``updates_per_second``, one in tokens of padded rows
+    t = u × ``tokens_per_update`` (each required for it); a ``trainer.max_time`` or (padded)
+    ``trainer.max_tokens`` budget ends at the first update whose estimated count reaches it."""
+    max_time, max_tokens, updates, notes = cfg.trainer.get("max_time"), cfg.trainer.get("max_tokens"), plan.max_updates, []
     if schedule.interval == "time":
         require(updates_per_second is not None, "preview.updates_per_second",
                 "a schedule in seconds is drawn against a throughput: give the optimizer updates per second you "
                 "expect (e.g. preview.updates_per_second=20, from a run's progress bar)")
-        schedule = schedule.counting(seconds=lambda update: update / updates_per_second)
-    if updates_per_second is None:
-        return schedule, max_updates, f"trainer.max_time={max_time} s may end the run sooner" if max_time else ""
-    if max_time is not None:
-        max_updates = min(max_updates, math.ceil(max_time * updates_per_second))
-    return schedule, max_updates, (f"t = update / ({updates_per_second:g} updates/s): an estimated throughput "
-                                   "(preview.updates_per_second)")
+        schedule = schedule.counting(count=lambda update: update / updates_per_second)
+    if (plan.measured and schedule.interval == "token") or (max_tokens is not None and updates == UNBOUNDED):
+        require(tokens_per_update is not None, "preview.tokens_per_update",
+                "the tokens of padded rows are counted as the run trains them: give the tokens per update you expect "
+                "(e.g. preview.tokens_per_update=20000, a run's train/tokens over its updates)")
+        if schedule.interval == "token":
+            schedule = schedule.counting(count=lambda update: update * tokens_per_update)
+        if max_tokens is not None:
+            updates = min(updates, math.ceil(max_tokens / tokens_per_update))
+        notes.append(f"t = update × {tokens_per_update:g} tokens: an estimated count (preview.tokens_per_update)")
+    if updates_per_second is not None:
+        if max_time is not None:
+            updates = min(updates, math.ceil(max_time * updates_per_second))
+        notes.append(f"t = update / ({updates_per_second:g} updates/s): an estimated throughput "
+                     "(preview.updates_per_second)")
+    elif max_time is not None:
+        notes.append(f"trainer.max_time={max_time} s may end the run sooner")
+    return schedule, updates, "; ".join(notes)
 
 
 class CombinedPlot(Callback):
@@ -182,7 +202,7 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     build_optimizers_without_dynamo()
     try:
-        write_preview(cfg, out_dir, updates_per_second=take_preview_keys(cfg))
+        write_preview(cfg, out_dir, **take_preview_keys(cfg))
     except ConfigError as error:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             remove_created_run_dir()

@@ -37,6 +37,7 @@ from trainer.schedules.named import bind_named_schedules
 from trainer.schedules.registry import build_schedule, spec_of
 from trainer.schedules.schedule import Schedule
 from trainer.training.clock import TrainingClock, uses_clock
+from trainer.training.counts import TokenCount, check_token_count, counts_padded_tokens
 from trainer.training.evaluate import Validation, evaluate
 from trainer.training.loop import Loop
 from trainer.training.loss import Loss, TokenLoss, bind_loss, model_gets_labels
@@ -54,6 +55,12 @@ def tokens_per_example(cfg: DictConfig, input_shape: tuple[int, ...]) -> int | N
     packed = cfg.data.get("name") == "hf_dataset" and cfg.data.get("block_size") is not None
     sequences = cfg.data.get("name") in SEQUENCE_DATA or cfg.model.get("name") in SEQUENCE_MODELS or packed
     return input_shape[0] if sequences and len(input_shape) == 1 else None
+
+
+def batches_are_named(cfg: DictConfig, batch: Batch | None) -> bool:
+    """Whether the data's batches are mappings of named tensors: ``batch``'s kind (the data's first),
+    or with none read (the preview) whether ``data=hf_dataset`` names them."""
+    return is_named(batch) if batch is not None else cfg.data.get("name") == "hf_dataset"
 
 
 def seed_everything(seed: int) -> None:
@@ -142,8 +149,9 @@ def _training_loss(model: nn.Module, batch: Batch, loss_fn: Loss, loss_key: str)
 @dataclass(frozen=True)
 class Optimization:
     """What decides every update: the model, its optimizer and schedule, the derived plan, the
-    unfreeze stages the optimizer's groups were made for, and the training clock (None unless the
-    schedule or the budget is in seconds)."""
+    unfreeze stages the optimizer's groups were made for, the training clock (None unless the
+    schedule or the budget is in seconds) and the token count (None unless the schedule or the
+    budget is in tokens of padded rows)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -151,6 +159,7 @@ class Optimization:
     plan: RunPlan
     stages: list[Stage]
     clock: TrainingClock | None = None
+    tokens: TokenCount | None = None
 
 
 def build_optimization(
@@ -166,8 +175,12 @@ def build_optimization(
     """
     world = world or World()
     run_length = spec_of(cfg.schedule.name).run_length  # a schedule that sets the run's length itself
+    seq_len = tokens_per_example(cfg, input_shape)
+    counted = counts_padded_tokens(cfg, seq_len, batches_are_named(cfg, fit_check.batch if fit_check else None))
+    if counted:
+        check_token_count(cfg)
     plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None,
-                    tokens_per_example=tokens_per_example(cfg, input_shape))
+                    tokens_per_example=seq_len, counted_tokens=counted)
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg.model, input_shape=input_shape, num_classes=num_classes)
@@ -200,16 +213,30 @@ def build_optimization(
     schedule = bind_named_schedules(schedule, cfg, plan)  # the groups' own, and the weight decay's
     if plan.ramp is not None:  # t and the LR follow each update's size
         schedule = schedule.counting(ramp=plan.ramp)
-    clock = None
-    if uses_clock(cfg):
-        clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device,
-                              counts_schedule=schedule.interval == "time")
-        schedule = schedule.counting(seconds=clock.at)  # interval=time: t is the clock's reading at each update
+    schedule, clock, tokens = running_counts(cfg, schedule, world, device, counted_tokens=counted)
     if fit_check is not None:
         check_watched_metrics(cfg, schedule, metrics)
         check_stages_fit(stages, optimizer, plan)
         check_spike_window(cfg, plan)
-    return Optimization(model, optimizer, schedule, plan, stages, clock)
+    return Optimization(model, optimizer, schedule, plan, stages, clock, tokens)
+
+
+def running_counts(
+    cfg: DictConfig, schedule: Schedule, world: World, device: torch.device, *, counted_tokens: bool,
+) -> tuple[Schedule, TrainingClock | None, TokenCount | None]:
+    """The counts the run measures as it goes, each None unless used, and ``schedule`` reading its t
+    from the one it counts in: the training clock (a schedule or budget in seconds) and the tokens
+    of padded rows (``counted_tokens``: a schedule or budget in tokens on such data)."""
+    clock = tokens = None
+    if uses_clock(cfg):
+        clock = TrainingClock(world, max_time=cfg.trainer.get("max_time"), device=device,
+                              counts_schedule=schedule.interval == "time")
+    if counted_tokens:
+        tokens = TokenCount(budget=cfg.trainer.get("max_tokens"), counts_schedule=schedule.interval == "token")
+    for count in (clock, tokens):
+        if count is not None and count.counts_schedule:  # t of each update is the count before it
+            schedule = schedule.counting(count=count.at)
+    return schedule, clock, tokens
 
 
 def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule, RunPlan]:
@@ -249,7 +276,7 @@ def build_training(
     controls = Controls.build(cfg, Parts(model, optimizer, built.schedule, device, world,
                                          scales_loss=precision.uses_grad_scaler, dataset=dataset))
     step = TrainStep(world.trainable(model), optimizer, built.schedule, precision, loss_fn,
-                     cfg.trainer.clip_grad_norm, world, controls=controls, clock=built.clock)
+                     cfg.trainer.clip_grad_norm, world, controls=controls, clock=built.clock, tokens=built.tokens)
     contents = Contents(model, optimizer, step, controls, world, config, fingerprint, cfg.seed, plan.data_position)
     checkpoints = Checkpointer(
         run_dir, contents, every_n_steps=cfg.trainer.checkpoint_every_n_steps,
@@ -268,7 +295,11 @@ def build_training(
 def throughput(cfg: DictConfig, training: Training, plan: RunPlan, world: World) -> Throughput | None:
     """What ``train/tokens``, ``perf/tokens_per_s`` and ``perf/mfu`` count, for token data (None
     for other data): the global batch's tokens, the model's FLOPs per token (a transformer whose
-    shape is known) and the peak FLOP/s of every rank's device (a CUDA device in the table)."""
+    shape is known) and the peak FLOP/s of every rank's device (a CUDA device in the table).
+    Padded rows whose tokens the run counts: that count, without MFU (FLOPs per token depend on
+    the sequence length, which varies)."""
+    if training.step.tokens is not None:
+        return Throughput(training.step.tokens.at)
     seq_len = tokens_per_example(cfg, tuple(training.batches.dataset.input_shape))
     if seq_len is None:
         return None
@@ -289,8 +320,8 @@ def build_loop(
     ``group_wds_differ``: the same for their scheduled weight decays (``train/wd/<group>``)."""
     world = world or World()
     schedule, names = training.step.schedule, group_names(training.step.optimizer)
-    timed, extra_writers = schedule.interval == "time", []
-    if timed and world.is_main:  # its lr.csv is written as it logs, its t beside each LR
+    measured, extra_writers = schedule.measured, []
+    if measured and world.is_main:  # its lr.csv is written as it logs, its t beside each LR
         extra_writers.append(LrLog(run_dir / "lr.csv", names, decays=schedule.scheduled_decay,
                                    momentum=schedule.momentum_fn is not None, purge_step=start_update))
     logger = RunLogger(
@@ -307,7 +338,7 @@ def build_loop(
         start_update=start_update,
         resumed_val=resumed_val,
         world=world,
-        times=schedule.position if timed else None,
+        times=schedule.position if measured else None,
         extra_writers=extra_writers,
         throughput=throughput(cfg, training, plan, world),
         ramp=plan.ramp,

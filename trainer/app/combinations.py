@@ -48,8 +48,9 @@ def check_watched_metrics(cfg: DictConfig, schedule: Schedule, metrics: Set[str]
 def planned_updates(plan: RunPlan) -> int:
     """The updates this run and its planned continuations make: a run may stop before its
     schedule's end (``trainer.max_steps`` below ``schedule.total_steps``) and resume later. A
-    schedule in seconds reaches its end at an update no plan knows: the run's own cap."""
-    if plan.interval == "time":
+    schedule measured as the run goes (seconds, padded tokens) reaches its end at an update no plan
+    knows: the run's own cap."""
+    if plan.measured:
         return plan.max_updates
     return max(plan.max_updates, plan.first_update_at(plan.total_steps))
 

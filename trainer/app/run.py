@@ -199,7 +199,7 @@ def _prepare(
                            flip=getattr(dataset, "flip_test", False)),
     )
     fingerprint = schedule_fingerprint(cfg, built.plan)
-    timed = built.schedule.interval == "time"
+    measured = built.schedule.measured  # its lr.csv is written as it runs
     lrs = planned_lr_rows(built) if world.is_main else []  # rank 0's to write
     config = resolved_config(cfg, built.plan)
     if checkpoint is not None:
@@ -224,7 +224,7 @@ def _prepare(
     expected = expected_checkpoint_bytes(built.model, built.optimizer, checkpoint, controls=training.controls)
     if world.is_main:  # the only rank that writes
         check_free_space(run_dir, expected, keep_last_n=cfg.trainer.keep_last_n)
-        write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs if not timed else None)
+        write_run_files(cfg, config, overrides, built, dataset, run_dir, lrs if not measured else None)
     resumed_val = checkpoint["logs"]["val"] if checkpoint is not None else None
     # A plateau's cuts scale every group alike: groups that start alike stay alike.
     group_lrs_differ = bool(lrs) and len(lr_columns(lrs)) > 1
@@ -236,9 +236,10 @@ def _prepare(
 def planned_lr_rows(built: Optimization) -> list[dict[str, float]]:
     """The exact LR of every update (the plateau schedule's before any cut, so before a resume
     restores its cuts): lr.csv before training, lr.png from it once the run completes (matplotlib
-    would delay the start; a long run's rows need not stay in memory). A schedule in seconds:
-    only its shape, as its run writes its rows as it logs them (:class:`~trainer.schedules.curve.LrLog`)."""
-    if built.schedule.interval == "time":
+    would delay the start; a long run's rows need not stay in memory). A schedule measured as the
+    run goes (seconds, padded tokens): only its shape, as its run writes its rows as it logs them
+    (:class:`~trainer.schedules.curve.LrLog`)."""
+    if built.schedule.measured:
         return sampled_rows(built.optimizer, built.schedule)
     return lr_rows(built.optimizer, built.schedule, built.plan.max_updates)
 

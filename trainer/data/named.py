@@ -35,6 +35,16 @@ def targets_of(batch: Batch) -> torch.Tensor:
     return batch[LABELS] if isinstance(batch, Mapping) else batch[1]
 
 
+def tokens_in(batch: Batch) -> torch.Tensor:
+    """The token positions a batch's model reads (an integer device tensor, no sync): a mapping's
+    ``attention_mask`` ones (padding left out), else its ``input_ids`` (every position); a pair's
+    inputs."""
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        return mask.count_nonzero() if mask is not None else torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
+    return torch.tensor(batch[0].numel(), device=batch[0].device)
+
+
 def call_model(model: nn.Module, batch: Batch, *, labels: bool = True) -> Any:
     """``model``'s outputs on ``batch``: ``model(input)`` for a pair, ``model(**batch)`` for named
     tensors (without ``labels`` when ``labels`` is false: a loss that scores the logits itself

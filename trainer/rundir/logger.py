@@ -35,7 +35,8 @@ class Pending:
     tags: tuple[str, ...]  # the counters' tags, in the order of ``tensors[2:]``
     tensors: tuple[torch.Tensor, ...]  # loss, grad_norm, *counters
     wds: list[float] | None = None  # as applied, one per group, when optimizer.weight_decay_schedule moves them
-    t: float | None = None  # a schedule in seconds: the t its LR was set from
+    t: float | None = None  # a schedule measured as the run goes (seconds, padded tokens): the t its LR was set from
+    tokens: int | None = None  # token data: the tokens trained by the end of this update
 
 
 class RunLogger:
@@ -45,7 +46,7 @@ class RunLogger:
     ``train/grad_norm``, ``train/epoch``, the controls' running counters (``train/skipped_updates``,
     ``train/spike_skips``, ...), ``train/batch_size`` (examples over all ranks) under a batch
     ``ramp``, and ``val/*`` scalars through the run's writers (rank 0's only);
-    with ``times`` (a schedule in seconds: the t of an update), ``train/t`` too. ``extra_writers``
+    with ``times`` (a schedule measured as the run goes: the t of an update), ``train/t`` too. ``extra_writers``
     (rank 0's) get every scalar as the named writers do (a time run's ``lr.csv``).
     With a ``throughput`` (token data): ``train/tokens`` at every logged update, and
     ``perf/tokens_per_s`` (and ``perf/mfu``) at the last update of each read."""
@@ -134,7 +135,8 @@ class RunLogger:
         counters = counters or {}
         tensors = (loss, grad_norm, *(count.clone() for count in counters.values()))
         t = self.times(update) if self.times is not None else None
-        self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors, wds, t))
+        tokens = self.throughput.tokens(update) if self.throughput is not None else None
+        self._pending.append(Pending(update, lrs, momentum, epoch, tuple(counters), tensors, wds, t, tokens))
         if self.throughput is not None:
             self.throughput.logged(update)
 
@@ -165,8 +167,8 @@ class RunLogger:
                 scalars["train/t"] = pending.t
             if self.ramp is not None:
                 scalars["train/batch_size"] = self.ramp.size(pending.update)
-            if self.throughput is not None:
-                scalars["train/tokens"] = self.throughput.tokens(pending.update)
+            if pending.tokens is not None:
+                scalars["train/tokens"] = pending.tokens
             if pending is self._pending[-1]:
                 scalars.update(rates)
             self._write(pending.update, scalars)

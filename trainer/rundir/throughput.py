@@ -46,23 +46,24 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
 
 
 class Throughput:
-    """The tokens of the first n updates (over all ranks: ``tokens_before(n)``, a pure function of
-    n, whose updates may differ in size under a batch ramp), and optionally the model FLOPs per
-    token and the peak FLOP/s of all ranks' devices together (then MFU is logged too)."""
+    """The tokens of the first n updates (over all ranks: ``tokens_before(n)``, asked only right
+    after update n - 1: a pure function of n, whose updates may differ in size under a batch ramp,
+    or a count of padded rows' tokens that keeps its newest stamps), and optionally the model
+    FLOPs per token and the peak FLOP/s of all ranks' devices together (then MFU is logged too)."""
 
     def __init__(self, tokens_before: Callable[[int], int], *, flops_per_token: float | None = None,
                  peak: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.tokens_before, self.flops_per_token, self.peak, self.clock = tokens_before, flops_per_token, peak, clock
-        self._since: tuple[int, float] | None = None  # (updates done, time) the open window starts at
+        self._since: tuple[int, float, int] | None = None  # (updates done, time, tokens) the open window starts at
 
     def tokens(self, update: int) -> int:
-        """Tokens trained on by the end of 0-based update ``update``."""
+        """Tokens trained on by the end of 0-based update ``update`` (asked right after it)."""
         return self.tokens_before(update + 1)
 
     def logged(self, update: int) -> None:
         """Update ``update`` was just logged: open a window after it, if none is open."""
         if self._since is None:
-            self._since = (update + 1, self.clock())
+            self._since = (update + 1, self.clock(), self.tokens(update))
 
     def pause(self) -> None:
         """Something other than training follows (a validation, a checkpoint): close the window unmeasured."""
@@ -71,11 +72,11 @@ class Throughput:
     def measure(self, updates_done: int) -> dict[str, float]:
         """At a sync, ``updates_done`` updates done: the rates since the window opened (none if it
         holds no update), and a new window from here."""
-        now, since = self.clock(), self._since
-        self._since = (updates_done, now)
+        now, since, tokens = self.clock(), self._since, self.tokens_before(updates_done)
+        self._since = (updates_done, now, tokens)
         if since is None or updates_done <= since[0] or now <= since[1]:
             return {}
-        rate = (self.tokens_before(updates_done) - self.tokens_before(since[0])) / (now - since[1])
+        rate = (tokens - since[2]) / (now - since[1])
         rates = {"perf/tokens_per_s": rate}
         if self.flops_per_token is not None and self.peak is not None:
             rates["perf/mfu"] = mfu(self.flops_per_token, rate, self.peak)

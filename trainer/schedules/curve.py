@@ -6,8 +6,9 @@ curve beside TensorBoard's smoothed, subsampled one), and what a sweep's report 
 ``schedule.interval`` units), ``lr/<group>`` for every parameter group, ``wd/<group>`` (its weight
 decay) for every group when ``optimizer.weight_decay_schedule`` moves it, ``momentum`` when the
 schedule sets it, and ``batch_size`` (examples over all ranks) under ``trainer.batch_ramp``. A
-schedule in seconds (``interval=time``) is known only as the run goes: its run writes a row per
-logged update as it logs it (:class:`LrLog`), the t read from the training clock.
+schedule in seconds (``interval=time``), or in tokens of padded rows, is known only as the run
+goes: its run writes a row per logged update as it logs it (:class:`LrLog`), the t read from the
+training clock or the token count.
 matplotlib is imported only by :func:`draw_lr`, where a plot is drawn.
 """
 
@@ -64,16 +65,17 @@ def lr_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, num_updates: i
 
 
 def sampled_rows(optimizer: torch.optim.Optimizer, schedule: Schedule, points: int = 65) -> list[Row]:
-    """A schedule in seconds at ``points`` values of t spread evenly over [0, T] (``update``: the
+    """A schedule measured as the run goes at ``points`` values of t spread evenly over [0, T] (``update``: the
     point's index), for what depends on the curve's shape alone (whether the groups' LRs differ)."""
     spacing = schedule.total_steps / (points - 1)
-    return lr_rows(optimizer, schedule.counting(seconds=lambda point: point * spacing), points)
+    return lr_rows(optimizer, schedule.counting(count=lambda point: point * spacing), points)
 
 
 def phase_joins(rows: Sequence[Row], schedule: Schedule) -> list[tuple[int, str]]:
-    """(first update, name) of each later phase of a chain: for a schedule in seconds, the first of
-    ``rows`` whose t reaches the phase's start (the updates are the run's, or an estimate's)."""
-    if schedule.interval != "time":
+    """(first update, name) of each later phase of a chain: for a schedule measured as the run goes
+    (seconds, padded tokens), the first of ``rows`` whose t reaches the phase's start (the updates
+    are the run's, or an estimate's)."""
+    if not schedule.measured:
         return schedule.phase_starts()
     joins = []
     for name, start in schedule.phases[1:]:
@@ -103,7 +105,7 @@ def read_lr_csv(path: Path) -> list[Row]:
 
 
 class LrLog:
-    """``lr.csv`` of a run with a schedule in seconds: one row per logged update, written as the
+    """``lr.csv`` of a run whose schedule is measured as it goes (seconds, padded tokens): one row per logged update, written as the
     run's logger writes its scalars (``train/t``, ``train/lr``, ``train/lr/<group>``, ``train/wd``,
     ``train/wd/<group>``, ``train/momentum``: as applied), a writer of :mod:`trainer.rundir.writers`' kind.
 

@@ -64,8 +64,10 @@ class Schedule:
     it to the examples or tokens trained on before it, ``u × units_per_update`` (the global batch,
     or its tokens): a pure function of u, as every batch of a run has the same size. Under a batch
     ramp (:mod:`trainer.batch_ramp`) they vary, and t is the examples (tokens) trained before u.
-    ``time`` maps it to the seconds of training before it, which only the run's clock knows:
-    ``seconds(u)`` (:class:`trainer.training.clock.TrainingClock`; the preview's estimate), a float.
+    ``time`` maps it to the seconds of training before it, which only the run's clock knows, and
+    ``token`` over padded rows of several lengths to the tokens trained before it, which only the
+    run's count knows: ``count(u)`` (a :class:`trainer.training.counts.RunningCount`'s stamps; the
+    preview's estimate).
 
     A chain's ``phases`` are (name, first t) of each phase; its plateau, if any, counts only the
     validations from ``plateau_start`` (in t units) on.
@@ -92,15 +94,17 @@ class Schedule:
     decay_follows_lr: bool = False
     #: optimizer.weight_decay_schedule=NAME: every group's λ follows this schedule's shape.
     decay_shape: Schedule | None = None
-    seconds: Callable[[int], float] | None = None  # interval=time: the t (seconds of training) of an update
+    #: interval=time, or token over padded rows: the t of an update as the run measures it (None: t
+    #: is a function of the update)
+    count: Callable[[int], float] | None = None
     # trainer.batch_ramp: updates of several sizes, so t is the examples (tokens) trained before an
     # update, and apply_schedule scales its LR by optimizer.lr_scaling's rule at its size (None: no ramp)
     ramp: BatchRamp | None = None
 
     def counting(self, **count: Any) -> Schedule:
         """This schedule, and those bound beside it (the groups' own, the weight decay's), with t
-        counted by ``count``: ``seconds=`` (``interval=time``: the training clock, or the preview's
-        estimate) or ``ramp=`` (a batch ramp's examples or tokens)."""
+        counted by ``count``: ``count=`` (``interval=time``: the training clock; ``token`` over padded
+        rows: the token count; or the preview's estimate) or ``ramp=`` (a batch ramp's examples or tokens)."""
         groups = {rule: dataclasses.replace(own, **count) for rule, own in self.group_schedules.items()}
         shape = None if self.decay_shape is None else dataclasses.replace(self.decay_shape, **count)
         return dataclasses.replace(self, group_schedules=groups, decay_shape=shape, **count)
@@ -109,10 +113,10 @@ class Schedule:
         """The schedule index t of optimizer update ``update`` (0-based), in ``interval`` units."""
         if self.ramp is not None:
             return self.ramp.position(update)
+        if self.count is not None:
+            return self.count(update)
         if self.interval == "epoch":
             return update // self.updates_per_epoch
-        if self.interval == "time":
-            return self.seconds(update)
         return update * self.units_per_update  # step: 1 per update
 
     def lr(self, update: int) -> float:
@@ -136,6 +140,12 @@ class Schedule:
             return [(self.ramp.first_update_at(start), name) for name, start in self.phases[1:]]
         return [(first_update_at(start, self.interval, updates_per_epoch=self.updates_per_epoch,
                                  units_per_update=self.units_per_update), name) for name, start in self.phases[1:]]
+
+    @property
+    def measured(self) -> bool:
+        """Whether t is measured as the run goes (seconds; tokens of padded rows), so no update's LR
+        is known before the run gets there."""
+        return self.count is not None
 
     @property
     def scheduled_decay(self) -> bool:

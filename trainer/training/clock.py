@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from trainer.controls import Stop
 from trainer.distributed import World
 from trainer.errors import require
+from trainer.training.counts import RunningCount
 
 #: Where every training clock reads the time (seconds from any origin). Tests put a fake clock here.
 SOURCE: Callable[[], float] = time.perf_counter
@@ -59,24 +59,27 @@ def check_time(cfg: DictConfig) -> None:
                 "trainer.max_steps (the run ends at whichever comes first)")
 
 
-class TrainingClock:
+class TrainingClock(RunningCount):
     """Seconds of training, agreed over ``world``'s ranks; ``max_time``: the budget (seconds);
     ``counts_schedule``: the schedule's t is read from it (``interval=time``), not only a budget.
 
-    :meth:`stamp` reads it for an update; :meth:`at` gives that reading back (the schedule's t,
-    also logged as ``train/t``); :meth:`paused` stops it for a block; :meth:`spent` says when the
-    budget is.
+    :meth:`stamp` reads it for an update; :meth:`~RunningCount.at` gives that reading back (the
+    schedule's t, also logged as ``train/t``); :meth:`paused` stops it for a block;
+    :meth:`~RunningCount.spent` says when the budget is.
     """
+
+    key, unit, what = "trainer.max_time", " s", "training clock"
 
     def __init__(self, world: World | None = None, *, max_time: int | None = None,
                  device: torch.device | None = None, counts_schedule: bool = True) -> None:
-        self.world, self.max_time, self.counts_schedule = world or World(), max_time, counts_schedule
+        super().__init__(budget=max_time, counts_schedule=counts_schedule)
+        self.world = world or World()
         self.device = device if device is not None and device.type == "cuda" else None
         self.read = SOURCE  # looked up now: a test's fake clock is in place by the time a run is built
         self.seconds = 0.0  # counted before ``since``
         self.since: float | None = None  # the reading it runs from; None while stopped
         self.pauses = 0  # nested pauses (a checkpoint inside a validation's block)
-        self.stamps: dict[int, float] = {0: 0.0}  # update -> t; the newest two (the logger reads the older)
+        self.stamps = {0: 0.0}
 
     def start(self) -> None:
         """Run from now (the loop's first update)."""
@@ -91,13 +94,7 @@ class TrainingClock:
         """Read the clock for update ``update`` (about to run): rank 0's reading on every rank."""
         if self.device is not None:
             torch.cuda.synchronize(self.device)
-        t = float(self.world.broadcast(self.elapsed()))
-        self.stamps = {u: s for u, s in self.stamps.items() if u == update - 1} | {update: t}
-        return t
-
-    def at(self, update: int) -> float:
-        """The t that update ``update`` trains at (stamped already: the schedule's count)."""
-        return self.stamps[update]
+        return self._keep(update, float(self.world.broadcast(self.elapsed())))
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -112,25 +109,12 @@ class TrainingClock:
             if self.pauses == 0 and self.since is not None:
                 self.since = self.read()
 
-    def spent(self) -> Stop | None:
-        """The end of the run once the newest stamp reaches ``max_time``: no update runs at t past the budget."""
-        update = max(self.stamps)
-        if self.max_time is None or self.stamps[update] < self.max_time:
-            return None
-        return Stop(f"trainer.max_time: the budget of {self.max_time} s of training is spent after {update} updates "
-                    f"(t = {self.stamps[update]:.3f} s)")
-
     def state_dict(self) -> dict[str, Any]:
         """The seconds counted and the newest stamp (the checkpoint's update and the t it trains at)."""
-        update = max(self.stamps)
-        return {"seconds": self.elapsed(), "update": update, "t": self.stamps[update]}
+        return {"seconds": self.elapsed(), **super().state_dict()}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """A checkpoint's clock; None (its run counted no seconds): a budget alone counts from this
-        process's first update, a schedule in seconds cannot continue it."""
-        if state is None and self.counts_schedule:
-            raise ValueError("it holds no training clock (its run did not count seconds), which a schedule in "
-                             "seconds needs to continue")
+        super().load_state_dict(state)
         if state is not None:
             self.seconds, self.stamps = float(state["seconds"]), {int(state["update"]): float(state["t"])}
 
@@ -138,8 +122,3 @@ class TrainingClock:
 def paused(clock: TrainingClock | None) -> contextlib.AbstractContextManager:
     """``clock.paused()``, or nothing to pause in a run without a clock."""
     return clock.paused() if clock is not None else contextlib.nullcontext()
-
-
-def spent(clock: TrainingClock | None) -> Stop | None:
-    """``clock.spent()``: the run's end once its budget is spent; never without a clock."""
-    return clock.spent() if clock is not None else None

@@ -18,7 +18,7 @@ from trainer.plan import RunPlan
 from trainer.rundir.checkpoint import Checkpointer
 from trainer.rundir.logger import RunLogger
 from trainer.schedules.schedule import applied_lrs, applied_momentum
-from trainer.training.clock import paused, spent
+from trainer.training.clock import paused
 from trainer.training.evaluate import Validation, at_eval_weights, move_to
 from trainer.training.step import TrainStep
 
@@ -53,7 +53,7 @@ class Loop:
         self.step.model.train()
         move_to(self.step.optimizer, "y")  # schedule-free: gradients are taken at y (a checkpoint holds x)
         update, metrics = start_update, {}
-        self.ending = self.controls.ended() or spent(self.step.clock)
+        self.ending = self.controls.ended() or self.step.spent()
         with StopOnSignal() as signals:
             first, last = self.plan.epoch_of(update), self.plan.num_epochs
             for epoch in range(first, last if self.ending is None and update < self.plan.max_updates else first):
@@ -124,7 +124,7 @@ class Loop:
         # one sync per read.
         if self.logger.read_due(update) or (log_now and self.controls.acts_on_each_log):
             self._read(update + 1)
-        self.ending = self.ending or spent(self.step.clock)  # trainer.max_time: no update past the budget
+        self.ending = self.ending or self.step.spent()  # max_time, padded max_tokens: no update past the budget
 
     def _read(self, updates_done: int, *, before_checkpoint: bool = False) -> None:
         """Write the pending logged updates (one host-device sync) and show them to the controls:

@@ -13,12 +13,13 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from trainer.controls import Controls, Update
+from trainer.controls import Controls, Stop, Update
 from trainer.data.named import Batch, call_model, is_named, targets_of
 from trainer.distributed import World
 from trainer.optim.groups import trainable_parameters
 from trainer.schedules.schedule import Schedule, apply_schedule
 from trainer.training.clock import TrainingClock
+from trainer.training.counts import TokenCount
 from trainer.training.loss import Loss, TokenLoss, model_gets_labels
 from trainer.training.precision import Precision
 
@@ -29,7 +30,8 @@ class TrainStep:
     ``model`` is the module to call: under DDP its wrapper, which averages the gradients over the
     ranks in the backward of the last micro-batch (the others skip the all-reduce), so clipping
     and the finiteness check see the same global gradient on every rank. ``clock``: the training
-    clock a schedule in seconds reads its t from (and a budget in seconds its end), or None.
+    clock a schedule in seconds reads its t from (and a budget in seconds its end), or None;
+    ``tokens``: likewise the tokens of padded rows, counted from each update's batches, or None.
     """
 
     def __init__(
@@ -44,8 +46,9 @@ class TrainStep:
         *,
         controls: Controls | None = None,
         clock: TrainingClock | None = None,
+        tokens: TokenCount | None = None,
     ) -> None:
-        self.world, self.clock = world or World(), clock
+        self.world, self.clock, self.tokens = world or World(), clock, tokens
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.controls = controls or Controls([])
         self.precision, self.loss_fn, self.clip_grad_norm = precision, loss_fn, clip_grad_norm
@@ -63,7 +66,7 @@ class TrainStep:
         by the GradScaler, as is one a control vetoes (a gradient-norm spike); it still uses up its
         schedule slot, so the schedule advances exactly once per update, skipped or not.
         """
-        total_loss = self._backward(micro_batches)
+        total_loss, tokens = self._backward(micro_batches)
         # Unscale before clipping: under fp16 the gradients are multiplied by the loss scale, and
         # clipping (or logging) scaled gradients would compare the wrong norm with max_norm.
         self.scaler.unscale_(self.optimizer)
@@ -91,29 +94,41 @@ class TrainStep:
         # the step that used the current LR, so update t always runs with the schedule's LR at t.
         if self.clock is not None:  # in seconds: t of the next update is the clock's reading now
             self.clock.stamp(update + 1)
+        if self.tokens is not None:  # the host reads the update's token count here, after its step is queued
+            self.tokens.add(update, int(tokens))
         apply_schedule(self.optimizer, self.schedule, update + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, grad_norm
 
     def begin(self, update: int) -> None:
-        """Before this process's first update, ``update``: the clock starts, and that update's LR is set."""
+        """Before this process's first update, ``update``: the clock starts, the token count goes on
+        from there, and that update's LR is set."""
         if self.clock is not None:
             self.clock.start()
+        if self.tokens is not None:
+            self.tokens.begin(update)
         apply_schedule(self.optimizer, self.schedule, update)
 
-    def _backward(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
-        """Forward and backward every micro-batch; returns the update's loss (a device tensor).
+    def spent(self) -> Stop | None:
+        """The run's end once a budget counted as it goes (``trainer.max_time``, ``trainer.max_tokens``
+        of padded rows) is spent: never without one."""
+        return next((stop for count in (self.clock, self.tokens) if count is not None and (stop := count.spent())), None)
+
+    def _backward(self, micro_batches: Sequence[Batch]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward and backward every micro-batch; returns the update's loss and, when the run counts
+        them, its tokens over every rank (device tensors).
 
         Pairs, and named batches under a loss of the user's, weigh each micro-batch alike: each
         loss is divided by their count, so the summed gradient is the mean over the update and the
         LR means the same at any accumulation. A token loss (:class:`~trainer.training.loss.TokenLoss`)
         on named batches weighs every counted target alike instead: each micro-batch's summed loss
         is divided by the targets of the whole global batch, counted over every micro-batch and rank
-        before the first backward (one all-reduce per update), not the mean of micro-batch means.
+        before the first backward (one all-reduce per update, which also sums the tokens a
+        :class:`~trainer.training.counts.TokenCount` counts), not the mean of micro-batch means.
         """
         count = len(micro_batches)
         gets_labels = model_gets_labels(self.loss_fn)
-        scale = self._token_scale(micro_batches) if is_named(micro_batches[0]) else None
+        scale, tokens = self._global_counts(micro_batches)
         total_loss = None
         for index, batch in enumerate(micro_batches):
             with self.world.gradient_sync(self.model, enabled=index == count - 1):
@@ -127,23 +142,32 @@ class TrainStep:
                     loss = loss / count
                 self.scaler.scale(loss).backward()
             total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
-        return total_loss
+        return total_loss, tokens
 
-    def _token_scale(self, micro_batches: Sequence[Batch]) -> torch.Tensor | None:
-        """W / (counted targets of the global batch) for a token loss, else None. DDP averages the
-        ranks' gradients, so each rank's summed loss is scaled by W over the global count; the
-        ranks' logged losses then average to the global mean per target. An update with no counted
-        target (all -100) has a zero loss and gradient."""
-        if not isinstance(self.loss_fn, TokenLoss):
-            return None
-        counted = torch.stack([self.loss_fn.counted(targets_of(batch)) for batch in micro_batches]).sum()
-        return self.world.world_size / self.world.sum(counted).clamp(min=1)
+    def _global_counts(self, micro_batches: Sequence[Batch]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(W / counted targets of the global batch, tokens of the global batch), summed over the
+        ranks in one all-reduce; each None when not wanted. The scale is for a token loss on named
+        batches: DDP averages the ranks' gradients, so each rank's summed loss is scaled by W over the
+        global count; the ranks' logged losses then average to the global mean per target. An update
+        with no counted target (all -100) has a zero loss and gradient."""
+        weighs = isinstance(self.loss_fn, TokenLoss) and is_named(micro_batches[0])
+        counts = [torch.stack([self.loss_fn.counted(targets_of(batch)) for batch in micro_batches]).sum()] if weighs else []
+        if self.tokens is not None:
+            counts.append(TokenCount.tokens_of(micro_batches))
+        if not counts:
+            return None, None
+        summed = self.world.sum(torch.stack(counts))
+        scale = self.world.world_size / summed[0].clamp(min=1) if weighs else None
+        return scale, summed[-1] if self.tokens is not None else None
 
     def state_dict(self) -> dict:
-        """The loss scale, and the precision it belongs to; the training clock, when there is one."""
+        """The loss scale, and the precision it belongs to; the training clock and the token count,
+        when the run has them."""
         state = {"precision": self.precision.name, "scaler": self.scaler.state_dict()}
         if self.clock is not None:
             state["clock"] = self.clock.state_dict()
+        if self.tokens is not None:
+            state["tokens"] = self.tokens.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -153,6 +177,8 @@ class TrainStep:
             self.scaler.load_state_dict(state["scaler"])
         if self.clock is not None:
             self.clock.load_state_dict(state.get("clock"))
+        if self.tokens is not None:
+            self.tokens.load_state_dict(state.get("tokens"))
 
 
 @contextlib.contextmanager
