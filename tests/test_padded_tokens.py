@@ -112,7 +112,8 @@ def test_the_preview_draws_padded_tokens_against_the_count_it_is_given_and_says_
 
 @pytest.mark.parametrize(("overrides", "key", "words"), [
     (["trainer.max_epochs=2"], "schedule.interval", "set trainer.max_tokens"),
-    (["schedule.interval=step", "trainer.max_tokens=1000"], "trainer.max_tokens", "set schedule.total_steps"),
+    (["schedule.interval=step", "schedule.total_steps=50", "trainer.max_tokens=1000"], "trainer.max_tokens",
+     "count the schedule in tokens"),
     (["trainer.max_tokens=1000", "trainer.unfreeze=[{at: 100, modules: [lm_head]}]"], "trainer.unfreeze",
      "no update index gives"),
 ])

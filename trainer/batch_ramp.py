@@ -235,7 +235,8 @@ def build_ramp(
     on data without them, or when the run ends before the full batch is reached."""
     counts_tokens = node["unit"] == "token" or interval == "token" or trainer.get("max_tokens") is not None
     require(tokens_per_example is not None or not counts_tokens, "trainer.batch_ramp.unit",
-            "tokens are counted, which this data does not have: give the ramp, schedule and budget in samples")
+            "tokens are counted, and a ramp needs them per example (token sequences of one length), which this data "
+            "does not have: give the ramp, schedule and budget in samples")
     sizes = stage_sizes(node, full=full, micro=micro)
     stages = tuple(ramp_stages(sizes, length=node["length"], unit=node["unit"], tokens_per_example=tokens_per_example or 1,
                                lr_power=lr_power))

@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 from trainer.batch_ramp import BatchRamp, build_ramp, ramp_on
 from trainer.errors import require
 
-#: ``max_updates`` of a run that only ``trainer.max_time`` ends: more updates than any run makes.
+#: ``max_updates`` of a run that only a count measured as it goes ends (``trainer.max_time``, a
+#: ``trainer.max_tokens`` of padded rows): more updates than any run makes.
 UNBOUNDED = 2**62
 
 
@@ -19,8 +20,8 @@ UNBOUNDED = 2**62
 class RunPlan:
     """Quantities derived from the config and the data size.
 
-    ``max_updates`` counts optimizer updates (:data:`UNBOUNDED` when only ``trainer.max_time``
-    ends the run); ``total_steps`` and ``warmup_steps`` are in the schedule's ``interval`` units
+    ``max_updates`` counts optimizer updates (:data:`UNBOUNDED` when only ``trainer.max_time`` or
+    a padded ``trainer.max_tokens`` ends the run); ``total_steps`` and ``warmup_steps`` are in the schedule's ``interval`` units
     (updates, epochs, examples, tokens or seconds).
     """
 

@@ -57,12 +57,6 @@ def tokens_per_example(cfg: DictConfig, input_shape: tuple[int, ...]) -> int | N
     return input_shape[0] if sequences and len(input_shape) == 1 else None
 
 
-def batches_are_named(cfg: DictConfig, batch: Batch | None) -> bool:
-    """Whether the data's batches are mappings of named tensors: ``batch``'s kind (the data's first),
-    or with none read (the preview) whether ``data=hf_dataset`` names them."""
-    return is_named(batch) if batch is not None else cfg.data.get("name") == "hf_dataset"
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's and torch's generators (CPU and every CUDA device)."""
     random.seed(seed)
@@ -165,6 +159,7 @@ class Optimization:
 def build_optimization(
     cfg: DictConfig, *, num_train: int, input_shape: tuple[int, ...], num_classes: int, device: torch.device,
     model: nn.Module | None = None, fit_check: FitCheck | None = None, world: World | None = None,
+    token_rows: bool = False,
 ) -> Optimization:
     """Model, optimizer, schedule and the derived plan: shared by training and the preview.
 
@@ -172,11 +167,13 @@ def build_optimization(
     ``fit_check``: for :func:`check_model_fits`, run before the model is compiled, and the
     combinations of keys only the built run can judge (:mod:`trainer.app.combinations`).
     Under FSDP2 the model is sharded over ``world`` before the optimizer sees its parameters.
+    ``token_rows``: the data's examples are named token sequences (their tokens are counted as the
+    run trains them where they have no one length).
     """
     world = world or World()
     run_length = spec_of(cfg.schedule.name).run_length  # a schedule that sets the run's length itself
     seq_len = tokens_per_example(cfg, input_shape)
-    counted = counts_padded_tokens(cfg, seq_len, batches_are_named(cfg, fit_check.batch if fit_check else None))
+    counted = counts_padded_tokens(cfg, seq_len, token_rows)
     if counted:
         check_token_count(cfg)
     plan = plan_run(cfg, num_train, world.world_size, run_length=cfg.schedule[run_length] if run_length else None,
@@ -245,7 +242,7 @@ def build_for_preview(cfg: DictConfig) -> tuple[torch.optim.Optimizer, Schedule,
     spec = data_spec(cfg.data)
     built = build_optimization(
         cfg, num_train=spec.num_train, input_shape=spec.input_shape, num_classes=spec.num_classes,
-        device=torch.device("cpu"),
+        device=torch.device("cpu"), token_rows=spec.token_rows,
     )
     return built.optimizer, built.schedule, built.plan
 

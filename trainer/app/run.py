@@ -26,6 +26,7 @@ from trainer.app.build import (
 from trainer.app.threads import CpuClock, pick_threads
 from trainer.app.validate import validate, warmup_warning
 from trainer.data import Dataset, build_dataset, first_batch, has_validation
+from trainer.data.named import has_token_rows
 from trainer.distributed import World, device_of, launch_from_env, resolve_backend, resolve_strategy
 from trainer.errors import FINISHED, one_line, outcome
 from trainer.files import write_atomic
@@ -191,12 +192,11 @@ def _prepare(
         dataset = build_dataset(cfg.data, cfg.seed, pin_memory=device.type == "cuda")
     if cfg.data.loader == "device":
         dataset = dataset.to(device)
-    loss_fn = build_loss(cfg)
+    loss_fn, batch = build_loss(cfg), first_batch(dataset)
     built = build_optimization(
         cfg, num_train=dataset.num_train, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-        device=device, model=model, world=world,
-        fit_check=FitCheck(loss_fn, first_batch(dataset), validates=has_validation(dataset),
-                           flip=getattr(dataset, "flip_test", False)),
+        device=device, model=model, world=world, token_rows=has_token_rows(batch),
+        fit_check=FitCheck(loss_fn, batch, validates=has_validation(dataset), flip=getattr(dataset, "flip_test", False)),
     )
     fingerprint = schedule_fingerprint(cfg, built.plan)
     measured = built.schedule.measured  # its lr.csv is written as it runs
@@ -277,7 +277,7 @@ def write_run_files(
     run_dir: Path, lrs: list[dict[str, float]] | None,
 ) -> None:
     """What the run directory holds besides logs and checkpoints, written on rank 0 before training:
-    ``config.yaml``, ``overrides.yaml``, ``lr.csv`` (``lrs``; None: a schedule in seconds, whose
+    ``config.yaml``, ``overrides.yaml``, ``lr.csv`` (``lrs``; None: a schedule measured as the run goes, whose
     rows its run writes as it logs them), ``param_groups.md``, and what the data keeps there (a
     vocabulary)."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,8 @@ TRAINER: dict[str, Param] = {
     "max_steps": Param(None, "optimizer updates to train; wins over max_epochs when set", int, low=1, extra=(None,)),
     "max_samples": Param(None, "training examples to train on (the updates that first reach them); in place of "
                          "max_steps", int, low=1, extra=(None,)),
-    "max_tokens": Param(None, "tokens to train on, for token data (the updates that first reach them); in place of "
-                        "max_steps", int, low=1, extra=(None,)),
+    "max_tokens": Param(None, "tokens to train on, for token data (the updates that first reach them; on padded "
+                        "rows, counted as they train); in place of max_steps", int, low=1, extra=(None,)),
     "max_time": Param(None, "seconds of training (validation and checkpoints not counted) after which the run ends "
                       "with its validation and checkpoint; max_steps (max_samples, max_tokens) may cap it too", int,
                       low=1, extra=(None,)),

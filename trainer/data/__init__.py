@@ -19,6 +19,7 @@ from trainer.components import build, locate, target_of
 from trainer.data import loading, map_style
 from trainer.data.batches import Batch
 from trainer.data.map_style import MapDataset, build_map_dataset
+from trainer.data.named import has_token_rows
 from trainer.data.source import Dataset, DataSpec, ExampleDataset, spec_of
 from trainer.errors import ConfigError
 from trainer.params import Param, check_params, declared, defaults
@@ -75,7 +76,7 @@ def data_spec(cfg: DictConfig) -> DataSpec:
             given = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in (*_LOOP_KEYS, "_target_")}
             return spec(**{**defaults(declared(builder)), **given})
     data = build_dataset(cfg, seed=0)
-    return DataSpec(tuple(data.input_shape), data.num_classes, data.num_train)
+    return DataSpec(tuple(data.input_shape), data.num_classes, data.num_train, has_token_rows(first_batch(data)))
 
 
 def build_dataset(cfg: DictConfig, seed: int, *, pin_memory: bool = False) -> Dataset:

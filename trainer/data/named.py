@@ -35,14 +35,17 @@ def targets_of(batch: Batch) -> torch.Tensor:
     return batch[LABELS] if isinstance(batch, Mapping) else batch[1]
 
 
-def tokens_in(batch: Batch) -> torch.Tensor:
-    """The token positions a batch's model reads (an integer device tensor, no sync): a mapping's
-    ``attention_mask`` ones (padding left out), else its ``input_ids`` (every position); a pair's
-    inputs."""
-    if isinstance(batch, Mapping):
-        mask = batch.get("attention_mask")
-        return mask.count_nonzero() if mask is not None else torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
-    return torch.tensor(batch[0].numel(), device=batch[0].device)
+def has_token_rows(batch: Batch) -> bool:
+    """Whether ``batch`` holds named token sequences: a mapping with ``input_ids``."""
+    return isinstance(batch, Mapping) and "input_ids" in batch
+
+
+def tokens_in(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The token positions a batch of named token sequences (:func:`has_token_rows`) has the model
+    read (an integer device tensor, no sync): its ``attention_mask`` ones (padding left out), else
+    every ``input_ids`` position."""
+    mask, ids = batch.get("attention_mask"), batch["input_ids"]
+    return mask.count_nonzero() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
 
 
 def call_model(model: nn.Module, batch: Batch, *, labels: bool = True) -> Any:

@@ -58,6 +58,7 @@ class DataSpec(NamedTuple):
     input_shape: tuple[int, ...]  # one example's input
     num_classes: int  # classes, or the vocabulary size for text
     num_train: int  # training examples (or text windows) per epoch
+    token_rows: bool = False  # examples are named token sequences (input_ids; of several lengths unless packed)
 
 
 def with_spec(spec: DataSpec | Callable[..., DataSpec]) -> Callable[[F], F]:

@@ -7,7 +7,7 @@ A checkpoint is a dict of named states, each from the part of the run that owns 
 |---|---|---|
 | ``update`` | optimizer updates done | the loop |
 | ``model``, ``optimizer`` | full (unsharded) states; the optimizer's with its kind (a schedule-free one's model holds x, its state z and y) | the model, the optimizer |
-| ``step`` | the precision and its GradScaler's loss scale; ``clock`` (a schedule or budget in seconds): the seconds of training and the t of this update | :class:`~trainer.training.step.TrainStep` |
+| ``step`` | the precision and its GradScaler's loss scale; ``clock`` (a schedule or budget in seconds): the seconds of training and the t of this update; ``tokens`` (a schedule or budget in tokens of padded rows): the tokens trained before this update | :class:`~trainer.training.step.TrainStep` |
 | ``schedule`` | ``fingerprint``: every setting that fixes the LR of an update | :mod:`trainer.rundir.resume` |
 | ``data`` | ``epoch``, ``batch``, ``seed``: where the next update reads (derived from ``update``) | the plan |
 | ``controls`` | ``{name: state}`` of every control (EMA, spike window, early stopping, plateau, ...) | :mod:`trainer.controls` |

@@ -86,7 +86,7 @@ class RunLogger:
         self.last_val: tuple[int, dict[str, float]] = (-1, {})
         self.group_names, self.wd_group_names = group_names, wd_group_names
         self.updates_per_epoch = updates_per_epoch
-        bounded = max_updates < UNBOUNDED  # else trainer.max_time alone ends the run: no count to show
+        bounded = max_updates < UNBOUNDED  # else max_time (or padded max_tokens) alone ends the run: no count to show
         self.num_epochs = self._epoch_of(max_updates - 1) + 1 if bounded else None
         # Only rank 0 writes. A resumed run's writers drop what was logged after its checkpoint.
         self.writers: list[Writer] = [*open_writers(

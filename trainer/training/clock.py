@@ -68,7 +68,7 @@ class TrainingClock(RunningCount):
     :meth:`~RunningCount.spent` says when the budget is.
     """
 
-    key, unit, what = "trainer.max_time", " s", "training clock"
+    key, unit, what, number = "trainer.max_time", " s", "training clock", ".3f"
 
     def __init__(self, world: World | None = None, *, max_time: int | None = None,
                  device: torch.device | None = None, counts_schedule: bool = True) -> None:

@@ -29,6 +29,7 @@ class RunningCount:
     key = ""  # the budget's config key
     unit = ""  # as messages print it after a number
     what = "count"  # what a message calls it
+    number = "g"  # how a message formats a count
 
     def __init__(self, *, budget: float | None = None, counts_schedule: bool = True) -> None:
         self.budget, self.counts_schedule = budget, counts_schedule
@@ -48,7 +49,7 @@ class RunningCount:
         if self.budget is None or self.stamps[update] < self.budget:
             return None
         return Stop(f"{self.key}: the budget of {self.budget}{self.unit} is spent after {update} updates "
-                    f"(t = {self.stamps[update]:g}{self.unit})")
+                    f"(t = {self.stamps[update]:{self.number}}{self.unit})")
 
     def state_dict(self) -> dict[str, Any]:
         """The newest stamp: the checkpoint's update and the t it trains at."""
@@ -69,12 +70,12 @@ class TokenCount(RunningCount):
     """Tokens trained on over every rank, counted from each update's batches: the t of
     ``schedule.interval=token`` and the count of ``trainer.max_tokens`` on padded rows of several
     lengths, where the tokens of an update are no function of its index. A token is a position the
-    model reads: a named batch's ``attention_mask`` ones (its ``input_ids`` when it has none), as
-    packed blocks count every position. The ranks' counts are summed with the update's other
+    model reads: a named batch's ``attention_mask`` ones (every ``input_ids`` position when it has
+    no mask, padding included), as packed blocks count every position. The ranks' counts are summed with the update's other
     counts (:meth:`trainer.training.step.TrainStep`: one all-reduce), and read on the host once
     per update (a device sync, made only when tokens are counted this way)."""
 
-    key, unit, what = "trainer.max_tokens", " tokens", "token count"
+    key, unit, what, number = "trainer.max_tokens", " tokens", "token count", "d"
 
     def begin(self, update: int) -> None:
         """Before this process's first update: a count restored from its checkpoint goes on; a budget
@@ -92,12 +93,12 @@ class TokenCount(RunningCount):
         return torch.stack([tokens_in(batch) for batch in micro_batches]).sum()
 
 
-def counts_padded_tokens(cfg: DictConfig, tokens_per_example: int | None, named: bool) -> bool:
+def counts_padded_tokens(cfg: DictConfig, tokens_per_example: int | None, token_rows: bool) -> bool:
     """Whether the run counts tokens from its batches (:class:`TokenCount`): the schedule or the
-    budget is in tokens, and the examples are named token sequences of several lengths (``named``:
-    the data's batches are mappings; ``tokens_per_example`` None: no one length)."""
+    budget is in tokens, and the examples are named token sequences of several lengths
+    (``token_rows``: :func:`~trainer.data.named.has_token_rows`; ``tokens_per_example`` None: no one length)."""
     wants = cfg.schedule.interval == "token" or cfg.trainer.get("max_tokens") is not None
-    return wants and tokens_per_example is None and named
+    return wants and tokens_per_example is None and token_rows
 
 
 def check_token_count(cfg: DictConfig) -> None:
@@ -115,8 +116,8 @@ def check_token_count(cfg: DictConfig) -> None:
         require(trainer.get("branch_from") is None, "trainer.branch_from",
                 "a branch of a schedule counted in padded tokens is not supported (its LR at the branch point depends "
                 "on its parent's count): count the schedule in steps or samples to branch it")
-    elif schedule.total_steps is None and schedule.interval != "time":
+    elif schedule.interval != "time":
         require(trainer.get("max_tokens") is None, "trainer.max_tokens",
-                f"with schedule.interval={schedule.interval} the schedule's length is fixed before the run, and the "
-                "update that reaches a token count of padded rows is not: set schedule.total_steps, or count the "
-                "schedule in tokens (schedule.interval=token)")
+                f"with schedule.interval={schedule.interval} the LR of every update is fixed before the run, and the "
+                "update that reaches a token count of padded rows is not: count the schedule in tokens "
+                "(schedule.interval=token), or give the budget as trainer.max_steps or trainer.max_samples")
