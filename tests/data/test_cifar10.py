@@ -14,6 +14,7 @@ from tests.test_resume import preempt_after
 from trainer.app.run import train
 from trainer.data import build_dataset, data_spec
 from trainer.data.augment import crop_and_flip
+from trainer.data.source import DataSpec
 from trainer.errors import ConfigError, Preempted
 from trainer.rundir.checkpoint import load_checkpoint
 
@@ -51,7 +52,7 @@ def test_reads_the_official_format(tmp_path, point_at_subdir):
     assert data.train_x[7, 1, 5, 9].item() == pytest.approx((pixel / 255 - 0.4822) / 0.2435, rel=1e-5)
     assert data.train_y[6:12].tolist() == labels
     assert data.val_y.tolist() == written["test_batch"][1]
-    assert data_spec(cfg_for(root)) == ((3, 32, 32), 10, 50000)
+    assert data_spec(cfg_for(root)) == DataSpec((3, 32, 32), 10, 50000)
 
 
 def test_missing_and_corrupt_files_are_clear_errors(tmp_path, monkeypatch):

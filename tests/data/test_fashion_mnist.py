@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from tests.conftest import compose_config
 from trainer.data import build_dataset, data_spec
 from trainer.data import fashion_mnist as fm
+from trainer.data.source import DataSpec
 from trainer.errors import ConfigError
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -82,7 +83,7 @@ def test_config_defaults(nowhere):
         "flip_test": False, "loader": "device", "num_workers": "auto",
     }
     # Sizes come without touching any file (nothing could be found here anyway).
-    assert data_spec(cfg) == ((1, 28, 28), 10, 60000)
+    assert data_spec(cfg) == DataSpec((1, 28, 28), 10, 60000)
     assert nowhere == []
 
 

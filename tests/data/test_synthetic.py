@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from trainer.data import build_dataset, check_data, data_spec
+from trainer.data.source import DataSpec
 from trainer.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data" / "synthetic.yaml"
@@ -28,7 +29,7 @@ def test_config_defaults():
         "batch_size": 64,
         "num_classes": 4, "num_features": 16, "noise": 0.1,
     }
-    assert data_spec(cfg) == ((16,), 4, 2048)
+    assert data_spec(cfg) == DataSpec((16,), 4, 2048)
 
 
 def test_shapes_dtypes_and_labels():

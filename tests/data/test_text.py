@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from trainer.data import build_dataset, data_spec
 from trainer.data import shakespeare_char as sc
+from trainer.data.source import DataSpec
 from trainer.data.text import decode, encode, split_text
 from trainer.errors import ConfigError
 
@@ -128,7 +129,7 @@ def test_a_utf8_file_is_read_as_it_is(tmp_path):
     path.write_text("Où est le château?\n" * 20, encoding="utf-8")
     data = build_dataset(text_cfg(path), seed=0)
     assert set(data.vocab) == set("Où est le château?\n")
-    assert data_spec(text_cfg(path)) == ((8,), len(data.vocab), data.num_train)
+    assert data_spec(text_cfg(path)) == DataSpec((8,), len(data.vocab), data.num_train)
     assert data.num_train == (int(0.9 * 380) - 1) // 8
     written = data.write_files(tmp_path)
     assert json.loads(written.read_text(encoding="utf-8")) == {"chars": data.vocab, "size": len(data.vocab)}

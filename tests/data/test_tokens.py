@@ -14,6 +14,7 @@ from tests.conftest import compose_config
 from trainer.data import build_dataset, data_spec
 from trainer.data.batches import stream_seed
 from trainer.data.loading import TrainBatches, rank_batches
+from trainer.data.source import DataSpec
 from trainer.data.tokens import TokenFiles, tokens
 from trainer.errors import ConfigError, DataError
 
@@ -117,10 +118,10 @@ def test_the_spec_is_read_from_the_file_sizes_and_meta_as_the_built_data_says(tm
     write_tokens(tmp_path, train=4321, vocab=77)
     cfg = compose_config("model=gpt", f"data.path={tmp_path}", "model.block_size=16", "data=tokens", base=[])
     spec, built = data_spec(cfg.data), build_dataset(cfg.data, seed=0)
-    assert spec == ((16,), 77, (4321 - 1) // 16)
-    assert spec == (built.input_shape, built.num_classes, built.num_train)
+    assert spec == DataSpec((16,), 77, (4321 - 1) // 16)
+    assert spec == DataSpec(built.input_shape, built.num_classes, built.num_train)
     assert data_spec(compose_config("model=gpt", f"data.path={tmp_path}", "data=tokens", "data.vocab_size=128",
-                                    "data.windows_per_epoch=999", base=[]).data)[1:] == (128, 999)
+                                    "data.windows_per_epoch=999", base=[]).data)[1:3] == (128, 999)
 
 
 def damaged(tmp_path, case):
