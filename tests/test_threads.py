@@ -77,12 +77,12 @@ def test_a_run_started_beside_a_busy_process_takes_the_other_cores_and_its_resum
     args = [*base, "schedule=cosine", "schedule.total_steps=16", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        run_cli("trainer", args)
+        run_cli("trainer", args, fresh=True)  # its start (CPU time before the run) is what is measured
     finally:
         hog.kill()
         hog.wait()
     assert OmegaConf.load(run_dir / "config.yaml").trainer.num_threads == usable - 1
-    run_cli("trainer", [*args[:-2], "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+    run_cli("trainer", [*args[:-2], "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", "trainer.resume=auto"], fresh=True)
     assert OmegaConf.load(run_dir / "config.yaml").trainer.num_threads == usable - 1  # its checkpoint's, not the free cores
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "trainer", *args[:-1], f"hydra.run.dir={tmp_path / 'env'}"],
