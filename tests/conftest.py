@@ -1,4 +1,4 @@
-"""Shared helpers: run the real CLI in a subprocess."""
+"""Shared helpers: run the real CLI (a forked interpreter that imported it once, or a fresh subprocess)."""
 
 from __future__ import annotations
 
