@@ -51,7 +51,7 @@ def test_a_stop_policy_reads_every_logged_update(tmp_path, reads):
 
 def progress_logger(tmp_path, clock):
     """A RunLogger for 2 epochs of 10 updates with its bar on, timed by ``clock`` (a fake: [seconds])."""
-    logger = RunLogger(tmp_path, log_every_n_steps=1, read_every_n_steps=1, max_updates=20, updates_per_epoch=10,
+    logger = RunLogger(tmp_path, log_every_n_steps=1, read_every_n_steps=1, max_updates=20, epoch_of=lambda update: update // 10,
                        group_names=["decay"], progress_bar=True)
     logger.bar._time = lambda: clock[0]
     logger.bar.start_t = logger.bar.last_print_t = clock[0]

@@ -101,14 +101,14 @@ class BatchRamp:
     def first_update_with(self, samples: int) -> int:
         """The first update before which at least ``samples`` examples were trained."""
         for stage, after in zip(self.stages, (*self.stages[1:], None)):
-            update = stage.first_update + max(0, -(-(samples - stage.samples_before) // stage.size))
+            update = stage.first_update + max(0, _ceil_div(samples - stage.samples_before, stage.size))
             if after is None or update <= after.first_update:
                 return update
         raise AssertionError("the last stage is open-ended")
 
     def first_update_at(self, t: int) -> int:
         """The first update whose schedule t (examples or tokens) is at least ``t``."""
-        return self.first_update_with(-(-t // self.units_per_example))
+        return self.first_update_with(_ceil_div(t, self.units_per_example))
 
     def epoch_start(self, epoch: int) -> int:
         """The first update of ``epoch``."""

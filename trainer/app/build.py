@@ -326,7 +326,7 @@ def build_loop(
         log_every_n_steps=1 if training.controls.logs_every_update else cfg.logger.log_every_n_steps,
         read_every_n_steps=cfg.logger.read_every_n_steps,
         max_updates=plan.max_updates,
-        updates_per_epoch=plan.updates_per_epoch,
+        epoch_of=plan.epoch_of,
         group_names=names if group_lrs_differ else [],
         wd_group_names=names if group_wds_differ else [],
         writers=list(cfg.logger.writers),

@@ -58,7 +58,7 @@ class RunLogger:
         log_every_n_steps: int,
         read_every_n_steps: int,
         max_updates: int,
-        updates_per_epoch: int,
+        epoch_of: Callable[[int], int],
         group_names: list[str],
         wd_group_names: Sequence[str] = (),
         writers: Sequence[str] = ("tensorboard",),
@@ -85,7 +85,7 @@ class RunLogger:
         #: The last validation logged: (updates done, metrics); a checkpoint at that update keeps them.
         self.last_val: tuple[int, dict[str, float]] = (-1, {})
         self.group_names, self.wd_group_names = group_names, wd_group_names
-        self.updates_per_epoch = updates_per_epoch
+        self._epoch_of = epoch_of  # the run plan's: the epoch an update trains in (a batch ramp's epochs vary)
         bounded = max_updates < UNBOUNDED  # else max_time (or padded max_tokens) alone ends the run: no count to show
         self.num_epochs = self._epoch_of(max_updates - 1) + 1 if bounded else None
         # Only rank 0 writes. A resumed run's writers drop what was logged after its checkpoint.
@@ -104,9 +104,6 @@ class RunLogger:
     def _write(self, step: int, values: Mapping[str, float]) -> None:
         for writer in self.writers:
             writer.scalars(step, values)
-
-    def _epoch_of(self, update: int) -> int:
-        return update // self.updates_per_epoch if self.ramp is None else self.ramp.epoch_of(update)
 
     def _show_epoch(self) -> None:
         """``epoch E/N`` (1-based; ``epoch E`` when only the time budget ends the run) before the bar,
