@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import QUIET, REPO, compose_config
-from tests.forked_cli import ForkedCLI
+from tests.conftest import QUIET, compose_config
 from tests.test_hf_dataset import GPT2, corpus  # noqa: F401 (a fixture)
 from tests.test_schedules import seed000_get_lr
+from tests.test_units import killed_and_straight
 from trainer.app.run import train
 from trainer.errors import ConfigError
 from trainer.preview import write_preview
@@ -81,15 +81,7 @@ def test_a_run_in_padded_tokens_killed_by_sigkill_resumes_on_the_same_count(corp
     """SIGKILL after the first validation (update 9; checkpoints every 4 updates), then resume: the
     same parameters, t and LR at every logged update as a run never killed."""
     run = padded_run(corpus, tmp_path, "trainer.max_tokens=2200", "trainer.checkpoint_every_n_steps=4")
-    killed = tmp_path / "killed"
-    with ForkedCLI(REPO) as cli:
-        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"], kill_after_validations=1)
-        assert code == -9, output
-        assert load_checkpoint(killed / "last.pt")["update"] > 0
-        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"])
-        assert code == 0, output
-    straight = tmp_path / "straight"
-    train(compose_config(*run, base=[]), straight)
+    killed, straight = killed_and_straight(run, tmp_path)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["update"] == b["update"] > 18 and a["step"]["tokens"] == b["step"]["tokens"]
     for name, tensor in a["model"].items():

@@ -5,6 +5,8 @@ t = u × (examples or tokens per update). Expectations: seed 000's formula evalu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -104,6 +106,20 @@ KILLED_RUNS = {
 }
 
 
+def killed_and_straight(run: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """``run`` through the real CLI, SIGKILLed after its first validation and resumed with
+    ``trainer.resume=auto``, and the same run never killed, in this process: their run directories."""
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    with ForkedCLI(REPO) as cli:
+        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"], kill_after_validations=1)
+        assert code == -9, output
+        assert load_checkpoint(killed / "last.pt")["update"] > 0
+        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"])
+        assert code == 0, output
+    train(compose_config(*run, base=[]), straight)
+    return killed, straight
+
+
 @pytest.mark.parametrize("interval", sorted(KILLED_RUNS))
 def test_a_run_counted_in_units_killed_by_sigkill_resumes_exactly(tmp_path, interval):
     """SIGKILL after the first validation, then ``trainer.resume=auto``: the same parameters and
@@ -111,16 +127,7 @@ def test_a_run_counted_in_units_killed_by_sigkill_resumes_exactly(tmp_path, inte
     base = [*QUIET, f"data.path={text_file(tmp_path)}", "data.batch_size=4"] if interval == "token" else TINY
     run = [*base, *KILLED_RUNS[interval], "schedule=warmup_cosine", f"schedule.interval={interval}",
            "optimizer.lr=0.01", "trainer.checkpoint_every_n_steps=3"]
-    killed = tmp_path / "killed"
-    with ForkedCLI(REPO) as cli:
-        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"],
-                               kill_after_validations=1)
-        assert code == -9, output
-        assert load_checkpoint(killed / "last.pt")["update"] > 0
-        code, output = cli.run([*run, f"hydra.run.dir={killed}", "trainer.resume=auto"])
-        assert code == 0, output
-    straight = tmp_path / "straight"
-    train(compose_config(*run, base=[]), straight)
+    killed, straight = killed_and_straight(run, tmp_path)
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["update"] == b["update"] > 8
     for name, tensor in a["model"].items():

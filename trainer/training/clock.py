@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from trainer.distributed import World
 from trainer.errors import require
-from trainer.training.counts import RunningCount
+from trainer.training.counts import RunningCount, check_measured_schedule
 
 #: Where every training clock reads the time (seconds from any origin). Tests put a fake clock here.
 SOURCE: Callable[[], float] = time.perf_counter
@@ -43,15 +43,8 @@ def check_time(cfg: DictConfig) -> None:
     trainer, schedule = cfg.trainer, cfg.schedule
     caps = [key for key in ("max_steps", "max_samples", "max_tokens") if trainer.get(key) is not None]
     if schedule.interval == "time":
-        require(trainer.get("max_time") is not None or schedule.total_steps is not None, "schedule.interval",
-                "time counts seconds of training, and nothing gives the run's length in seconds: set "
-                "trainer.max_time (the budget; the schedule's total_steps follows it) or schedule.total_steps")
-        require(not trainer.unfreeze, "trainer.unfreeze",
-                "a stage joins at an update fixed before the run, and with schedule.interval=time its `at` would be "
-                "seconds, which no update index gives: count the schedule in another unit, or leave the stages out")
-        require(trainer.get("branch_from") is None, "trainer.branch_from",
-                "a branch of a schedule in seconds is not supported (its LR at the branch point depends on its "
-                "parent's clock): count the schedule in steps, samples or tokens to branch it")
+        check_measured_schedule(cfg, budget="max_time", counts="seconds of training",
+                                other_units="steps, samples or tokens")
     elif trainer.get("max_time") is not None:
         require(caps, "trainer.max_time",
                 f"with schedule.interval={schedule.interval} the LR of every update is fixed before the run, which a "

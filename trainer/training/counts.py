@@ -101,21 +101,29 @@ def counts_padded_tokens(cfg: DictConfig, tokens_per_example: int | None, token_
     return wants and tokens_per_example is None and token_rows
 
 
+def check_measured_schedule(cfg: DictConfig, *, budget: str, counts: str, other_units: str) -> None:
+    """What a schedule whose t is measured as the run goes cannot do: go without a length (``budget``,
+    a ``trainer`` key, or ``schedule.total_steps``), or place an unfreeze stage or a branch at an
+    update, which no t of it names before the run. ``counts``: what t counts; ``other_units``: the
+    units that can do both."""
+    trainer, schedule = cfg.trainer, cfg.schedule
+    require(trainer.get(budget) is not None or schedule.total_steps is not None, "schedule.interval",
+            f"{schedule.interval} counts {counts} as the run goes, and nothing gives the run's length in them: set "
+            f"trainer.{budget} (the budget; the schedule's total_steps follows it) or schedule.total_steps")
+    require(not trainer.unfreeze, "trainer.unfreeze",
+            f"a stage joins at an update fixed before the run, and its `at` would be {counts}, which no update index "
+            f"gives: count the schedule in {other_units}, or leave the stages out")
+    require(trainer.get("branch_from") is None, "trainer.branch_from",
+            f"a branch of a schedule in {counts} is not supported (its LR at the branch point depends on its parent's "
+            f"count): count the schedule in {other_units} to branch it")
+
+
 def check_token_count(cfg: DictConfig) -> None:
     """What tokens counted as the run goes cannot do with the rest of the config: the update that
     reaches a token count is known only when the run gets there."""
     trainer, schedule = cfg.trainer, cfg.schedule
     if schedule.interval == "token":
-        require(trainer.get("max_tokens") is not None or schedule.total_steps is not None, "schedule.interval",
-                "token counts the tokens of padded rows as the run trains them, and nothing gives the run's length "
-                "in tokens: set trainer.max_tokens (the budget; the schedule's total_steps follows it) or "
-                "schedule.total_steps")
-        require(not trainer.unfreeze, "trainer.unfreeze",
-                "a stage joins at an update fixed before the run, and its `at` would be a token count of padded rows, "
-                "which no update index gives: count the schedule in samples, or leave the stages out")
-        require(trainer.get("branch_from") is None, "trainer.branch_from",
-                "a branch of a schedule counted in padded tokens is not supported (its LR at the branch point depends "
-                "on its parent's count): count the schedule in steps or samples to branch it")
+        check_measured_schedule(cfg, budget="max_tokens", counts="tokens of padded rows", other_units="steps or samples")
     elif schedule.interval != "time":
         require(trainer.get("max_tokens") is None, "trainer.max_tokens",
                 f"with schedule.interval={schedule.interval} the LR of every update is fixed before the run, and the "
