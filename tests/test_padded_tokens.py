@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import QUIET, compose_config
+from tests.conftest import QUIET, TINY, compose_config, run_cli
+from tests.test_bad_input import assert_one_line_error
 from tests.test_hf_dataset import GPT2, corpus  # noqa: F401 (a fixture)
 from tests.test_schedules import seed000_get_lr
 from tests.test_units import killed_and_straight
@@ -113,3 +114,15 @@ def test_what_a_count_known_only_as_the_run_goes_cannot_do_is_one_line(corpus, t
     with pytest.raises(ConfigError, match=words) as refused:
         train(compose_config(*padded_run(corpus, tmp_path, *overrides), base=[]), tmp_path / "run")
     assert refused.value.key == key and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("given", "key"), [
+    ("preview.tokens_per_update=0", "preview.tokens_per_update"),  # an estimate must be positive
+    ("preview.tokens_per_update=many", "preview.tokens_per_update"),
+    ("preview.tokens_per_updat=100", "preview.tokens_per_updat"),  # a typo is named, not ignored
+])
+def test_a_bad_tokens_per_update_is_one_line_and_writes_nothing(tmp_path, given, key):
+    run_dir = tmp_path / "p"
+    proc = run_cli("trainer.preview", [*TINY, given, f"hydra.run.dir={run_dir}"], check=False)
+    assert_one_line_error(proc, key)
+    assert not run_dir.exists()
